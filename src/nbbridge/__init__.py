@@ -1,0 +1,3 @@
+"""nbbridge: reach Jupyter, ssh and any TCP service behind NAT through a relay that cannot read it."""
+
+__version__ = "0.1.0"

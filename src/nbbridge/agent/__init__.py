@@ -1,0 +1,1 @@
+"""The nbbridge-agent daemon."""

@@ -1,0 +1,1 @@
+"""The nbbridge-relay daemon."""
