@@ -1,1 +1,36 @@
-"""nbbridge.mux."""
+"""The channel dispatcher: many flow-controlled channels over one byte stream."""
+
+from ._acceptor import Acceptor, OpenRequest, ServiceMap
+from ._channel import Channel, ChannelAddress
+from ._endpoint import ChannelEndpoint, SessionSource
+from ._errors import (
+    ChannelOpenFailed,
+    ChannelReset,
+    ServiceUnavailable,
+    SessionClosed,
+    TooManyChannels,
+    UnknownService,
+)
+from ._session import DEFAULT_WINDOW, MuxSession
+from ._splice import ForwardingFactory, SpliceFactory, TcpSide
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "Acceptor",
+    "Channel",
+    "ChannelAddress",
+    "ChannelEndpoint",
+    "ChannelOpenFailed",
+    "ChannelReset",
+    "ForwardingFactory",
+    "MuxSession",
+    "OpenRequest",
+    "ServiceMap",
+    "ServiceUnavailable",
+    "SessionClosed",
+    "SessionSource",
+    "SpliceFactory",
+    "TcpSide",
+    "TooManyChannels",
+    "UnknownService",
+]

@@ -1,0 +1,359 @@
+"""One channel of a mux session: a transport for the protocol above it, with credit flow control.
+
+A channel is to its protocol what a TCP connection is to a Twisted protocol: it provides
+ITransport (with half-close) and is a push producer for whatever consumes its data. The
+session feeds it frames; it never touches the session's transport itself.
+
+Flow control, per direction:
+
+* sending: we may have at most ``send credit`` bytes in flight. Bytes written beyond it wait
+  in a queue, and the producer registered with us (say the local TCP connection) is paused
+  until the peer's WINDOW frames bring credit again.
+* receiving: the peer may send at most what we granted. We grant more only as our protocol
+  consumes data; while it is paused (its own consumer is full) data waits here, at most
+  ``window`` bytes of it, and no credit goes back. A peer that overruns gets a RESET.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    ITransport,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nbbridge.wire import Reason
+
+from ._errors import ChannelReset, SessionClosed
+
+if TYPE_CHECKING:
+    from ._session import MuxSession
+
+
+@implementer(IAddress)
+@attrs.frozen
+class ChannelAddress:
+    """The address of a channel: which service, which channel id, on which session."""
+
+    service: str
+    channel: int
+    session: str = ""
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class Channel:
+    """A bidirectional byte stream inside a MuxSession."""
+
+    _log = Logger()
+    disconnecting = False
+
+    def __init__(
+        self,
+        session: MuxSession,
+        channel_id: int,
+        service: str,
+        metadata: tuple[tuple[str, str], ...],
+        window: int,
+        send_credit: int,
+        *,
+        ready: bool = True,
+    ) -> None:
+        self.id = channel_id
+        self.service = service
+        self.metadata = dict(metadata)
+        self._session = session
+        self._window = window
+        self._grant_threshold = max(1, window // 4)
+        self._protocol: IProtocol | None = None
+        # Sending (an accepted channel is not ready until our OPEN_OK has gone out).
+        self._ready = ready
+        self._send_credit = send_credit
+        self._send_queue: deque[bytes] = deque()
+        self._producer: IProducer | None = None
+        self._streaming = False
+        self._producer_paused_for: set[str] = set()
+        self._write_closing = False
+        self._write_closed = False
+        # Receiving.
+        self._recv_allowed = window
+        self._unacked = 0
+        self._recv_queue: deque[bytes] = deque()
+        self._recv_queued = 0
+        self._paused = False
+        self._close_pending = False
+        self._read_closed = False
+        # Ending.
+        self._full_close = False
+        self._lost = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.id} {self.service!r}>"
+
+    # --- what the protocol above sees (ITransport) --------------------------------------
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Connect ``protocol`` to this channel; data that arrived before is delivered now."""
+        self._protocol = protocol
+        protocol.makeConnection(self)
+        self._deliver_queued()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``; what exceeds the peer's credit waits and pauses our producer."""
+        if self._write_closing or self._lost or not data:
+            return
+        self.bytes_sent += len(data)
+        if not self._send_queue and len(data) <= self._send_credit and self._ready:
+            self._send_credit -= len(data)
+            self._session._send_data(self.id, data)
+            return
+        self._send_queue.append(bytes(data))
+        self._flush()
+
+    def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
+        self.write(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send CLOSE once everything written so far has been sent."""
+        if self._write_closing or self._lost:
+            return
+        self._write_closing = True
+        self._flush()
+
+    def loseConnection(self) -> None:
+        """Close both ways, after sending what is queued, like TCP's close."""
+        if self._full_close or self._lost:
+            return
+        self._full_close = True
+        self.disconnecting = True
+        self.loseWriteConnection()
+
+    def abortConnection(self) -> None:
+        """Drop whatever is queued and RESET the channel."""
+        self.reset(Reason.ABORTED, "aborted", ConnectionAborted())
+
+    def reset(self, code: int, reason: str, error: BaseException | None = None) -> None:
+        """Abort the channel with a reason the peer will see."""
+        if self._lost:
+            return
+        self._session._send_reset(self.id, code, reason)
+        self._lose(Failure(error or ChannelReset(code, reason)))
+        self._session._forget(self.id)
+
+    def getPeer(self) -> ChannelAddress:
+        return ChannelAddress(self.service, self.id, self._session.label)
+
+    def getHost(self) -> ChannelAddress:
+        return ChannelAddress(self.service, self.id, self._session.label)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"{self!r} already has a producer")
+        self._producer = producer
+        self._streaming = streaming
+        if streaming:
+            if self._producer_paused_for:
+                IPushProducer(producer).pauseProducing()
+        elif not self._send_queue:
+            producer.resumeProducing()  # type: ignore[attr-defined]
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producer_paused_for.clear()
+
+    # --- what the consumer of our data calls (IPushProducer) ------------------------------
+
+    def pauseProducing(self) -> None:
+        """Our consumer is full: keep data here and grant no more credit."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._deliver_queued()
+
+    def stopProducing(self) -> None:
+        """Our consumer went away: nothing more can be delivered."""
+        self.loseConnection()
+
+    # --- what the session calls -------------------------------------------------------------
+
+    def _on_data(self, payload: bytes) -> None:
+        n = len(payload)
+        if self._read_closed or self._close_pending:
+            self._violation(Reason.PROTOCOL_ERROR, "DATA after CLOSE")
+            return
+        if n > self._recv_allowed:
+            self._violation(
+                Reason.WINDOW_EXCEEDED,
+                f"peer sent {n} bytes with only {self._recv_allowed} bytes of credit",
+            )
+            return
+        self._recv_allowed -= n
+        self.bytes_received += n
+        if self._full_close:
+            # We closed; like a closed socket, we drop what still comes, but keep crediting
+            # it so the peer can flush and see our CLOSE.
+            self._consumed(n)
+        elif self._protocol is None or self._paused or self._recv_queue:
+            self._recv_queue.append(payload)
+            self._recv_queued += n
+        else:
+            self._protocol.dataReceived(payload)
+            self._consumed(n)
+
+    def _on_window(self, increment: int) -> None:
+        if self._send_credit + increment > 0xFFFFFFFF:
+            self._violation(Reason.PROTOCOL_ERROR, "WINDOW overflows the credit")
+            return
+        self._send_credit += increment
+        self._flush()
+
+    def _on_close(self) -> None:
+        if self._read_closed or self._close_pending:
+            self._violation(Reason.PROTOCOL_ERROR, "second CLOSE")
+            return
+        self._close_pending = True
+        self._deliver_queued()
+
+    def _on_reset(self, code: int, reason: str) -> None:
+        self._lose(Failure(ChannelReset(code, reason)))
+
+    def _on_session_lost(self, reason: str) -> None:
+        self._lose(Failure(SessionClosed(reason)))
+
+    def _pause_producer(self, why: str) -> None:
+        if not self._producer_paused_for and self._producer is not None and self._streaming:
+            self._producer_paused_for.add(why)
+            IPushProducer(self._producer).pauseProducing()
+        else:
+            self._producer_paused_for.add(why)
+
+    def _resume_producer(self, why: str) -> None:
+        if why not in self._producer_paused_for:
+            return
+        self._producer_paused_for.discard(why)
+        if not self._producer_paused_for and self._producer is not None and self._streaming:
+            IPushProducer(self._producer).resumeProducing()
+
+    # --- inside --------------------------------------------------------------------------------
+
+    def _set_ready(self) -> None:
+        self._ready = True
+        self._flush()
+        self._deliver_queued()
+
+    def _flush(self) -> None:
+        """Send what credit allows; then CLOSE if asked and all is sent; steer the producer."""
+        if not self._ready:
+            if self._send_queue:
+                self._pause_producer("credit")
+            return
+        queue = self._send_queue
+        while queue and self._send_credit > 0 and not self._lost:
+            chunk = queue[0]
+            if len(chunk) <= self._send_credit:
+                queue.popleft()
+            else:
+                queue[0] = chunk[self._send_credit :]
+                chunk = chunk[: self._send_credit]
+            self._send_credit -= len(chunk)
+            self._session._send_data(self.id, chunk)
+        if self._lost:
+            return
+        if queue:
+            self._pause_producer("credit")
+            return
+        self._resume_producer("credit")
+        if self._write_closing and not self._write_closed:
+            self._write_closed = True
+            self._session._send_close(self.id)
+            half = IHalfCloseableProtocol(self._protocol, None)
+            if half is not None and not self._full_close:
+                half.writeConnectionLost()
+            self._maybe_finish()
+        elif self._producer is not None and not self._streaming and not self._write_closing:
+            self._producer.resumeProducing()  # type: ignore[attr-defined]
+
+    def _deliver_queued(self) -> None:
+        while self._recv_queue and not self._paused and self._protocol is not None:
+            chunk = self._recv_queue.popleft()
+            self._recv_queued -= len(chunk)
+            self._protocol.dataReceived(chunk)
+            self._consumed(len(chunk))
+            if self._lost:
+                return
+        if self._close_pending and not self._recv_queue and self._protocol is not None:
+            self._close_pending = False
+            self._read_closed = True
+            half = IHalfCloseableProtocol(self._protocol, None)
+            if half is not None and not self._full_close:
+                half.readConnectionLost()
+                self._maybe_finish()
+            else:
+                # A protocol without half-close sees the peer's CLOSE as the end, as with TCP.
+                self.loseConnection()
+                self._maybe_finish()
+
+    def _consumed(self, n: int) -> None:
+        self._unacked += n
+        if self._unacked >= self._grant_threshold and not self._lost:
+            self._recv_allowed += self._unacked
+            self._session._send_window(self.id, self._unacked)
+            self._unacked = 0
+
+    def _maybe_finish(self) -> None:
+        """Both directions closed: the channel is done."""
+        if self._lost:
+            return
+        if self._write_closed and (self._read_closed or self._full_close):
+            if self._read_closed:
+                self._session._forget(self.id)
+            else:
+                # We closed both ways first: stay in the table, dropping data, until the
+                # peer's CLOSE comes; the protocol is told now, as TCP would.
+                self._session._draining_channel(self.id)
+            self._lose(Failure(ConnectionDone()))
+
+    def _violation(self, code: int, reason: str) -> None:
+        self._log.warn(
+            "channel {cid} ({service}) reset: {reason}",
+            cid=self.id,
+            service=self.service,
+            reason=reason,
+        )
+        self.reset(code, reason)
+
+    def _lose(self, reason: Failure) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.disconnecting = True
+        self._recv_queue.clear()
+        self._recv_queued = 0
+        self._send_queue.clear()
+        self._producer = None
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes waiting for our consumer (never more than the window)."""
+        return self._recv_queued

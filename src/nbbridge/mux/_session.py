@@ -1,0 +1,445 @@
+"""The mux session: one byte stream carrying many channels, each with its own flow control.
+
+A MuxSession is a Twisted protocol; put it on anything that carries bytes in order (a TCP
+connection, an in-memory pipe, the plaintext side of a SecureProtocol over a WebSocket).
+It owns the channel table: ``channels`` (open, by id) and ``opening`` (waiting for OPEN_OK).
+The side created with ``initiator=True`` uses odd channel ids, the other even ones, so ids
+chosen by the two ends never collide.
+
+Errors are contained: a bad frame for one channel resets that channel; bytes that are not
+frames at all end the session with a GOAWAY naming the problem. Nothing raises out of
+``dataReceived``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nbbridge.wire import (
+    MAX_CHANNEL_ID,
+    MAX_PAYLOAD,
+    Close,
+    Data,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    GoAway,
+    Open,
+    OpenFail,
+    OpenOk,
+    Reason,
+    Reset,
+    Window,
+    data_header,
+    encode,
+    encode_window,
+)
+
+from ._acceptor import Acceptor, OpenRequest
+from ._channel import Channel
+from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
+
+DEFAULT_WINDOW = 256 * 1024
+_RECENT = 4096
+
+
+@implementer(IPushProducer)
+class MuxSession(Protocol):
+    """One end of a multiplexed session.
+
+    :param initiator: True on the side that dialled; it picks odd channel ids.
+    :param acceptor: decides what an OPEN from the peer connects to; None refuses all.
+    :param window: receive credit per channel, so also the most we buffer per channel.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        acceptor: Acceptor | None = None,
+        window: int = DEFAULT_WINDOW,
+        max_channels: int = 4096,
+        max_pending_accepts: int = 1024,
+        label: str = "mux",
+    ) -> None:
+        if not 0 < window <= 0x7FFFFFFF:
+            raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
+        self.label = label
+        self.channels: dict[int, Channel] = {}
+        self.opening: dict[int, Deferred[Channel]] = {}
+        self._open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {}
+        self._initiator = initiator
+        self._acceptor = acceptor
+        self._window = window
+        self._max_channels = max_channels
+        self._max_pending_accepts = max_pending_accepts
+        self._accepting: dict[int, Deferred[IProtocol]] = {}
+        self._draining: OrderedDict[int, None] = OrderedDict()
+        self._recently_closed: OrderedDict[int, None] = OrderedDict()
+        self._next_id = 1 if initiator else 2
+        self._decoder = FrameDecoder()
+        self._paused = False
+        self._closed_reason: str | None = None
+        self._close_waiters: list[Deferred[str]] = []
+        self._connected = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --- public API ---------------------------------------------------------------------
+
+    def open(self, service: str, metadata: Mapping[str, str] | None = None) -> Deferred[Channel]:
+        """Open a channel to ``service`` on the peer.
+
+        Fires with the Channel once the peer accepted; fails with a ChannelOpenFailed
+        subclass (UnknownService, ServiceUnavailable, ...) if it refused, or SessionClosed.
+        Cancelling the Deferred abandons the open and resets the channel.
+        """
+        if self._closed_reason is not None or not self._connected:
+            return fail(SessionClosed(self._closed_reason or "not connected"))
+        if len(self.channels) + len(self.opening) >= self._max_channels:
+            return fail(TooManyChannels(f"{self._max_channels} channels already open"))
+        cid = self._next_id
+        if cid > MAX_CHANNEL_ID:
+            return fail(TooManyChannels("channel ids exhausted; open a new session"))
+        self._next_id += 2
+        request = Open(cid, service, self._window, tuple((metadata or {}).items()))
+        try:
+            frame = encode(request)
+        except FrameError as e:
+            return fail(ChannelOpenFailed(f"cannot open {service!r}: {e}"))
+
+        def cancel(d: Deferred[Channel]) -> None:
+            self._open_requests.pop(cid, None)
+            if self.opening.pop(cid, None) is not None:
+                self._send_reset(cid, Reason.ABORTED, "open cancelled")
+                self._remember_closed(cid)
+
+        d: Deferred[Channel] = Deferred(cancel)
+        self.opening[cid] = d
+        self._open_requests[cid] = (service, request.metadata)
+        self._write(frame)
+        return d
+
+    def close(self, reason: str = "closed", code: int = Reason.NORMAL) -> None:
+        """End the session: tell the peer why, then drop the connection."""
+        if self._closed_reason is None and self._connected:
+            self._write(encode(GoAway(code, reason)))
+            self._shutdown(reason)
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def when_closed(self) -> Deferred[str]:
+        """A new Deferred that fires with the reason once the session has ended."""
+        if self._closed_reason is not None and not self._connected:
+            return succeed(self._closed_reason)
+        d: Deferred[str] = Deferred()
+        self._close_waiters.append(d)
+        return d
+
+    @property
+    def is_open(self) -> bool:
+        return self._connected and self._closed_reason is None
+
+    # --- Protocol -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed_reason is not None:
+            return
+        self.bytes_in += len(data)
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as e:
+            self._protocol_error(str(e))
+            return
+        for frame in frames:
+            if self._closed_reason is not None:
+                return
+            try:
+                self._dispatch(frame)
+            except Exception:
+                # A bug in a protocol above must not take the session down with a traceback
+                # into the reactor; it takes down only the channel concerned.
+                self._log.failure("error handling {frame!r}", frame=type(frame).__name__)
+                ch = self.channels.get(frame.channel)
+                if ch is not None:
+                    ch.reset(Reason.INTERNAL_ERROR, "internal error")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        why = self._closed_reason or _describe(reason)
+        self._shutdown(why)
+        self._connected = False
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(why)
+
+    # --- IPushProducer: the transport below is full / has room again ------------------------
+
+    def pauseProducing(self) -> None:
+        if not self._paused:
+            self._paused = True
+            for ch in list(self.channels.values()):
+                ch._pause_producer("session")
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            for ch in list(self.channels.values()):
+                ch._resume_producer("session")
+
+    def stopProducing(self) -> None:
+        pass
+
+    # --- frames in ---------------------------------------------------------------------------
+
+    def _dispatch(self, frame: Frame) -> None:
+        cid = frame.channel
+        if isinstance(frame, Data):
+            ch = self.channels.get(cid)
+            if ch is not None:
+                ch._on_data(frame.payload)
+            elif cid in self._draining:
+                self._send_window(cid, len(frame.payload))
+            else:
+                self._unknown(frame)
+        elif isinstance(frame, Window):
+            ch = self.channels.get(cid)
+            if ch is not None:
+                ch._on_window(frame.increment)
+            elif cid not in self._draining:
+                self._unknown(frame)
+        elif isinstance(frame, Close):
+            ch = self.channels.get(cid)
+            if ch is not None:
+                ch._on_close()
+            elif cid in self._draining:
+                del self._draining[cid]
+                self._remember_closed(cid)
+            else:
+                self._unknown(frame)
+        elif isinstance(frame, Reset):
+            self._on_reset(frame)
+        elif isinstance(frame, Open):
+            self._on_open(frame)
+        elif isinstance(frame, OpenOk):
+            self._on_open_ok(frame)
+        elif isinstance(frame, OpenFail):
+            d = self.opening.pop(cid, None)
+            self._open_requests.pop(cid, None)
+            if d is None:
+                self._unknown(frame)
+            else:
+                self._remember_closed(cid)
+                d.errback(open_failure(frame.code, frame.text))
+        else:
+            self._log.info(
+                "{label}: peer ended the session: {text}", label=self.label, text=frame.text
+            )
+            self._shutdown(f"peer said: {frame.text}")
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def _on_open(self, frame: Open) -> None:
+        cid = frame.channel
+        if cid == 0 or (cid % 2 == 1) == self._initiator:
+            self._protocol_error(f"OPEN with channel id {cid} of the wrong parity")
+            return
+        if cid in self.channels or cid in self._accepting or cid in self._draining:
+            self._protocol_error(f"OPEN for channel {cid}, which is in use")
+            return
+        if len(self.channels) + len(self.opening) >= self._max_channels:
+            self._refuse(cid, Reason.TOO_MANY_CHANNELS, f"{self._max_channels} channels open")
+            return
+        if len(self._accepting) >= self._max_pending_accepts:
+            self._refuse(cid, Reason.TOO_MANY_CHANNELS, "too many opens in progress")
+            return
+        if self._acceptor is None:
+            self._refuse(cid, Reason.REFUSED, "this side accepts no channels")
+            return
+        request = OpenRequest(frame.service, dict(frame.metadata), cid)
+        try:
+            endpoint = self._acceptor(request)
+        except ChannelOpenFailed as e:
+            self._refuse(cid, e.code, e.reason)
+            return
+        channel = Channel(
+            self, cid, frame.service, frame.metadata, self._window, frame.window, ready=False
+        )
+        self._connect(channel, endpoint)
+
+    def _connect(self, channel: Channel, endpoint: IStreamClientEndpoint) -> None:
+        from ._splice import SpliceFactory
+
+        cid = channel.id
+        d = endpoint.connect(SpliceFactory(channel))
+        self._accepting[cid] = d
+
+        def connected(_: object) -> None:
+            if self._accepting.pop(cid, None) is None:
+                return
+            if self._closed_reason is not None:
+                channel._on_session_lost(self._closed_reason)
+                return
+            self.channels[cid] = channel
+            if self._paused:
+                channel._pause_producer("session")
+            self._write(encode(OpenOk(cid, self._window)))
+            channel._set_ready()
+
+        def failed(f: Failure) -> None:
+            if self._accepting.pop(cid, None) is None:
+                return
+            self._log.info(
+                "{label}: cannot connect channel {cid} to {service!r}: {why}",
+                label=self.label,
+                cid=cid,
+                service=channel.service,
+                why=f.getErrorMessage(),
+            )
+            self._refuse(
+                cid,
+                Reason.CONNECT_FAILED,
+                f"could not connect to service {channel.service!r}: {f.getErrorMessage()}",
+            )
+
+        d.addCallbacks(connected, failed)
+
+    def _on_open_ok(self, frame: OpenOk) -> None:
+        cid = frame.channel
+        d = self.opening.pop(cid, None)
+        if d is None:
+            self._unknown(frame)
+            return
+        service, metadata = self._open_requests.pop(cid)
+        channel = Channel(self, cid, service, metadata, self._window, frame.window)
+        self.channels[cid] = channel
+        if self._paused:
+            channel._pause_producer("session")
+        d.callback(channel)
+
+    def _on_reset(self, frame: Reset) -> None:
+        cid = frame.channel
+        ch = self.channels.pop(cid, None)
+        if ch is not None:
+            self._remember_closed(cid)
+            ch._on_reset(frame.code, frame.text)
+            return
+        pending = self._accepting.pop(cid, None)
+        if pending is not None:
+            self._remember_closed(cid)
+            pending.cancel()
+            return
+        opening = self.opening.pop(cid, None)
+        self._open_requests.pop(cid, None)
+        if opening is not None:
+            self._remember_closed(cid)
+            opening.errback(open_failure(frame.code, frame.text))
+            return
+        self._draining.pop(cid, None)
+        # Never answer a RESET with a RESET: that could ping-pong forever.
+
+    def _unknown(self, frame: Frame) -> None:
+        cid = frame.channel
+        if cid in self._recently_closed:
+            return  # in flight when we closed it: normal, not an error
+        self._log.warn(
+            "{label}: {kind} for unknown channel {cid}; resetting it",
+            label=self.label,
+            kind=type(frame).__name__.upper(),
+            cid=cid,
+        )
+        self._send_reset(cid, Reason.PROTOCOL_ERROR, f"unknown channel {cid}")
+        self._remember_closed(cid)
+
+    def _refuse(self, cid: int, code: int, reason: str) -> None:
+        self._write(encode(OpenFail(cid, code, reason)))
+        self._remember_closed(cid)
+
+    def _protocol_error(self, reason: str) -> None:
+        self._log.warn(
+            "{label}: protocol violation, closing the session: {reason}",
+            label=self.label,
+            reason=reason,
+        )
+        self.close(f"protocol violation: {reason}", Reason.PROTOCOL_ERROR)
+
+    # --- frames out (called by channels) --------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and self._closed_reason is None:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def _send_data(self, cid: int, data: bytes) -> None:
+        if self.transport is None or self._closed_reason is not None:
+            return
+        n = len(data)
+        self.bytes_out += n
+        if n <= MAX_PAYLOAD:
+            self.transport.writeSequence([data_header(cid, n), data])
+            return
+        view = memoryview(data)
+        for start in range(0, n, MAX_PAYLOAD):
+            chunk = bytes(view[start : start + MAX_PAYLOAD])
+            self.transport.writeSequence([data_header(cid, len(chunk)), chunk])
+
+    def _send_window(self, cid: int, increment: int) -> None:
+        self._write(encode_window(cid, increment))
+
+    def _send_close(self, cid: int) -> None:
+        self._write(encode(Close(cid)))
+
+    def _send_reset(self, cid: int, code: int, reason: str) -> None:
+        self._write(encode(Reset(cid, code, reason)))
+
+    def _forget(self, cid: int) -> None:
+        self.channels.pop(cid, None)
+        self._remember_closed(cid)
+
+    def _draining_channel(self, cid: int) -> None:
+        """We closed both ways first: drop (and credit) the peer's data until its CLOSE."""
+        if self.channels.pop(cid, None) is not None:
+            self._draining[cid] = None
+            while len(self._draining) > self._max_channels:
+                self._draining.popitem(last=False)
+
+    def _remember_closed(self, cid: int) -> None:
+        self._recently_closed[cid] = None
+        self._recently_closed.move_to_end(cid)
+        while len(self._recently_closed) > _RECENT:
+            self._recently_closed.popitem(last=False)
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        channels, self.channels = self.channels, {}
+        opening, self.opening = self.opening, {}
+        self._open_requests.clear()
+        accepting, self._accepting = self._accepting, {}
+        for ch in channels.values():
+            ch._on_session_lost(reason)
+        for d in opening.values():
+            d.errback(SessionClosed(reason))
+        for pending in accepting.values():
+            pending.cancel()
+
+
+def _describe(reason: Failure) -> str:
+    if isinstance(reason.value, SessionClosed):
+        return reason.value.reason
+    return reason.getErrorMessage() or type(reason.value).__name__

@@ -1,0 +1,192 @@
+"""Join a TCP connection (or any ITCPTransport) and a channel, with backpressure both ways.
+
+Each side is the other's producer: when the TCP connection's send buffer is full it pauses
+the channel (which then stops granting credit to the peer), and when the channel runs out
+of credit it pauses the TCP connection's reading. Half-closes travel across: an EOF read on
+one side becomes a write-shutdown on the other. An abort on one side aborts the other, so a
+broken transfer is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._channel import Channel
+
+
+def _clean(reason: Failure) -> bool:
+    return reason.check(ConnectionDone) is not None
+
+
+@implementer(IHalfCloseableProtocol)
+class _ChannelSide(Protocol):
+    """Sits on the channel; writes what the peer sends into the TCP connection."""
+
+    def __init__(self, tcp: TcpSide) -> None:
+        self._tcp = tcp
+
+    def connectionMade(self) -> None:
+        channel = self.transport
+        assert isinstance(channel, Channel)
+        self._tcp.joined(channel)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._tcp.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self._tcp.peer_closed_writing()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._tcp.channel_lost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class TcpSide(Protocol):
+    """Sits on the TCP connection; writes what it reads into the channel."""
+
+    _log = Logger()
+
+    def __init__(self, channel: Channel | None = None) -> None:
+        self.channel = channel
+        self._read_done = False
+        self._write_done = False
+        self._gone = False
+
+    def channel_protocol(self) -> Protocol:
+        """The protocol to attach to this connection's channel."""
+        return _ChannelSide(self)
+
+    def joined(self, channel: Channel) -> None:
+        """The channel is attached: carry data both ways from now on."""
+        self.channel = channel
+        tcp = self.transport
+        if self._gone or tcp is None:
+            channel.loseConnection()
+            return
+        channel.registerProducer(tcp, True)  # type: ignore[arg-type]
+        tcp.registerProducer(channel, True)  # type: ignore[attr-defined]
+        tcp.resumeProducing()  # type: ignore[attr-defined]
+
+    def connectionMade(self) -> None:
+        channel = self.channel
+        # Read nothing until there is a channel to send it to.
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if channel is not None:
+            channel.attach(self.channel_protocol())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.write(data)
+
+    def readConnectionLost(self) -> None:
+        self._read_done = True
+        if self.channel is not None:
+            self.channel.loseWriteConnection()
+        self._maybe_close()
+
+    def writeConnectionLost(self) -> None:
+        self._write_done = True
+        self._maybe_close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
+        channel = self.channel
+        if channel is None or channel.lost:
+            return
+        if _clean(reason):
+            channel.loseConnection()
+        else:
+            channel.abortConnection()
+
+    def peer_closed_writing(self) -> None:
+        """The channel's peer sent CLOSE: shut down our writing side after the buffer."""
+        transport: Any = self.transport
+        if self._gone:
+            return
+        if ITCPTransport.providedBy(transport) or hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+
+    def channel_lost(self, reason: Failure) -> None:
+        """The channel ended: close the TCP connection the same way (cleanly or not)."""
+        if self._gone or self.transport is None:
+            return
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if _clean(reason):
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _maybe_close(self) -> None:
+        # With half-close, Twisted leaves closing the socket to us once both ways are done.
+        if self._read_done and self._write_done and self.transport is not None:
+            self.transport.loseConnection()
+
+
+class SpliceFactory(Factory):
+    """Builds the TCP side for a channel that already exists (the accepting end)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def buildProtocol(self, addr: IAddress | None) -> TcpSide:
+        return TcpSide(self._channel)
+
+
+class _Forwarded(TcpSide):
+    factory: ForwardingFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        d = self.factory.endpoint.connect(_Once(self.channel_protocol()))
+        d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self._log.info(
+            "{what}: cannot open a channel for {peer}: {why}",
+            what=self.factory.label,
+            peer=self.transport.getPeer() if self.transport else None,
+            why=failure.getErrorMessage(),
+        )
+        if self.transport is not None and not self._gone:
+            self.transport.loseConnection()
+
+
+class ForwardingFactory(Factory):
+    """Accepts TCP connections and carries each one over a new channel from ``endpoint``.
+
+    While the channel is being opened the connection is not read, so nothing is buffered.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, label: str = "forward") -> None:
+        self.endpoint = endpoint
+        self.label = label
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        protocol = _Forwarded()
+        protocol.factory = self
+        return protocol
+
+
+class _Once(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol

@@ -1,0 +1,151 @@
+"""Shared pieces for mux tests: session pairs over in-memory pipes and real loopback TCP."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial.unittest import TestCase
+
+from nbbridge.mux import Acceptor, MuxSession
+
+
+def session_pair(
+    acceptor: Acceptor | None = None, **kwargs: Any
+) -> tuple[MuxSession, MuxSession, iosim.IOPump]:
+    """An initiator and a responder joined by iosim's in-memory transports."""
+    a = MuxSession(initiator=True, label="A", **kwargs)
+    b = MuxSession(initiator=False, acceptor=acceptor, label="B", **kwargs)
+    pump = iosim.connect(b, iosim.makeFakeServer(b), a, iosim.makeFakeClient(a), greet=False)
+    pump.flush()
+    return a, b, pump
+
+
+class _Box:
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+
+def lost_reason(test: TestCase, collector: Collector) -> Failure:
+    """How the collector's connection ended (it must have ended already)."""
+    box = test.successResultOf(collector.lost)
+    return box.failure  # type: ignore[attr-defined, no-any-return]
+
+
+class Collector(Protocol):
+    """Records what a channel or connection delivers, and how it ended."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: Deferred[Failure] = Deferred()
+        self.reason: Failure | None = None
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.reason = reason
+        # A Failure passed to callback() would turn the Deferred into an errback: wrap it.
+        self.lost.callback(_Box(reason))  # type: ignore[arg-type]
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class HalfCloseEcho(Protocol):
+    """Echoes, and closes its writing side when the peer closes its own (like `cat`)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class HashSink(Protocol):
+    """Hashes everything it receives; replies with the digest once the peer half-closes."""
+
+    def connectionMade(self) -> None:
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(f"{self.count} {self.hash.hexdigest()}".encode())  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def half_closeable(cls: type[Protocol]) -> type[Protocol]:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import classImplements
+
+    classImplements(cls, IHalfCloseableProtocol)
+    return cls
+
+
+half_closeable(HalfCloseEcho)
+half_closeable(HashSink)
+
+
+async def listen(test: TestCase, factory: Factory) -> int:
+    """Listen on 127.0.0.1, port 0; stops listening at the end of the test."""
+    port: IListeningPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        factory
+    )
+    test.addCleanup(port.stopListening)
+    return port.getHost().port  # type: ignore[no-any-return, attr-defined]
+
+
+def tcp_endpoint(port: int) -> TCP4ClientEndpoint:
+    return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+
+class StringEndpoint:
+    """An in-memory 'service': connect() puts the protocol on a StringTransport.
+
+    The test plays the service: it reads ``transport.value()`` and calls
+    ``protocol.dataReceived`` to answer.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        self._transport_class = StringTransport
+        self.connections: list[tuple[Protocol, Any]] = []
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        from twisted.internet.defer import succeed
+
+        protocol = factory.buildProtocol(None)
+        transport = self._transport_class()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+from twisted.internet.interfaces import IStreamClientEndpoint  # noqa: E402
+from zope.interface import classImplements  # noqa: E402
+
+classImplements(StringEndpoint, IStreamClientEndpoint)

@@ -1,0 +1,135 @@
+"""Two MuxSessions over a real loopback TCP connection, with real services and forwards."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
+
+from ._helpers import HalfCloseEcho, HashSink, listen, tcp_endpoint
+
+
+class PatternFile:
+    """A file-like object of ``size`` pseudo-random bytes, made as they are read."""
+
+    def __init__(self, size: int, seed: int = 1) -> None:
+        self._left = size
+        self._random = random.Random(seed)
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self._left)
+        self._left -= n
+        data = self._random.randbytes(n)
+        self.hash.update(data)
+        return data
+
+
+@implementer(IHalfCloseableProtocol)
+class Uploader(Protocol):
+    """Sends a file with backpressure, half-closes, then collects the reply until EOF."""
+
+    def __init__(self, source: PatternFile) -> None:
+        self.source = source
+        self.reply = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        d = FileSender().beginFileTransfer(self.source, self.transport)
+        d.addCallback(lambda _: self.transport.loseWriteConnection())  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reply += data
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if not self.done.called:
+            self.done.callback(bytes(self.reply))
+
+
+class LoopbackTests(TestCase):
+    async def _setup(self) -> None:
+        sink_port = await listen(self, Factory.forProtocol(HashSink))
+        echo_port = await listen(self, Factory.forProtocol(HalfCloseEcho))
+        acceptor = ServiceMap({"sink": tcp_endpoint(sink_port), "echo": tcp_endpoint(echo_port)})
+        self.server_sessions: list[MuxSession] = []
+
+        def make_server() -> MuxSession:
+            s = MuxSession(initiator=False, acceptor=acceptor, label="agent")
+            self.server_sessions.append(s)
+            return s
+
+        mux_port = await listen(self, Factory.forProtocol(make_server))
+        self.session = MuxSession(initiator=True, label="client")
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", mux_port).connect(
+            Factory.forProtocol(lambda: self.session)
+        )
+        self.sink_forward = await listen(
+            self, ForwardingFactory(ChannelEndpoint.on(self.session, "sink"))
+        )
+        self.echo_forward = await listen(
+            self, ForwardingFactory(ChannelEndpoint.on(self.session, "echo"))
+        )
+        self.addCleanup(self._close)
+
+    async def _close(self) -> None:
+        closed = [self.session.when_closed()] + [s.when_closed() for s in self.server_sessions]
+        self.session.close("test over")
+        await DeferredList(closed)
+
+    async def _upload(self, port: int, size: int, seed: int = 1) -> tuple[PatternFile, bytes]:
+        source = PatternFile(size, seed)
+        proto = Uploader(source)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+            Factory.forProtocol(lambda: proto)
+        )
+        reply = await proto.done
+        return source, reply
+
+    async def test_100_megabytes_arrive_identical(self) -> None:
+        await self._setup()
+        size = 100 * 1024 * 1024
+        source, reply = await self._upload(self.sink_forward, size)
+        self.assertEqual(reply.decode(), f"{size} {source.hash.hexdigest()}")
+        self.assertEqual(self.session.channels, {})
+
+    async def test_half_close_still_gets_reply(self) -> None:
+        """The client shuts down its writing side; the echo of everything still arrives."""
+        await self._setup()
+        source, reply = await self._upload(self.echo_forward, 3 * 1024 * 1024 + 17, seed=7)
+        self.assertEqual(hashlib.sha256(reply).hexdigest(), source.hash.hexdigest())
+
+    async def test_many_parallel_connections(self) -> None:
+        await self._setup()
+        results = await DeferredList(
+            [
+                Deferred.fromCoroutine(self._upload(self.echo_forward, 200_000 + i, seed=i))
+                for i in range(50)
+            ],
+            consumeErrors=True,
+        )
+        for ok, (source, reply) in results:  # type: ignore[misc]
+            self.assertTrue(ok)
+            self.assertEqual(hashlib.sha256(reply).hexdigest(), source.hash.hexdigest())
+
+    async def test_unknown_service_closes_forwarded_connection(self) -> None:
+        await self._setup()
+        port = await listen(self, ForwardingFactory(ChannelEndpoint.on(self.session, "nope")))
+        _source, reply = await self._upload(port, 10)
+        self.assertEqual(reply, b"")

@@ -1,0 +1,366 @@
+"""MuxSession over in-memory pipes: opening, flow control, closing and bad peers."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from nbbridge.mux import (
+    Channel,
+    ChannelEndpoint,
+    ChannelReset,
+    MuxSession,
+    OpenRequest,
+    ServiceMap,
+    ServiceUnavailable,
+    SessionClosed,
+    TooManyChannels,
+    UnknownService,
+)
+from nbbridge.wire import Data, FrameDecoder, GoAway, Open, OpenOk, Reason, Reset, Window, encode
+
+from ._helpers import Collector, StringEndpoint, lost_reason, session_pair
+
+
+class RefusingEndpoint:
+    def connect(self, factory: Factory) -> Deferred[object]:
+        from twisted.internet.defer import fail
+
+        return fail(ConnectionRefusedError("127.0.0.1:9"))
+
+
+def opened(d: Deferred[Channel]) -> Channel:
+    result: list[Channel] = []
+    d.addCallback(result.append)
+    assert result, "the open has not completed"
+    return result[0]
+
+
+class OpenTests(TestCase):
+    def test_open_and_exchange(self) -> None:
+        service = StringEndpoint()
+        a, _b, pump = session_pair(ServiceMap({"echo": service}))
+        d = a.open("echo", {"who": "test"})
+        pump.flush()
+        channel = opened(d)
+        self.assertEqual((channel.service, channel.metadata), ("echo", {"who": "test"}))
+        app = Collector()
+        channel.attach(app)
+        channel.write(b"hello")
+        pump.flush()
+        ((tcp, transport),) = service.connections
+        self.assertEqual(transport.value(), b"hello")
+        tcp.dataReceived(b"world")
+        pump.flush()
+        self.assertEqual(bytes(app.data), b"world")
+
+    def test_unknown_service(self) -> None:
+        a, _b, pump = session_pair(ServiceMap({"echo": StringEndpoint()}))
+        d = a.open("nope")
+        pump.flush()
+        f = self.failureResultOf(d, UnknownService)
+        self.assertEqual(str(f.value), "unknown service 'nope'")
+        self.assertEqual(f.value.code, Reason.UNKNOWN_SERVICE)
+
+    def test_service_down(self) -> None:
+        a, b, pump = session_pair(ServiceMap({"ssh": RefusingEndpoint()}))  # type: ignore[dict-item]
+        d = a.open("ssh")
+        pump.flush()
+        f = self.failureResultOf(d, ServiceUnavailable)
+        self.assertIn("could not connect to service 'ssh'", str(f.value))
+        self.assertEqual(b.channels, {})
+
+    def test_no_acceptor_refuses(self) -> None:
+        _a, b, pump = session_pair(None)
+        d = b.open("anything")
+        pump.flush()
+        self.failureResultOf(d).trap(Exception)
+
+    def test_acceptor_sees_request(self) -> None:
+        seen: list[OpenRequest] = []
+
+        def acceptor(request: OpenRequest) -> StringEndpoint:
+            seen.append(request)
+            return StringEndpoint()
+
+        a, _b, pump = session_pair(acceptor)  # type: ignore[arg-type]
+        a.open("jupyter", {"client": "laptop"})
+        pump.flush()
+        self.assertEqual(seen, [OpenRequest("jupyter", {"client": "laptop"}, 1)])
+
+    def test_ids_by_parity(self) -> None:
+        a, b, pump = session_pair(ServiceMap({"x": StringEndpoint()}))
+        b._acceptor, a._acceptor = (
+            ServiceMap({"x": StringEndpoint()}),
+            ServiceMap({"x": StringEndpoint()}),
+        )
+        ids_a = [opened_now(a, pump).id for _ in range(3)]
+        ids_b = [opened_now(b, pump).id for _ in range(3)]
+        self.assertEqual(ids_a, [1, 3, 5])
+        self.assertEqual(ids_b, [2, 4, 6])
+
+    def test_thousand_concurrent_channels(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"echo": service}))
+        ds = [a.open("echo", {"n": str(i)}) for i in range(1000)]
+        pump.flush()
+        channels = [opened(d) for d in ds]
+        apps = []
+        for i, ch in enumerate(channels):
+            app = Collector()
+            ch.attach(app)
+            apps.append(app)
+            ch.write(b"ping %d" % i)
+        pump.flush()
+        self.assertEqual(len(service.connections), 1000)
+        self.assertEqual(len(b.channels), 1000)
+        for tcp, transport in service.connections:
+            tcp.dataReceived(b"pong " + transport.value().split()[1])
+        pump.flush()
+        for i, app in enumerate(apps):
+            self.assertEqual(bytes(app.data), b"pong %d" % i)
+
+    def test_cancel_open(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"echo": service}))
+        d = a.open("echo")
+        d.cancel()
+        self.failureResultOf(d)
+        pump.flush()
+        self.assertEqual((a.opening, a.channels, b.channels), ({}, {}, {}))
+
+    def test_channel_endpoint(self) -> None:
+        service = StringEndpoint()
+        a, _b, pump = session_pair(ServiceMap({"echo": service}))
+        d = ChannelEndpoint.on(a, "echo").connect(Factory.forProtocol(Collector))
+        pump.flush()
+        app = self.successResultOf(d)
+        self.assertTrue(app.made)  # type: ignore[attr-defined]
+
+    def test_too_many_channels(self) -> None:
+        a, _b, pump = session_pair(ServiceMap({"x": StringEndpoint()}), max_channels=2)
+        ds = [a.open("x") for _ in range(3)]
+        self.failureResultOf(ds[2], TooManyChannels)
+        pump.flush()
+        opened(ds[0])
+
+
+def opened_now(session: MuxSession, pump: object) -> Channel:
+    d = session.open("x")
+    pump.flush()  # type: ignore[attr-defined]
+    return opened(d)
+
+
+class FlowControlTests(TestCase):
+    def test_paused_reader_does_not_stall_others(self) -> None:
+        """One consumer stops reading: its data waits (bounded), the other channel flows."""
+        window = 64 * 1024
+        service = StringEndpoint()
+        a, _b, pump = session_pair(ServiceMap({"s": service}), window=window)
+        slow = opened(_completed(a, "s", pump))
+        fast = opened(_completed(a, "s", pump))
+        slow_app, fast_app = Collector(), Collector()
+        slow.attach(slow_app)
+        fast.attach(fast_app)
+        slow.pauseProducing()  # the slow channel's consumer is full
+        (slow_tcp, slow_tr), (fast_tcp, fast_tr) = service.connections
+        blob = b"x" * 16384
+        for _ in range(20):  # 320 KiB each, 5x the window
+            slow_tcp.dataReceived(blob)
+            fast_tcp.dataReceived(blob)
+            pump.flush()
+        self.assertEqual(len(fast_app.data), 20 * 16384)
+        self.assertEqual(len(slow_app.data), 0)
+        self.assertLessEqual(slow.buffered, window)
+        self.assertEqual(slow_tr.producerState, "paused")  # the service is not read any more
+        self.assertEqual(fast_tr.producerState, "producing")
+        slow.resumeProducing()
+        pump.flush()
+        self.assertEqual(bytes(slow_app.data), blob * 20)
+        self.assertEqual(slow_tr.producerState, "producing")
+
+    def test_overrun_window_resets_channel(self) -> None:
+        a = MuxSession(initiator=True, window=1000)
+        transport = StringTransport()
+        a.makeConnection(transport)
+        d = a.open("x")
+        a.dataReceived(encode(OpenOk(1, 1000)))
+        channel = opened(d)
+        app = Collector()
+        channel.attach(app)
+        transport.clear()
+        a.dataReceived(encode(Data(1, b"y" * 1001)))
+        f = lost_reason(self, app)
+        f.trap(ChannelReset)
+        self.assertEqual(f.value.code, Reason.WINDOW_EXCEEDED)
+        frames = FrameDecoder().feed(transport.value())
+        self.assertEqual(type(frames[0]), Reset)
+        self.assertEqual(frames[0].code, Reason.WINDOW_EXCEEDED)  # type: ignore[union-attr]
+        self.assertTrue(a.is_open)
+
+    def test_sender_respects_credit(self) -> None:
+        a = MuxSession(initiator=True)
+        transport = StringTransport()
+        a.makeConnection(transport)
+        d = a.open("x")
+        a.dataReceived(encode(OpenOk(1, 100)))
+        channel = opened(d)
+        producer = StringTransport()
+        channel.registerProducer(producer, True)
+        transport.clear()
+        channel.write(b"z" * 250)
+        sent = sum(
+            len(f.payload) for f in FrameDecoder().feed(transport.value()) if isinstance(f, Data)
+        )
+        self.assertEqual(sent, 100)
+        self.assertEqual(producer.producerState, "paused")
+        transport.clear()
+        a.dataReceived(encode(Window(1, 200)))
+        sent = sum(
+            len(f.payload) for f in FrameDecoder().feed(transport.value()) if isinstance(f, Data)
+        )
+        self.assertEqual(sent, 150)
+        self.assertEqual(producer.producerState, "producing")
+
+    def test_session_backpressure_pauses_channel_producers(self) -> None:
+        service = StringEndpoint()
+        a, _b, pump = session_pair(ServiceMap({"s": service}))
+        channel = opened(_completed(a, "s", pump))
+        producer = StringTransport()
+        channel.registerProducer(producer, True)
+        a.pauseProducing()
+        self.assertEqual(producer.producerState, "paused")
+        a.resumeProducing()
+        self.assertEqual(producer.producerState, "producing")
+
+
+def _completed(session: MuxSession, service: str, pump: object) -> Deferred[Channel]:
+    d = session.open(service)
+    pump.flush()  # type: ignore[attr-defined]
+    return d
+
+
+class CloseTests(TestCase):
+    def test_half_close_both_ways(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}))
+        channel = opened(_completed(a, "s", pump))
+        app = HalfCollector()
+        channel.attach(app)
+        channel.write(b"request")
+        channel.loseWriteConnection()
+        pump.flush()
+        ((tcp, transport),) = service.connections
+        self.assertEqual(transport.value(), b"request")
+        # The service read EOF (the splice shut down its writing side); it replies and closes.
+        tcp.dataReceived(b"reply")
+        tcp.readConnectionLost()
+        tcp.writeConnectionLost()
+        tcp.connectionLost(_done())
+        pump.flush()
+        self.assertEqual(bytes(app.data), b"reply")
+        self.assertTrue(app.read_closed)
+        lost_reason(self, app).trap(ConnectionDone)
+        self.assertEqual((a.channels, b.channels), ({}, {}))
+
+    def test_reset_reaches_peer_application(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}))
+        channel = opened(_completed(a, "s", pump))
+        app = Collector()
+        channel.attach(app)
+        b.channels[channel.id].reset(Reason.ABORTED, "the service crashed")
+        pump.flush()
+        f = lost_reason(self, app)
+        f.trap(ChannelReset)
+        self.assertEqual(f.value.reason, "the service crashed")
+        self.assertEqual((a.channels, b.channels), ({}, {}))
+
+    def test_abort_aborts_service_connection(self) -> None:
+        service = StringEndpoint()
+        a, _b, pump = session_pair(ServiceMap({"s": service}))
+        channel = opened(_completed(a, "s", pump))
+        channel.attach(Collector())
+        channel.abortConnection()
+        pump.flush()
+        ((_tcp, transport),) = service.connections
+        self.assertTrue(transport.disconnecting)
+
+    def test_session_loss_ends_channels_and_opens(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}))
+        channel = opened(_completed(a, "s", pump))
+        app = Collector()
+        channel.attach(app)
+        pending = a.open("s")
+        closed = a.when_closed()
+        b.close("agent shutting down")
+        pump.flush()
+        lost_reason(self, app).trap(SessionClosed)
+        self.failureResultOf(pending, SessionClosed)
+        self.assertIn("agent shutting down", self.successResultOf(closed))
+        self.failureResultOf(a.open("s"), SessionClosed)
+
+
+class HalfCollector(Collector):
+    read_closed = False
+
+    def readConnectionLost(self) -> None:
+        self.read_closed = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+from twisted.internet.interfaces import IHalfCloseableProtocol  # noqa: E402
+from zope.interface import classImplements  # noqa: E402
+
+classImplements(HalfCollector, IHalfCloseableProtocol)
+
+
+def _done():  # type: ignore[no-untyped-def]
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionDone())
+
+
+class BadPeerTests(TestCase):
+    def _session(self) -> tuple[MuxSession, StringTransport]:
+        session = MuxSession(initiator=True, acceptor=ServiceMap({"s": StringEndpoint()}))
+        transport = StringTransport()
+        session.makeConnection(transport)
+        return session, transport
+
+    def test_garbage_closes_session_with_reason(self) -> None:
+        session, transport = self._session()
+        closed = session.when_closed()
+        session.dataReceived(b"\xff" * 64)
+        frames = FrameDecoder().feed(transport.value())
+        self.assertIsInstance(frames[-1], GoAway)
+        self.assertIn("unknown frame type 255", frames[-1].text)  # type: ignore[union-attr]
+        self.assertTrue(transport.disconnecting)
+        session.connectionLost(_done())
+        self.assertIn("protocol violation", self.successResultOf(closed))
+
+    def test_data_for_unknown_channel_is_reset(self) -> None:
+        session, transport = self._session()
+        session.dataReceived(encode(Data(7, b"hi")))
+        (frame,) = FrameDecoder().feed(transport.value())
+        self.assertEqual(frame, Reset(7, Reason.PROTOCOL_ERROR, "unknown channel 7"))
+        self.assertTrue(session.is_open)
+
+    def test_open_with_wrong_parity_closes_session(self) -> None:
+        session, transport = self._session()
+        session.dataReceived(encode(Open(3, "s", 1000)))  # odd ids are the initiator's own
+        frames = FrameDecoder().feed(transport.value())
+        self.assertIsInstance(frames[-1], GoAway)
+        self.assertTrue(transport.disconnecting)
+
+    def test_oversized_frame_closes_session(self) -> None:
+        session, transport = self._session()
+        session.dataReceived(b"\x04\x00\x00\x00\x00\x02\xff\xff\xff\xff")
+        frames = FrameDecoder().feed(transport.value())
+        self.assertIn("more than", frames[-1].text)  # type: ignore[union-attr]
