@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,9 +30,9 @@ u16 = st.integers(min_value=0, max_value=0xFFFF)
 u32 = st.integers(min_value=1, max_value=0xFFFFFFFF)
 reasons = st.text(max_size=200)
 names = st.text(min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
-metadata = st.dictionaries(
-    st.text(min_size=0, max_size=20), st.text(max_size=50), max_size=8
-).map(lambda d: tuple(d.items()))
+metadata = st.dictionaries(st.text(min_size=0, max_size=20), st.text(max_size=50), max_size=8).map(
+    lambda d: tuple(d.items())
+)
 
 frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Open, ids, names, u32, metadata),
@@ -46,7 +48,7 @@ frames: st.SearchStrategy[Frame] = st.one_of(
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 class RoundTripTests(SynchronousTestCase):
