@@ -1,0 +1,39 @@
+"""Reading secrets (tokens) from files or the environment, never from the command line."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+
+class SecretError(Exception):
+    """A secret could not be read; the message is one line for the user."""
+
+
+def read_secret(path: str | None, env: str, what: str = "token") -> str:
+    """The secret in ``path`` (first line), else in environment variable ``env``.
+
+    A file readable by others than its owner and group is refused, as ssh does for keys:
+    a token that anyone on the machine can read is no secret.
+    """
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            with open(path, encoding="utf-8") as f:
+                text = f.readline().strip()
+        except OSError as e:
+            raise SecretError(f"cannot read {what} file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise SecretError(f"{what} file {path} is not UTF-8 text") from None
+        if mode & stat.S_IROTH:
+            raise SecretError(
+                f"{what} file {path} is readable by everyone (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        if not text:
+            raise SecretError(f"{what} file {path} is empty")
+        return text
+    value = os.environ.get(env, "").strip()
+    if not value:
+        raise SecretError(f"no {what}: pass --{what.replace(' ', '-')}-file FILE or set {env}")
+    return value

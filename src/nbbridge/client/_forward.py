@@ -1,0 +1,68 @@
+"""A local listener whose connections are each carried to an agent's service over the link."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from nbbridge.mux import ChannelEndpoint, ForwardingFactory
+
+from ._link import AgentLink
+
+#: Services whose forward is opened in a browser rather than with a TCP client.
+_WEB_SERVICES = {"jupyter", "http", "web", "lab", "notebook"}
+
+
+def describe(service: str, address: Any) -> str:
+    """What a user should open for a forward listening on ``address``."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return f"{service} → {address}"
+    if ":" in host:
+        host = f"[{host}]"
+    if service in _WEB_SERVICES:
+        return f"{service} → http://{host}:{port}/"
+    return f"{service} → {host}:{port}"
+
+
+class ForwardService(Service):
+    """Listens on ``endpoint`` and forwards each connection to ``service`` on the agent."""
+
+    _log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint, service: str, link: AgentLink) -> None:
+        self._endpoint = endpoint
+        self.service_name = service
+        self._factory = ForwardingFactory(ChannelEndpoint(link.session, service), label=service)
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._endpoint.listen(self._factory)
+
+        def listening(port: IListeningPort) -> None:
+            self.port = port
+            self._log.info("{line}", line=describe(self.service_name, port.getHost()))
+            self.listening.callback(port)
+
+        def failed(failure: Any) -> None:
+            self._log.failure("cannot listen for {service}", failure, service=self.service_name)
+            self.listening.errback(failure)
+            from twisted.internet import reactor
+
+            reactor.stop()  # type: ignore[attr-defined]
+
+        d.addCallbacks(listening, failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self.port is None:
+            return succeed(None)
+        port, self.port = self.port, None
+        return port.stopListening()  # type: ignore[return-value]

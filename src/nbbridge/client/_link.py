@@ -1,0 +1,239 @@
+"""The client's link to one agent: a WebSocket to the relay carrying Noise and the mux.
+
+The link is opened on first use and, once used, kept up: after a loss it is re-opened with
+exponential backoff (with jitter, capped at 60 s). Connections that need it while it is down
+wait for it, up to ``wait`` seconds; a refusal that waiting cannot cure (the agent is offline,
+our token or key is refused, the agent's key is not the pinned one) fails them at once, so
+the user's program sees a prompt close rather than a hang.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
+from nbbridge.mux import MuxSession
+from nbbridge.transport import RelayURL, client_endpoint, explain_connect_error, websocket_client_factory
+from nbbridge.transport._wsstream import LinkClosed, StreamClientProtocol
+
+
+class LinkDown(ConnectError):
+    """No link to the agent could be had; the message says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(string=reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _is_final(error: BaseException) -> bool:
+    """A refusal that retrying right away will not cure."""
+    if isinstance(error, HandshakeError):
+        return True
+    if isinstance(error, LinkClosed):
+        return error.code is not None and 4400 <= error.code < 4500
+    return False
+
+
+class _LinkProtocol(StreamClientProtocol):
+    link: AgentLink
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready: Deferred[MuxSession] = Deferred()
+        self.session: MuxSession | None = None
+
+    def make_inner(self) -> IProtocol:
+        link = self.factory.link
+        self.session = MuxSession(initiator=True, label=f"link to {link.agent}")
+        secure = SecureProtocol(
+            self.session, Initiator(link.key, link.agent_key), link.clock
+        )
+        secure.handshake.addCallbacks(self._secured, self._refused)
+        return secure
+
+    def _secured(self, _: PublicKey) -> None:
+        if not self.ready.called and self.session is not None:
+            self.ready.callback(self.session)
+
+    def _refused(self, failure: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(failure)
+
+    def closed(self, code: int | None, reason: str) -> None:
+        if not self.ready.called:
+            self.ready.errback(LinkClosed(code, reason))
+
+
+class AgentLink:
+    """Gives a MuxSession to agent ``agent`` through the relay, opening it when needed.
+
+    :param wait: how long a connection waits for a link that is down before it is closed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        relay: RelayURL,
+        agent: str,
+        agent_key: PublicKey,
+        key: PrivateKey,
+        token: str,
+        ca_file: str | None = None,
+        *,
+        wait: float = 30.0,
+        attempt_timeout: float = 30.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self.reactor: IReactorTCP = reactor
+        self.clock: IReactorTime = reactor
+        self.relay = relay
+        self.agent = agent
+        self.agent_key = agent_key
+        self.key = key
+        self._token = token
+        self._ca_file = ca_file
+        self._wait = wait
+        self._attempt_timeout = attempt_timeout
+        self._max_backoff = max_backoff
+        self._session: MuxSession | None = None
+        self._attempt: Deferred[MuxSession] | None = None
+        self._waiters: list[Deferred[MuxSession]] = []
+        self._retry: IDelayedCall | None = None
+        self._delay = 1.0
+        self._wanted = False
+        self._stopped = False
+        self._last_error = "not connected yet"
+        self._last_final_at: float | None = None
+
+    @property
+    def url(self) -> str:
+        return self.relay.url_for(f"/v1/agents/{self.agent}/link")
+
+    def session(self) -> Deferred[MuxSession]:
+        """The open session, or a new Deferred that fires when one is up (or fails: LinkDown)."""
+        if self._session is not None and self._session.is_open:
+            return succeed(self._session)
+        if self._stopped:
+            return Deferred.fromCoroutine(_raise(LinkDown("the client is stopping")))
+        self._wanted = True
+        recently_refused = (
+            self._last_final_at is not None and self.clock.seconds() - self._last_final_at < 1.0
+        )
+        if self._attempt is None and recently_refused:
+            return Deferred.fromCoroutine(_raise(LinkDown(self._last_error)))
+        d: Deferred[MuxSession] = Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(d)
+        d.addTimeout(self._wait, self.clock, onTimeoutCancel=self._timed_out)
+        if self._attempt is None:
+            self._connect()
+        return d
+
+    def stop(self) -> Deferred[object]:
+        """Close the link and fail whoever waits for it; fires once the link is closed."""
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._fail_waiters(LinkDown("the client is stopping"))
+        session = self._session
+        if session is not None and session.is_open:
+            closed = session.when_closed()
+            session.close("client stopping")
+            return closed  # type: ignore[return-value]
+        return succeed(None)
+
+    # --- inside ------------------------------------------------------------------------------
+
+    def _timed_out(self, result: object, timeout: float) -> LinkDown:
+        return LinkDown(f"no link to agent {self.agent!r} after {timeout:g} s: {self._last_error}")
+
+    def _connect(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._attempt = Deferred.fromCoroutine(self._open())
+        self._attempt.addTimeout(self._attempt_timeout, self.clock)
+        self._attempt.addCallbacks(self._up, self._failed)
+
+    async def _open(self) -> MuxSession:
+        factory = websocket_client_factory(
+            self.url, {"Authorization": f"Bearer {self._token}"}, _LinkProtocol
+        )
+        factory.link = self
+        endpoint = client_endpoint(self.reactor, self.relay, self._ca_file)
+        protocol = await endpoint.connect(factory)
+        try:
+            return await protocol.ready  # type: ignore[attr-defined, no-any-return]
+        except BaseException:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+            raise
+
+    def _up(self, session: MuxSession) -> None:
+        self._attempt = None
+        self._session = session
+        self._delay = 1.0
+        self._last_final_at = None
+        self._log.info("link to agent {agent} via {relay} is up", agent=self.agent,
+                       relay=self.relay.netloc)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(session)
+        session.when_closed().addCallback(self._lost)
+
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        error = failure.value
+        if isinstance(error, CancelledError) and self._stopped:
+            return
+        if isinstance(error, CancelledError):
+            self._last_error = "the relay did not answer in time"
+        elif isinstance(error, ConnectError) and not isinstance(error, LinkClosed):
+            self._last_error = explain_connect_error(failure)
+        else:
+            self._last_error = str(error)
+        self._log.warn("cannot open link to agent {agent}: {why}", agent=self.agent,
+                       why=self._last_error)
+        if _is_final(error):
+            self._last_final_at = self.clock.seconds()
+            self._fail_waiters(LinkDown(self._last_error))
+        self._schedule_retry()
+
+    def _lost(self, reason: str) -> None:
+        self._session = None
+        self._last_error = f"link lost: {reason}"
+        if self._stopped:
+            return
+        self._log.warn("link to agent {agent} lost: {reason}", agent=self.agent, reason=reason)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._stopped or not self._wanted or self._attempt is not None:
+            return
+        if self._retry is not None and self._retry.active():
+            return
+        delay = min(self._delay, self._max_backoff) * (0.5 + random.random() / 2)
+        self._delay = min(self._delay * 2, self._max_backoff)
+        self._retry = self.clock.callLater(delay, self._connect)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(error)
+
+
+async def _raise(error: Exception) -> MuxSession:
+    raise error

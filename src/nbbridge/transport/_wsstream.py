@@ -1,0 +1,119 @@
+"""A byte stream carried in binary WebSocket messages, for protocols that expect a transport.
+
+A link (client side) or a data connection (agent side) is a WebSocket; what runs inside it,
+the Noise session and the mux, is an ordinary Twisted protocol. ``WebSocketStream`` is the
+transport that protocol sees: each write is one binary message, each message received is
+handed on as data, and flow control is the TCP connection's own (the WebSocket protocol
+writes straight into it), so producers registered here are registered there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientProtocol
+from twisted.internet.interfaces import IProducer, IProtocol, IPushProducer, ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+class LinkClosed(Exception):
+    """The WebSocket carrying a link closed; ``code`` and ``reason`` are the close frame's."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason or ""
+
+    def __str__(self) -> str:
+        if self.code in (None, 1006):
+            return f"connection to the relay lost{': ' + self.reason if self.reason else ''}"
+        return f"relay closed the link ({self.code}): {self.reason}"
+
+
+@implementer(ITransport, IPushProducer)
+class WebSocketStream:
+    """The transport a stream protocol sees on top of a WebSocket protocol."""
+
+    disconnecting = False
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting:
+            self._ws.sendMessage(data, isBinary=True)
+
+    def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            self._ws.sendClose(1000)
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self._ws.dropConnection(abort=True)
+
+    def getPeer(self) -> Any:
+        return self._ws.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self._ws.transport.getHost()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._ws.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._ws.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._ws.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._ws.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+
+class StreamClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
+    """A WebSocket client running a stream protocol (``make_inner``) over binary messages.
+
+    Subclasses say what runs inside (``make_inner``), what to do with text messages
+    (``textReceived``) and when the WebSocket has closed (``closed``).
+    """
+
+    _log = Logger()
+    inner: IProtocol | None = None
+    stream: WebSocketStream | None = None
+
+    def make_inner(self) -> IProtocol:
+        raise NotImplementedError
+
+    def textReceived(self, text: str) -> None:
+        self.sendClose(1003, "unexpected text message")
+
+    def closed(self, code: int | None, reason: str) -> None:
+        pass
+
+    def onOpen(self) -> None:
+        self.stream = WebSocketStream(self)
+        self.inner = self.make_inner()
+        self.inner.makeConnection(self.stream)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not isBinary:
+            self.textReceived(payload.decode("utf-8", "replace"))
+        elif self.inner is not None:
+            self.inner.dataReceived(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.stream is not None:
+            self.stream.disconnecting = True
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.connectionLost(Failure(LinkClosed(code, reason)))
+        self.closed(code, reason or "")
