@@ -17,7 +17,7 @@ Flow control, per direction:
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import attrs
 from twisted.internet.error import ConnectionAborted, ConnectionDone
@@ -166,7 +166,7 @@ class Channel:
         self._streaming = streaming
         if streaming:
             if self._producer_paused_for:
-                IPushProducer(producer).pauseProducing()
+                cast(IPushProducer, producer).pauseProducing()
         elif not self._send_queue:
             producer.resumeProducing()  # type: ignore[attr-defined]
 
@@ -237,7 +237,7 @@ class Channel:
     def _pause_producer(self, why: str) -> None:
         if not self._producer_paused_for and self._producer is not None and self._streaming:
             self._producer_paused_for.add(why)
-            IPushProducer(self._producer).pauseProducing()
+            cast(IPushProducer, self._producer).pauseProducing()
         else:
             self._producer_paused_for.add(why)
 
@@ -246,7 +246,7 @@ class Channel:
             return
         self._producer_paused_for.discard(why)
         if not self._producer_paused_for and self._producer is not None and self._streaming:
-            IPushProducer(self._producer).resumeProducing()
+            cast(IPushProducer, self._producer).resumeProducing()
 
     # --- inside --------------------------------------------------------------------------------
 
