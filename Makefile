@@ -31,7 +31,7 @@ trial: $(STAMP)
 test: lint typecheck trial
 
 demo: $(STAMP)
-	$(BIN)/python -m nbbridge.demo
+	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/mux_pipe.py

@@ -142,6 +142,8 @@ class TcpSide(Protocol):
 class SpliceFactory(Factory):
     """Builds the TCP side for a channel that already exists (the accepting end)."""
 
+    noisy = False
+
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
 
@@ -173,6 +175,8 @@ class ForwardingFactory(Factory):
 
     While the channel is being opened the connection is not read, so nothing is buffered.
     """
+
+    noisy = False
 
     def __init__(self, endpoint: IStreamClientEndpoint, label: str = "forward") -> None:
         self.endpoint = endpoint

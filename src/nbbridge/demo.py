@@ -1,0 +1,163 @@
+"""`make demo`: the whole product on one machine, on loopback, in a temporary directory.
+
+Starts a relay, a real Jupyter server, an agent exposing it and a client forwarding a local
+port to it, each a real ``twistd`` process with freshly made keys and tokens; checks that
+Jupyter answers through the tunnel; prints the URL to open; runs until Ctrl-C, then stops
+everything. ``--check`` stops right after the check (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from nbbridge.crypto import PrivateKey, write_private_key
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_secret(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
+
+
+class Process:
+    """A child process whose output goes to a log file we can wait on."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+            start_new_session=True,
+        )
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        """Wait until ``text`` appears in the log; return the line that has it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if text in line:
+                    return line
+            if self.popen.poll() is not None:
+                raise SystemExit(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise SystemExit(f"{self.name}: no {text!r} after {timeout:g} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run nbbridge end to end on loopback.")
+    parser.add_argument("--check", action="store_true", help="stop once the check passed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="nbbridge-demo-"))
+    (work / "notebooks").mkdir()
+    env = dict(os.environ)
+    env.pop("NBBRIDGE_TOKEN", None)
+    agent_key, client_key = PrivateKey.generate(), PrivateKey.generate()
+    write_private_key(work / "agent.key", agent_key)
+    write_private_key(work / "client.key", client_key)
+    (work / "authorized_keys").write_text(f"{client_key.public_key.to_text()} demo-laptop\n")
+    agent_token, client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    write_secret(work / "agent.token", agent_token)
+    write_secret(work / "client.token", client_token)
+    jupyter_token = secrets.token_hex(24)
+
+    def sha(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    (work / "relay.toml").write_text(
+        f'[agents.gpu]\ntoken_sha256 = "{sha(agent_token)}"\n\n'
+        f'[clients.laptop]\ntoken_sha256 = "{sha(client_token)}"\nagents = ["gpu"]\n'
+    )
+    relay_port, jupyter_port, forward_port = free_port(), free_port(), free_port()
+    relay_url = f"ws://127.0.0.1:{relay_port}"
+    twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
+
+    processes: list[Process] = []
+    try:
+        jenv = dict(env, JUPYTER_TOKEN=jupyter_token)
+        processes.append(Process("jupyter", [
+            str(BIN / "jupyter-server"), "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={jupyter_port}", "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False", f"--ServerApp.root_dir={work / 'notebooks'}",
+            *(["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []),
+        ], work, jenv))
+        processes.append(Process("relay", [*twistd, "nbbridge-relay",
+            "--listen", f"tcp:{relay_port}:interface=127.0.0.1",
+            "--config", str(work / "relay.toml")], work, env))
+        processes[-1].wait_for("listening on")
+        processes.append(Process("agent", [*twistd, "nbbridge-agent", "--relay", relay_url,
+            "--name", "gpu", "--token-file", "agent.token", "--key", "agent.key",
+            "--authorized-keys", "authorized_keys",
+            "--expose", f"jupyter=tcp:127.0.0.1:{jupyter_port}"], work, env))
+        processes[-1].wait_for("online at")
+        processes.append(Process("client", [*twistd, "nbbridge-client", "--relay", relay_url,
+            "--agent", "gpu", "--agent-key", agent_key.public_key.to_text(),
+            "--token-file", "client.token", "--key", "client.key",
+            "--forward", f"jupyter={forward_port}"], work, env))
+        processes[-1].wait_for("jupyter →")
+        processes[0].wait_for("Jupyter Server", timeout=90)
+        processes[0].wait_for("http://127.0.0.1", timeout=90)
+
+        base = f"http://127.0.0.1:{forward_port}"
+        request = urllib.request.Request(
+            f"{base}/api/status", headers={"Authorization": f"token {jupyter_token}"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status = json.load(response)
+        print(f"nbbridge demo: Jupyter answered through the tunnel: {status}")
+        print(f"  work directory: {work} (logs: relay.log agent.log client.log jupyter.log)")
+        print(f"  open in a browser: {base}/lab?token={jupyter_token}")
+        print(f"                 or: {base}/tree?token={jupyter_token}")
+        if args.check:
+            return 0
+        print("Ctrl-C stops everything.")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("\nstopping…")
+        return 0
+    finally:
+        for p in reversed(processes):
+            p.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
