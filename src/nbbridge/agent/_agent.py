@@ -22,18 +22,18 @@ from twisted.python.failure import Failure
 from nbbridge.crypto import AuthorizedKeys, PrivateKey, PublicKey, Responder, SecureProtocol
 from nbbridge.mux import MuxSession, ServiceMap
 from nbbridge.transport import RelayURL, client_endpoint, websocket_client_factory
-from nbbridge.transport._wsstream import StreamClientProtocol
+from nbbridge.transport._wsstream import StreamClientProtocol, bind
 
 
 class _ControlProtocol(StreamClientProtocol):
     """The agent's control connection: registration, and dial requests from the relay."""
 
     def onOpen(self) -> None:
-        agent: Agent = self.factory.agent
+        agent: Agent = self.owner
         agent.control_up(self)
 
     def textReceived(self, text: str) -> None:
-        agent: Agent = self.factory.agent
+        agent: Agent = self.owner
         try:
             message = json.loads(text)
             op = message["op"]
@@ -46,7 +46,7 @@ class _ControlProtocol(StreamClientProtocol):
             self._log.info("relay sent control message {op!r}; ignored", op=op)
 
     def closed(self, code: int | None, reason: str) -> None:
-        agent: Agent = self.factory.agent
+        agent: Agent = self.owner
         agent.control_down(code, reason)
 
 
@@ -54,24 +54,26 @@ class _DataProtocol(StreamClientProtocol):
     """One data link: Noise responder and mux over a WebSocket the relay splices to a client."""
 
     def make_inner(self) -> IProtocol:
-        agent: Agent = self.factory.agent
+        agent: Agent = self.owner
         self.session = MuxSession(
             initiator=False, acceptor=agent.acceptor, label=f"link {self.factory.link_id[:6]}"
         )
-        secure = SecureProtocol(self.session, Responder(agent.key, agent.is_authorized), agent.clock)
+        secure = SecureProtocol(
+            self.session, Responder(agent.key, agent.is_authorized), agent.clock
+        )
         secure.handshake.addCallbacks(self._secured, self._refused)
         agent.links.add(self)
         return secure
 
     def _secured(self, client: PublicKey) -> None:
-        agent: Agent = self.factory.agent
+        agent: Agent = self.owner
         self._log.info("client {client} connected", client=agent.describe_client(client))
 
     def _refused(self, failure: Failure) -> None:
         self._log.warn("link refused: {why}", why=failure.getErrorMessage())
 
     def closed(self, code: int | None, reason: str) -> None:
-        self.factory.agent.links.discard(self)
+        self.owner.links.discard(self)
 
 
 class Agent(MultiService):
@@ -94,7 +96,7 @@ class Agent(MultiService):
         self.reactor = reactor
         self.clock = reactor
         self.relay = relay
-        self.name = name
+        self.agent_name = name
         self.key = key
         self.authorized = authorized
         self.acceptor = ServiceMap(dict(services))
@@ -102,7 +104,7 @@ class Agent(MultiService):
         self._token = token
         self._ca_file = ca_file
         self.online = False
-        factory = self._factory(f"/v1/agents/{name}/control", _ControlProtocol)
+        factory = self._factory(f"/v1/agents/{name}/control", _ControlProtocol, text=True)
         self.control = ClientService(
             client_endpoint(reactor, relay, ca_file),
             factory,
@@ -111,12 +113,10 @@ class Agent(MultiService):
         )
         self.control.setServiceParent(self)
 
-    def _factory(self, route: str, protocol: type[StreamClientProtocol]) -> Any:
-        factory = websocket_client_factory(
-            self.relay.url_for(route), {"Authorization": f"Bearer {self._token}"}, protocol
-        )
-        factory.agent = self
-        return factory
+    def _factory(self, route: str, protocol: type[StreamClientProtocol], text: bool) -> Any:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        factory = websocket_client_factory(self.relay.url_for(route), headers, protocol, text=text)
+        return bind(factory, self)
 
     def is_authorized(self, client: PublicKey) -> bool:
         return client in self.authorized
@@ -130,7 +130,8 @@ class Agent(MultiService):
         self.online = True
         self._log.info(
             "agent {name} online at {relay}, exposing {services}",
-            name=self.name, relay=self.relay.netloc,
+            name=self.agent_name,
+            relay=self.relay.netloc,
             services=", ".join(sorted(self.acceptor.services)) or "nothing",
         )
 
@@ -138,13 +139,15 @@ class Agent(MultiService):
         if self.online or code not in (None, 1006):
             self._log.warn(
                 "control connection to the relay closed ({code}): {reason}",
-                code=code, reason=reason or "connection lost",
+                code=code,
+                reason=reason or "connection lost",
             )
         self.online = False
 
     def dial(self, link_id: str) -> None:
         """The relay has a client for us: open the data connection it asked for."""
-        factory = self._factory(f"/v1/agents/{self.name}/data/{link_id}", _DataProtocol)
+        route = f"/v1/agents/{self.agent_name}/data/{link_id}"
+        factory = self._factory(route, _DataProtocol, text=False)
         factory.link_id = link_id
         d = client_endpoint(self.reactor, self.relay, self._ca_file).connect(factory)
         d.addErrback(

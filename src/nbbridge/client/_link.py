@@ -20,8 +20,13 @@ from twisted.python.failure import Failure
 
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
 from nbbridge.mux import MuxSession
-from nbbridge.transport import RelayURL, client_endpoint, explain_connect_error, websocket_client_factory
-from nbbridge.transport._wsstream import LinkClosed, StreamClientProtocol
+from nbbridge.transport import (
+    RelayURL,
+    client_endpoint,
+    explain_connect_error,
+    websocket_client_factory,
+)
+from nbbridge.transport._wsstream import LinkClosed, StreamClientProtocol, bind
 
 
 class LinkDown(ConnectError):
@@ -45,19 +50,15 @@ def _is_final(error: BaseException) -> bool:
 
 
 class _LinkProtocol(StreamClientProtocol):
-    link: AgentLink
-
     def __init__(self) -> None:
         super().__init__()
         self.ready: Deferred[MuxSession] = Deferred()
         self.session: MuxSession | None = None
 
     def make_inner(self) -> IProtocol:
-        link = self.factory.link
+        link: AgentLink = self.owner
         self.session = MuxSession(initiator=True, label=f"link to {link.agent}")
-        secure = SecureProtocol(
-            self.session, Initiator(link.key, link.agent_key), link.clock
-        )
+        secure = SecureProtocol(self.session, Initiator(link.key, link.agent_key), link.clock)
         secure.handshake.addCallbacks(self._secured, self._refused)
         return secure
 
@@ -169,14 +170,17 @@ class AgentLink:
         self._attempt.addCallbacks(self._up, self._failed)
 
     async def _open(self) -> MuxSession:
-        factory = websocket_client_factory(
-            self.url, {"Authorization": f"Bearer {self._token}"}, _LinkProtocol
+        factory = bind(
+            websocket_client_factory(
+                self.url, {"Authorization": f"Bearer {self._token}"}, _LinkProtocol
+            ),
+            self,
         )
-        factory.link = self
         endpoint = client_endpoint(self.reactor, self.relay, self._ca_file)
-        protocol = await endpoint.connect(factory)
+        protocol: Any = await endpoint.connect(factory)
         try:
-            return await protocol.ready  # type: ignore[attr-defined, no-any-return]
+            session: MuxSession = await protocol.ready
+            return session
         except BaseException:
             if protocol.transport is not None:
                 protocol.transport.abortConnection()
@@ -187,8 +191,9 @@ class AgentLink:
         self._session = session
         self._delay = 1.0
         self._last_final_at = None
-        self._log.info("link to agent {agent} via {relay} is up", agent=self.agent,
-                       relay=self.relay.netloc)
+        self._log.info(
+            "link to agent {agent} via {relay} is up", agent=self.agent, relay=self.relay.netloc
+        )
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(session)
@@ -197,6 +202,7 @@ class AgentLink:
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
         error = failure.value
+        assert error is not None
         if isinstance(error, CancelledError) and self._stopped:
             return
         if isinstance(error, CancelledError):
@@ -205,8 +211,9 @@ class AgentLink:
             self._last_error = explain_connect_error(failure)
         else:
             self._last_error = str(error)
-        self._log.warn("cannot open link to agent {agent}: {why}", agent=self.agent,
-                       why=self._last_error)
+        self._log.warn(
+            "cannot open link to agent {agent}: {why}", agent=self.agent, why=self._last_error
+        )
         if _is_final(error):
             self._last_final_at = self.clock.seconds()
             self._fail_waiters(LinkDown(self._last_error))

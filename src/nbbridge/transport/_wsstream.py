@@ -79,7 +79,13 @@ class WebSocketStream:
         self.abortConnection()
 
 
-class StreamClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
+def bind(factory: Any, owner: object) -> Any:
+    """Attach to a WebSocket factory the object its protocols work for (``protocol.owner``)."""
+    factory.owner = owner
+    return factory
+
+
+class StreamClientProtocol(WebSocketClientProtocol):
     """A WebSocket client running a stream protocol (``make_inner``) over binary messages.
 
     Subclasses say what runs inside (``make_inner``), what to do with text messages
@@ -89,6 +95,11 @@ class StreamClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
     _log = Logger()
     inner: IProtocol | None = None
     stream: WebSocketStream | None = None
+
+    @property
+    def owner(self) -> Any:
+        """What ``bind`` attached to this protocol's factory (the link, the agent...)."""
+        return self.factory.owner
 
     def make_inner(self) -> IProtocol:
         raise NotImplementedError
@@ -115,5 +126,5 @@ class StreamClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
             self.stream.disconnecting = True
         inner, self.inner = self.inner, None
         if inner is not None:
-            inner.connectionLost(Failure(LinkClosed(code, reason)))
+            inner.connectionLost(Failure(LinkClosed(code, reason)))  # type: ignore[no-untyped-call]
         self.closed(code, reason or "")

@@ -1,0 +1,72 @@
+"""nbbridge-agent's command line."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from nbbridge.agent.tap import Options, makeService
+from nbbridge.crypto import PrivateKey, write_private_key
+
+
+class AgentOptionsTests(TestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.key = os.path.join(self.dir, "agent.key")
+        write_private_key(self.key, PrivateKey.generate())
+        self.authorized = os.path.join(self.dir, "authorized_keys")
+        with open(self.authorized, "w") as f:
+            f.write(f"# laptops\n{PrivateKey.generate().public_key.to_text()} laptop\n")
+        self.token = os.path.join(self.dir, "token")
+        with open(self.token, "w") as f:
+            f.write("s3cret\n")
+        os.chmod(self.token, 0o600)
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--relay",
+            "ws://127.0.0.1:8765",
+            "--name",
+            "gpu",
+            "--key",
+            self.key,
+            "--authorized-keys",
+            self.authorized,
+            "--token-file",
+            self.token,
+            *extra,
+        ]
+
+    def test_expose(self) -> None:
+        o = Options()
+        o.parseOptions(self.args("--expose", "jupyter=tcp:127.0.0.1:8888", "--expose", "ssh=22"))
+        self.assertEqual(
+            o["expose"], [("jupyter", "tcp:127.0.0.1:8888"), ("ssh", "tcp:127.0.0.1:22")]
+        )
+        agent = makeService(o)
+        self.assertEqual(sorted(agent.acceptor.services), ["jupyter", "ssh"])  # type: ignore[attr-defined]
+
+    def test_expose_twice_refused(self) -> None:
+        e = self.assertRaises(
+            usage.UsageError,
+            Options().parseOptions,
+            self.args("--expose", "a=1", "--expose", "a=2"),
+        )
+        self.assertIn("twice", str(e))
+
+    def test_missing_authorized_keys_file(self) -> None:
+        os.remove(self.authorized)
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, self.args("--expose", "a=1")
+        )
+        self.assertIn("authorized_keys", str(e))
+
+    def test_key_with_open_permissions(self) -> None:
+        os.chmod(self.key, 0o644)
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, self.args("--expose", "a=1")
+        )
+        self.assertIn("chmod 600", str(e))

@@ -1,0 +1,92 @@
+"""nbbridge-client's command line: what it accepts, what it refuses, and how it says so."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from nbbridge.client.tap import Options, makeService
+from nbbridge.crypto import PrivateKey, write_private_key
+
+
+class ClientOptionsTests(TestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.key = os.path.join(self.dir, "client.key")
+        write_private_key(self.key, PrivateKey.generate())
+        self.agent_key = PrivateKey.generate().public_key.to_text()
+        self.token = os.path.join(self.dir, "token")
+        with open(self.token, "w") as f:
+            f.write("s3cret\n")
+        os.chmod(self.token, 0o600)
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--relay",
+            "ws://127.0.0.1:8765",
+            "--agent",
+            "gpu",
+            "--agent-key",
+            self.agent_key,
+            "--key",
+            self.key,
+            "--token-file",
+            self.token,
+            *extra,
+        ]
+
+    def test_forwards(self) -> None:
+        o = Options()
+        o.parseOptions(self.args("--forward", "jupyter=8080", "--forward", "ssh=unix:/tmp/s"))
+        self.assertEqual(
+            o["forward"], [("jupyter", "tcp:8080:interface=127.0.0.1"), ("ssh", "unix:/tmp/s")]
+        )
+        self.assertEqual(o["token"], "s3cret")
+        service = makeService(o)
+        self.assertEqual(len(list(service)), 3)  # the link and two forwards
+
+    def test_needs_a_forward(self) -> None:
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, self.args())
+        self.assertIn("--forward", str(e))
+
+    def test_bad_agent_key(self) -> None:
+        args = self.args("--forward", "jupyter=8080")
+        args[args.index(self.agent_key)] = self.agent_key[:-1] + "a"
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
+        self.assertIn("checksum", str(e))
+
+    def test_plain_ws_to_remote_relay_refused(self) -> None:
+        args = self.args("--forward", "jupyter=8080")
+        args[1] = "ws://relay.example.com"
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
+        self.assertIn("--insecure", str(e))
+        o = Options()
+        o.parseOptions([*args, "--insecure"])
+
+    def test_token_from_environment(self) -> None:
+        args = self.args("--forward", "jupyter=8080")
+        i = args.index("--token-file")
+        del args[i : i + 2]
+        self.patch(os, "environ", {"NBBRIDGE_TOKEN": "from-env"})
+        o = Options()
+        o.parseOptions(args)
+        self.assertEqual(o["token"], "from-env")
+        self.patch(os, "environ", {})
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
+        self.assertIn("NBBRIDGE_TOKEN", str(e))
+
+    def test_world_readable_token_refused(self) -> None:
+        os.chmod(self.token, 0o644)
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, self.args("--forward", "j=1")
+        )
+        self.assertIn("chmod 600", str(e))
+
+    def test_bad_service_name(self) -> None:
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, self.args("--forward", "no spaces=80")
+        )
+        self.assertIn("--forward", str(e))
