@@ -1,1 +1,5 @@
-"""nbbridge.cli."""
+"""nbbridge.cli: the `nbbridge` admin command (keygen, pubkey, token)."""
+
+from ._main import main
+
+__all__ = ["main"]
