@@ -54,7 +54,9 @@ class ClientOptionsTests(TestCase):
 
     def test_bad_agent_key(self) -> None:
         args = self.args("--forward", "jupyter=8080")
-        args[args.index(self.agent_key)] = self.agent_key[:-1] + "a"
+        k = self.agent_key
+        typo = k[:10] + ("b" if k[10] == "a" else "a") + k[11:]
+        args[args.index(k)] = typo
         e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
         self.assertIn("checksum", str(e))
 
