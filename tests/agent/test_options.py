@@ -55,7 +55,7 @@ class AgentOptionsTests(TestCase):
             Options().parseOptions,
             self.args("--expose", "a=1", "--expose", "a=2"),
         )
-        self.assertIn("twice", str(e))
+        self.assertIn("given twice", str(e))
 
     def test_missing_authorized_keys_file(self) -> None:
         os.remove(self.authorized)
