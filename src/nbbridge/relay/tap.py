@@ -1,19 +1,139 @@
-"""twistd entry point for nbbridge-relay (not built yet: see the tunnel issue)."""
+"""twistd entry point: `twistd -n nbbridge-relay --listen ENDPOINT [--config relay.toml]`.
 
-import sys
+Only reads options and assembles; the relay itself lives in the other modules.
+"""
 
-from twisted.application.service import IService
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
+
+from ._auth import Authority, token_digest
+from ._config import ConfigError, Limits, load_config
+from ._core import Relay
+from ._listen import DEFAULT_LISTEN, listen_description, loopback_problem, uses_tls
+from ._service import RelayService
+
+ADMIN_TOKEN_ENV = "NBBRIDGE_ADMIN_TOKEN"
+_log = Logger(namespace="nbbridge.relay.tap")
 
 
 class Options(usage.Options):
-    """Accepts any arguments until the service is built, so it can say so clearly."""
+    """Command-line options of nbbridge-relay. Secrets come from files or the environment."""
 
-    def parseArgs(self, *args: str) -> None:
-        pass
+    synopsis = "[--listen ENDPOINT] [--config relay.toml] [--admin-token-file FILE]"
+    longdesc = (
+        "Public relay: agents keep a control connection, clients open links, and the relay "
+        "splices each link to a data connection its agent dials. Without --config it serves "
+        "only on loopback and accepts any token."
+    )
+    optParameters = [
+        [
+            "listen",
+            "l",
+            DEFAULT_LISTEN,
+            "Endpoint to serve on (tcp:, ssl:, unix:, ...); a bare port means "
+            "tcp:PORT:interface=127.0.0.1.",
+        ],
+        ["config", "c", None, "relay.toml: agents, clients and their token hashes, limits."],
+        [
+            "admin-token-file",
+            None,
+            None,
+            f"File holding the admin token that adds per-agent details to /status "
+            f"(or set {ADMIN_TOKEN_ENV}).",
+        ],
+        ["store", None, "memory", "Where the registry lives: only 'memory' is supported yet."],
+        [
+            "advertise-url",
+            None,
+            None,
+            "URL agents use to reach this relay when several relays share a store (not used yet).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            raise usage.UsageError("--listen must not be empty")
 
 
-def makeService(options: Options) -> IService:
-    """Exit with a clear message: this daemon is not built yet."""
-    sys.stderr.write("nbbridge-relay: not built yet (see the tunnel issue)\n")
-    raise SystemExit(2)
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"nbbridge-relay: {message}")
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The stripped content of a secret file; warns when others may read it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            secret = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(f"{what} {path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    if not secret:
+        raise _fail(f"{what} {path}: the file is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _log.warn("{what} {path} is readable by others; chmod 600 it", what=what, path=path)
+    return secret
+
+
+def _admin_sha256(options: Options) -> bytes | None:
+    if options["admin-token-file"]:
+        return token_digest(read_secret_file(options["admin-token-file"], "--admin-token-file"))
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    return token_digest(token) if token else None
+
+
+def makeService(options: Options, reactor: Any = None) -> RelayService:
+    """Assemble the relay from OPTIONS; a bad option exits with one clear line."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+
+    if options["store"] != "memory":
+        # Never echo the value: a store URL may hold a password.
+        raise _fail("--store: only the in-memory store is supported yet (--store memory)")
+    if options["advertise-url"]:
+        _log.info("--advertise-url is used only with a shared store; ignoring it for now")
+
+    description = listen_description(options["listen"])
+    if options["config"]:
+        try:
+            config = load_config(options["config"])
+        except ConfigError as e:
+            raise _fail(str(e)) from None
+        authority, limits = Authority(config), config.limits
+    else:
+        problem = loopback_problem(description)
+        if problem is not None:
+            raise _fail(
+                f"--listen {description}: {problem}. Without --config the relay accepts any "
+                "token, so it serves only on loopback; give --config relay.toml to serve beyond."
+            )
+        authority, limits = Authority(None), Limits()
+
+    admin = _admin_sha256(options)
+    try:
+        endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+    except Exception as e:  # bad syntax, unknown kind, unreadable TLS key: all one line
+        raise _fail(f"--listen {description}: {e}") from None
+
+    def listen_failed(_failure: Any) -> None:
+        # Nothing to serve: stop, so a supervisor notices and restarts us.
+        if reactor.running:
+            reactor.stop()
+
+    relay = Relay(authority, limits, reactor)
+    return RelayService(
+        relay,
+        endpoint,
+        reactor=reactor,
+        secure=uses_tls(description),
+        admin_sha256=admin,
+        on_listen_failure=listen_failed,
+    )

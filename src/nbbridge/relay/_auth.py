@@ -1,0 +1,120 @@
+"""Who is this token, and may it do this? Decisions only: no I/O, no logging of tokens.
+
+Tokens are hashed with SHA-256 on arrival and compared with `hmac.compare_digest` against
+every configured hash (no early exit), so neither the comparison nor the loop tells an
+attacker how close a guess was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Literal
+
+import attrs
+
+from ._config import RelayConfig
+from ._contract import CloseCode
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 of TOKEN: what relay.toml's `token_sha256` holds."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_digest(token: str) -> bytes:
+    """The raw SHA-256 of TOKEN."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@attrs.frozen
+class Identity:
+    """Whom a token belongs to."""
+
+    kind: Literal["agent", "client"]
+    name: str
+
+
+@attrs.frozen
+class Refusal:
+    """Why a connection is refused: a close code and a reason for the peer (no secrets)."""
+
+    code: int
+    reason: str
+
+
+#: Identity given to everyone when the relay runs without --config (loopback only).
+ANYONE = Identity("client", "anyone")
+
+
+@attrs.frozen
+class Authority:
+    """Decides who may register which agent and who may reach which agent.
+
+    CONFIG None means open mode: any token (or none) is accepted, for a loopback-only relay.
+    """
+
+    config: RelayConfig | None
+
+    @property
+    def open(self) -> bool:
+        """Whether every token is accepted (no relay.toml)."""
+        return self.config is None
+
+    def identify(self, token: str | None) -> Identity | None:
+        """The identity TOKEN proves, or None."""
+        if self.config is None or token is None:
+            return None
+        digest = token_digest(token)
+        found: Identity | None = None
+        for name, expected in self.config.agents.items():
+            if hmac.compare_digest(digest, expected):
+                found = Identity("agent", name)
+        for name, entry in self.config.clients.items():
+            if hmac.compare_digest(digest, entry.token_sha256):
+                found = Identity("client", name)
+        return found
+
+    def check_agent(self, agent: str, token: str | None) -> Refusal | None:
+        """May TOKEN act as agent AGENT (control or data connection)?"""
+        if self.config is None:
+            return None
+        if token is None:
+            return Refusal(CloseCode.BAD_TOKEN, "missing bearer token")
+        who = self.identify(token)
+        if who is None:
+            return Refusal(CloseCode.BAD_TOKEN, "token not recognised")
+        if who.kind != "agent":
+            return Refusal(CloseCode.NOT_PERMITTED, f"a client token cannot act as agent {agent!r}")
+        if who.name != agent:
+            return Refusal(
+                CloseCode.NOT_PERMITTED, f"agent {who.name!r} may not register as {agent!r}"
+            )
+        return None
+
+    def check_client(self, agent: str, token: str | None) -> Identity | Refusal:
+        """May TOKEN open a link to agent AGENT? Returns the client's identity if so."""
+        if self.config is None:
+            return ANYONE
+        if token is None:
+            return Refusal(CloseCode.BAD_TOKEN, "missing bearer token")
+        who = self.identify(token)
+        if who is None:
+            return Refusal(CloseCode.BAD_TOKEN, "token not recognised")
+        if who.kind != "client":
+            return Refusal(CloseCode.NOT_PERMITTED, "an agent token cannot open a client link")
+        allowed = self.config.clients[who.name].agents
+        if allowed is not None and agent not in allowed:
+            return Refusal(
+                CloseCode.NOT_PERMITTED, f"client {who.name!r} may not reach agent {agent!r}"
+            )
+        if agent not in self.config.agents:
+            return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is unknown")
+        return who
+
+
+def check_admin(expected: bytes | None, token: str | None) -> bool:
+    """Whether TOKEN is the admin token whose SHA-256 is EXPECTED."""
+    if expected is None or token is None:
+        return False
+    return hmac.compare_digest(token_digest(token), expected)

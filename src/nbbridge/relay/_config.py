@@ -1,0 +1,194 @@
+"""relay.toml: who may register which agent, who may reach which agent, and the limits.
+
+```toml
+[agents.gpu]
+token_sha256 = "<64 hex digits>"
+
+[clients.laptop]
+token_sha256 = "<64 hex digits>"
+agents = ["gpu"]            # or ["*"]
+
+[limits]                    # all optional
+links_per_agent = 64
+```
+
+Tokens are stored only as SHA-256 hashes (`nbbridge.relay.hash_token`). Every error names the
+file and the key, in one line, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._contract import valid_name
+
+ALL_AGENTS = "*"
+
+
+class ConfigError(ValueError):
+    """relay.toml is unreadable or wrong; the message names the file and the key."""
+
+
+@attrs.frozen
+class Limits:
+    """Bounds that keep one agent or client from taking the whole relay."""
+
+    max_agents: int = 1000
+    links_per_agent: int = 64
+    pending_dials_per_agent: int = 16
+    max_message_size: int = 2 * 1024 * 1024
+    #: bytes a client may send before its agent answered the dial (reading is paused meanwhile)
+    pending_buffer: int = 256 * 1024
+    dial_timeout: float = 10.0
+    #: a dead peer is noticed within ping_interval + ping_timeout seconds
+    ping_interval: float = 25.0
+    ping_timeout: float = 30.0
+
+
+_INT_LIMITS = {
+    "max_agents": (1, 1_000_000),
+    "links_per_agent": (1, 1_000_000),
+    "pending_dials_per_agent": (1, 100_000),
+    "max_message_size": (1024, 64 * 1024 * 1024),
+    "pending_buffer": (1024, 64 * 1024 * 1024),
+}
+_FLOAT_LIMITS = {
+    "dial_timeout": (0.1, 3600.0),
+    "ping_interval": (1.0, 3600.0),
+    "ping_timeout": (1.0, 3600.0),
+}
+
+
+@attrs.frozen
+class ClientEntry:
+    """A client: its token hash and the agents it may reach (None means all)."""
+
+    token_sha256: bytes
+    agents: frozenset[str] | None
+
+
+@attrs.frozen
+class RelayConfig:
+    """A parsed relay.toml."""
+
+    source: str
+    agents: Mapping[str, bytes]
+    clients: Mapping[str, ClientEntry]
+    limits: Limits = Limits()
+
+
+def load_config(path: str) -> RelayConfig:
+    """Read and check relay.toml at PATH."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
+    """Check the already-decoded TOML DATA; SOURCE names it in errors."""
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {problem}")
+
+    for key in data:
+        if key not in ("agents", "clients", "limits"):
+            raise fail(key, "unknown key (expected [agents.NAME], [clients.NAME], [limits])")
+
+    seen: dict[bytes, str] = {}
+
+    def token_hash(key: str, entry: Mapping[str, Any]) -> bytes:
+        value = entry.get("token_sha256")
+        if value is None:
+            raise fail(f"{key}.token_sha256", "missing")
+        if not isinstance(value, str) or len(value) != 64:
+            raise fail(f"{key}.token_sha256", "must be 64 hex digits (sha256 of the token)")
+        try:
+            digest = bytes.fromhex(value)
+        except ValueError:
+            raise fail(f"{key}.token_sha256", "must be 64 hex digits") from None
+        if digest in seen:
+            raise fail(f"{key}.token_sha256", f"same token as {seen[digest]}")
+        seen[digest] = key
+        return digest
+
+    def table(key: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise fail(key, "must be a table")
+        return value
+
+    agents: dict[str, bytes] = {}
+    for name, entry in table("agents").items():
+        key = f"agents.{name}"
+        if not valid_name(name):
+            raise fail(key, "invalid agent name (letters, digits, '.', '_', '-'; max 64)")
+        if not isinstance(entry, dict):
+            raise fail(key, "must be a table")
+        for extra in entry.keys() - {"token_sha256"}:
+            raise fail(f"{key}.{extra}", "unknown key")
+        agents[name] = token_hash(key, entry)
+
+    clients: dict[str, ClientEntry] = {}
+    for name, entry in table("clients").items():
+        key = f"clients.{name}"
+        if not valid_name(name):
+            raise fail(key, "invalid client name (letters, digits, '.', '_', '-'; max 64)")
+        if not isinstance(entry, dict):
+            raise fail(key, "must be a table")
+        for extra in entry.keys() - {"token_sha256", "agents"}:
+            raise fail(f"{key}.{extra}", "unknown key")
+        digest = token_hash(key, entry)
+        clients[name] = ClientEntry(digest, _client_agents(fail, f"{key}.agents", entry, agents))
+
+    return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")))
+
+
+def _client_agents(
+    fail: Any, key: str, entry: Mapping[str, Any], agents: Mapping[str, bytes]
+) -> frozenset[str] | None:
+    value = entry.get("agents")
+    if value is None:
+        raise fail(key, 'missing (a list of agent names, or ["*"])')
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise fail(key, 'must be a list of agent names, or ["*"]')
+    if ALL_AGENTS in value:
+        if value != [ALL_AGENTS]:
+            raise fail(key, '"*" must be the only entry')
+        return None
+    for agent in value:
+        if agent not in agents:
+            raise fail(key, f"{agent!r} has no [agents.{agent}] entry")
+    return frozenset(value)
+
+
+def _parse_limits(fail: Any, table: Mapping[str, Any]) -> Limits:
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"limits.{name}"
+        low: float
+        high: float
+        if name in _INT_LIMITS:
+            low, high = _INT_LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise fail(key, "must be an integer")
+        elif name in _FLOAT_LIMITS:
+            low, high = _FLOAT_LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise fail(key, "must be a number of seconds")
+            value = float(value)
+        else:
+            known = ", ".join(sorted([*_INT_LIMITS, *_FLOAT_LIMITS]))
+            raise fail(key, f"unknown limit (known: {known})")
+        if not low <= value <= high:
+            raise fail(key, f"must be between {low} and {high}")
+        values[name] = value
+    return Limits(**values)

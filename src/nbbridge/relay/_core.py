@@ -1,0 +1,314 @@
+"""The relay's state, sans-IO: agents online, links waiting for a dial, links spliced.
+
+The core never touches a transport or the reactor. It talks to connections through the small
+`ControlPeer` and `LinkPeer` interfaces (the Autobahn protocols implement them) and keeps time
+with an injected `IReactorTime`, so tests drive it with a `Clock`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from .. import __version__
+from ._auth import Authority, Refusal
+from ._config import Limits
+from ._contract import CloseCode
+
+
+class ControlPeer(Protocol):
+    """An agent's control connection, as the core sees it."""
+
+    def send_dial(self, link_id: str) -> None:
+        """Ask the agent to open the data connection for LINK_ID."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with CODE and REASON."""
+
+
+class LinkPeer(Protocol):
+    """A client's link waiting for its agent, as the core sees it."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with CODE and REASON."""
+
+
+def new_link_id() -> str:
+    """A one-time, unguessable link id (192 random bits, URL-safe)."""
+    return secrets.token_urlsafe(24)
+
+
+def short(link_id: str) -> str:
+    """Enough of a link id to follow it in logs, not enough to use it."""
+    return link_id[:6]
+
+
+@attrs.define(eq=False)
+class AgentState:
+    """What the relay knows about one agent name: its control peer (if online) and counters."""
+
+    name: str
+    peer: ControlPeer | None = None
+    since: float = 0.0
+    links: int = 0
+    pending: dict[str, PendingLink] = attrs.field(factory=dict)
+    bytes: int = 0
+
+
+@attrs.define(eq=False)
+class PendingLink:
+    """A client's link waiting for the agent's data connection."""
+
+    link_id: str
+    agent: str
+    client: str
+    peer: LinkPeer
+    timer: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class ActiveLink:
+    """A spliced link: client and agent data connection joined."""
+
+    link_id: str
+    agent: str
+    client: str
+    bytes: int = 0
+    ended: bool = False
+
+
+class Relay:
+    """Registry of agents and links, and the decisions about them."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        authority: Authority,
+        limits: Limits,
+        clock: IReactorTime,
+        make_link_id: Callable[[], str] = new_link_id,
+    ) -> None:
+        self.authority = authority
+        self.limits = limits
+        self._clock = clock
+        self._make_link_id = make_link_id
+        self._agents: dict[str, AgentState] = {}
+        self._pending: dict[str, PendingLink] = {}
+        self._links = 0
+        self._bytes = 0
+
+    # -- agents ------------------------------------------------------------------------------
+
+    def register_agent(self, name: str, token: str | None, peer: ControlPeer) -> Refusal | None:
+        """An agent's control connection opened; register it, replacing an older one."""
+        refusal = self.authority.check_agent(name, token)
+        if refusal is not None:
+            self._log.info("agent {agent} refused: {reason}", agent=name, reason=refusal.reason)
+            return refusal
+        state = self._agents.get(name)
+        online = sum(1 for a in self._agents.values() if a.peer is not None)
+        if (state is None or state.peer is None) and online >= self.limits.max_agents:
+            reason = f"relay serves at most {self.limits.max_agents} agents"
+            self._log.warn("agent {agent} refused: {reason}", agent=name, reason=reason)
+            return Refusal(CloseCode.LIMIT, reason)
+        if state is None:
+            state = self._agents[name] = AgentState(name)
+        old, state.peer, state.since = state.peer, peer, self._clock.seconds()
+        if old is not None:
+            # The newer connection wins: the old one is usually a dead network path (sleep,
+            # Wi-Fi change) that has not timed out yet.
+            self._log.info("agent {agent} reconnected; closing its older connection", agent=name)
+            old.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
+            for link_id in state.pending:
+                peer.send_dial(link_id)
+        else:
+            self._log.info("agent {agent} online", agent=name)
+        return None
+
+    def agent_gone(self, peer: ControlPeer) -> None:
+        """A control connection closed; if it was the current one, the agent is offline."""
+        for state in self._agents.values():
+            if state.peer is peer:
+                break
+        else:
+            return
+        state.peer = None
+        self._log.info("agent {agent} offline", agent=state.name)
+        for pending in list(state.pending.values()):
+            self._drop_pending(pending)
+            pending.peer.close(
+                CloseCode.OFFLINE, f"agent {state.name!r} went offline before answering"
+            )
+        self._forget_if_idle(state)
+
+    def _forget_if_idle(self, state: AgentState) -> None:
+        if state.peer is None and state.links == 0 and not state.pending:
+            del self._agents[state.name]
+
+    # -- links -------------------------------------------------------------------------------
+
+    def request_link(self, agent: str, token: str | None, peer: LinkPeer) -> Refusal | PendingLink:
+        """A client opened a link to AGENT: refuse it, or ask the agent to dial."""
+        who = self.authority.check_client(agent, token)
+        if isinstance(who, Refusal):
+            self._log.info("link to {agent} refused: {reason}", agent=agent, reason=who.reason)
+            return who
+        state = self._agents.get(agent)
+        if state is None or state.peer is None:
+            self._log.info("link to {agent} refused: agent offline", agent=agent)
+            return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is offline")
+        if len(state.pending) >= self.limits.pending_dials_per_agent:
+            reason = f"agent {agent!r} has {len(state.pending)} dials pending already"
+            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
+            return Refusal(CloseCode.LIMIT, reason)
+        if state.links + len(state.pending) >= self.limits.links_per_agent:
+            reason = f"agent {agent!r} has reached its limit of {self.limits.links_per_agent} links"
+            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
+            return Refusal(CloseCode.LIMIT, reason)
+        link_id = self._make_link_id()
+        pending = PendingLink(link_id, agent, who.name, peer)
+        pending.timer = self._clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
+        self._pending[link_id] = pending
+        state.pending[link_id] = pending
+        self._log.info(
+            "link {link} from {client} to {agent}: dialing",
+            link=short(link_id),
+            client=who.name,
+            agent=agent,
+        )
+        state.peer.send_dial(link_id)
+        return pending
+
+    def _drop_pending(self, pending: PendingLink) -> None:
+        self._pending.pop(pending.link_id, None)
+        state = self._agents.get(pending.agent)
+        if state is not None:
+            state.pending.pop(pending.link_id, None)
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.timer = None
+
+    def _dial_expired(self, pending: PendingLink) -> None:
+        pending.timer = None
+        self._drop_pending(pending)
+        seconds = f"{self.limits.dial_timeout:g}"
+        self._log.info(
+            "link {link} to {agent}: no answer within {seconds} s",
+            link=short(pending.link_id),
+            agent=pending.agent,
+            seconds=seconds,
+        )
+        pending.peer.close(
+            CloseCode.DIAL_TIMEOUT,
+            f"agent {pending.agent!r} did not answer the dial within {seconds} s",
+        )
+        state = self._agents.get(pending.agent)
+        if state is not None:
+            self._forget_if_idle(state)
+
+    def abandon_link(self, pending: PendingLink) -> None:
+        """The client closed its link before the agent answered."""
+        if self._pending.get(pending.link_id) is not pending:
+            return
+        self._drop_pending(pending)
+        self._log.info(
+            "link {link}: client left before the agent answered", link=short(pending.link_id)
+        )
+
+    def answer_dial(
+        self, agent: str, link_id: str, token: str | None
+    ) -> Refusal | tuple[LinkPeer, ActiveLink]:
+        """Agent AGENT opened the data connection for LINK_ID: hand back the waiting client."""
+        refusal = self.authority.check_agent(agent, token)
+        if refusal is not None:
+            self._log.info(
+                "data connection of {agent} refused: {reason}", agent=agent, reason=refusal.reason
+            )
+            return refusal
+        pending = self._pending.get(link_id)
+        if pending is None or pending.agent != agent:
+            self._log.info("data connection of {agent}: no such link waiting", agent=agent)
+            return Refusal(CloseCode.OFFLINE, "no link with this id is waiting (expired or used)")
+        self._drop_pending(pending)
+        link = ActiveLink(link_id, agent, pending.client)
+        state = self._agents[agent]  # exists: pending links keep their agent's state
+        state.links += 1
+        self._links += 1
+        self._log.info(
+            "link {link} from {client} to {agent}: spliced",
+            link=short(link_id),
+            client=pending.client,
+            agent=agent,
+        )
+        return pending.peer, link
+
+    def carried(self, link: ActiveLink, size: int) -> None:
+        """SIZE payload bytes went through LINK (either direction)."""
+        link.bytes += size
+        self._bytes += size
+        state = self._agents.get(link.agent)
+        if state is not None:
+            state.bytes += size
+
+    def link_ended(self, link: ActiveLink) -> None:
+        """A spliced link closed (either side)."""
+        if link.ended:
+            return
+        link.ended = True
+        self._links -= 1
+        state = self._agents.get(link.agent)
+        if state is not None:
+            state.links -= 1
+            self._forget_if_idle(state)
+        self._log.info(
+            "link {link} to {agent} closed after {bytes} bytes",
+            link=short(link.link_id),
+            agent=link.agent,
+            bytes=link.bytes,
+        )
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self, *, admin: bool = False) -> dict[str, Any]:
+        """Counters for GET /status; with ADMIN, also each online agent. Never a secret."""
+        online = sorted(
+            (s for s in self._agents.values() if s.peer is not None), key=lambda s: s.name
+        )
+        result: dict[str, Any] = {
+            "version": __version__,
+            "agents_online": len(online),
+            "links": self._links,
+            "bytes": self._bytes,
+        }
+        if admin:
+            result["agents"] = [
+                {
+                    "name": s.name,
+                    "since": _iso(s.since),
+                    "links": s.links,
+                    "bytes": s.bytes,
+                }
+                for s in online
+            ]
+        return result
+
+    def is_online(self, agent: str) -> bool:
+        """Whether AGENT has a control connection."""
+        state = self._agents.get(agent)
+        return state is not None and state.peer is not None
+
+    @property
+    def pending_count(self) -> int:
+        """How many links wait for a dial answer."""
+        return len(self._pending)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,149 @@
+# twisted.application's service APIs are untyped.
+# mypy: disable-error-code="no-untyped-call"
+"""The relay as a Twisted service: one listener, and a stop that waits for every connection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._core import Relay
+from ._protocol import make_factories
+from ._tracking import ConnectionTracker
+from ._web import build_site
+
+#: How long a stopping relay waits for peers to answer its close before dropping them.
+SHUTDOWN_GRACE = 5.0
+
+
+def address_url(scheme: str, address: IAddress) -> str:
+    """The URL a listening ADDRESS is reached at."""
+    if isinstance(address, IPv4Address):
+        return f"{scheme}://{address.host}:{address.port}/"
+    if isinstance(address, IPv6Address):
+        return f"{scheme}://[{address.host}]:{address.port}/"
+    if isinstance(address, UNIXAddress):
+        name = address.name.decode() if isinstance(address.name, bytes) else address.name
+        return f"{scheme}+unix:{name}"
+    return f"{scheme}:{address}"
+
+
+@implementer(IStreamServerEndpoint)
+class _AnnouncingEndpoint:
+    """Listens through ENDPOINT and logs the URL with the port actually bound."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        scheme: str,
+        on_failure: Callable[[Failure], None] | None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._scheme = scheme
+        self._on_failure = on_failure
+        self.port: IListeningPort | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        d = self._endpoint.listen(protocolFactory)
+        d.addCallbacks(self._listening, self._failed)
+        return d
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        url = address_url(self._scheme, port.getHost())
+        self._log.info("nbbridge relay listening on {url}", url=url)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+        return port
+
+    def _failed(self, failure: Failure) -> Failure:
+        self._log.critical("nbbridge relay cannot listen: {error}", error=failure.getErrorMessage())
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+        if self._on_failure is not None:
+            self._on_failure(failure)
+        return failure
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[IListeningPort] = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class RelayService(MultiService):
+    """The relay: a listener serving the Site; stopping closes every connection and waits."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        relay: Relay,
+        endpoint: IStreamServerEndpoint,
+        *,
+        reactor: IReactorTime,
+        secure: bool,
+        admin_sha256: bytes | None = None,
+        on_listen_failure: Callable[[Failure], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.relay = relay
+        self._reactor = reactor
+        site = build_site(relay, make_factories(relay, reactor), admin_sha256, reactor)
+        self.connections = ConnectionTracker(site)
+        self._endpoint = _AnnouncingEndpoint(endpoint, "wss" if secure else "ws", on_listen_failure)
+        listener = StreamServerEndpointService(self._endpoint, self.connections)
+        listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        if self.relay.authority.open:
+            self._log.warn(
+                "no --config: accepting any token; serving on loopback only. "
+                "Give a relay.toml before exposing this relay."
+            )
+        super().startService()
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once it is bound."""
+        return self._endpoint.when_listening()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, close every connection (1001), and fire once all are gone."""
+        stopped = super().stopService()
+        d: Deferred[Any] = DeferredList([stopped]) if stopped is not None else succeed(None)
+        d.addCallback(lambda _: self._close_connections())
+        return d
+
+    def _close_connections(self) -> Deferred[None]:
+        idle = self.connections.when_idle()
+        if idle.called:
+            return idle
+        self.connections.close_all("relay shutting down")
+        late = self._reactor.callLater(SHUTDOWN_GRACE, self.connections.abort_all)
+
+        def done(result: None) -> None:
+            if late.active():
+                late.cancel()
+
+        idle.addCallback(done)
+        return idle

@@ -1,0 +1,139 @@
+# twisted.web's and Autobahn's resource APIs are untyped.
+# mypy: disable-error-code="no-untyped-call"
+"""The relay's resource tree: `GET /status` and the WebSocket routes under `/v1/`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import NoResource, Resource
+from twisted.web.server import Request, Site
+
+from ._auth import check_admin
+from ._contract import Route, RouteKind, parse_bearer, parse_route
+from ._core import Relay
+from ._protocol import RelayWebSocket, RelayWebSocketFactory
+
+#: Neither /status nor a WebSocket handshake has a body worth keeping.
+MAX_REQUEST_BODY = 64 * 1024
+
+
+class BoundedRequest(Request):
+    """A request whose body may not exceed MAX_REQUEST_BODY: a bigger one gets 413 and a close.
+
+    twisted.web would otherwise spool any body to a temporary file before rendering.
+    """
+
+    _body_size = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_REQUEST_BODY:
+            super().gotLength(0)
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_size += len(data)
+        if self._body_size > MAX_REQUEST_BODY:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Request Entity Too Large\r\n"
+                b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+            )
+            transport.loseConnection()
+
+
+@attrs.frozen
+class _RouteBinding:
+    """What `WebSocketResource` sees as its factory: builds a protocol that knows its route."""
+
+    factory: RelayWebSocketFactory
+    route: Route
+
+    def buildProtocol(self, addr: Any) -> RelayWebSocket:
+        protocol = cast(RelayWebSocket, self.factory.buildProtocol(addr))
+        protocol.route = self.route
+        return protocol
+
+
+class WebSocketRoutes(Resource):
+    """`/v1/agents/{name}/control|link|data/{link_id}`; anything else is 404."""
+
+    isLeaf = True
+
+    def __init__(self, factories: dict[RouteKind, RelayWebSocketFactory]) -> None:
+        super().__init__()
+        self._factories = factories
+
+    def render(self, request: Request) -> Any:
+        try:
+            segments = [s.decode("utf-8") for s in request.postpath or []]
+        except UnicodeDecodeError:
+            segments = []
+        route = parse_route(segments)
+        if route is None:
+            return NoResource("No such route.").render(request)
+        binding = _RouteBinding(self._factories[route.kind], route)
+        return WebSocketResource(binding).render(request)
+
+
+class StatusResource(Resource):
+    """`GET /status`: counters for everyone; with the admin token, also each agent."""
+
+    isLeaf = True
+
+    def __init__(self, relay: Relay, admin_sha256: bytes | None) -> None:
+        super().__init__()
+        self._relay = relay
+        self._admin_sha256 = admin_sha256
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        header = request.getHeader(b"authorization")
+        admin = False
+        if header is not None and self._admin_sha256 is not None:
+            token = parse_bearer({"authorization": header.decode("latin-1")})
+            admin = check_admin(self._admin_sha256, token)
+            if not admin:
+                request.setResponseCode(401)
+                return _json({"error": "admin token not recognised"})
+        return _json(self._relay.status(admin=admin))
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=1).encode("utf-8") + b"\n"
+
+
+def build_site(
+    relay: Relay,
+    factories: dict[RouteKind, RelayWebSocketFactory],
+    admin_sha256: bytes | None,
+    reactor: IReactorTime,
+) -> Site:
+    """The relay's Site: one port for the status page and every WebSocket route."""
+    root = Resource()
+    root.putChild(b"status", StatusResource(relay, admin_sha256))
+    root.putChild(b"v1", WebSocketRoutes(factories))
+    site = Site(root, requestFactory=BoundedRequest, reactor=reactor)
+    site.displayTracebacks = False
+    return site
