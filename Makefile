@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 trial: $(STAMP)
-	$(BIN)/trial $(TRIAL_ARGS) tests
+	PYTHONPATH=. $(BIN)/trial $(TRIAL_ARGS) tests
 
 test: lint typecheck trial
 

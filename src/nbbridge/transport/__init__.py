@@ -1,1 +1,46 @@
-"""nbbridge.transport."""
+"""nbbridge.transport: how daemons reach the relay (URLs, TLS, WebSocket settings).
+
+* :func:`endpoint_string`, :func:`parse_mapping` — command-line shorthands shared by all
+  daemons (a bare port means loopback).
+* :func:`parse_relay_url` -> :class:`RelayURL` — ``ws://``/``wss://`` relay addresses, with
+  ``ws://`` refused off loopback unless ``--insecure``.
+* :func:`client_endpoint` — an ``IStreamClientEndpoint`` to the relay, TLS-verified with
+  service-identity against the system CAs or ``--ca FILE``; failures are
+  :class:`RelayConnectError` with a plain-words reason, see :func:`explain_connect_error`.
+* :func:`websocket_client_factory`, :func:`websocket_options` — Autobahn settings for
+  control, link and data connections (2 MiB messages, 20 s pings).
+"""
+
+from ._endpoints import check_service_name, endpoint_string, parse_mapping
+from ._explain import RelayConnectError, explain_connect_error
+from ._tls import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, client_endpoint, load_trust_root
+from ._url import RelayURL, is_loopback_host, parse_relay_url
+from ._websocket import (
+    MAX_MESSAGE_SIZE,
+    OPEN_HANDSHAKE_TIMEOUT,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    websocket_client_factory,
+    websocket_options,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_MESSAGE_SIZE",
+    "OPEN_HANDSHAKE_TIMEOUT",
+    "PING_INTERVAL",
+    "PING_TIMEOUT",
+    "RelayConnectError",
+    "RelayURL",
+    "check_service_name",
+    "client_endpoint",
+    "endpoint_string",
+    "explain_connect_error",
+    "is_loopback_host",
+    "load_trust_root",
+    "parse_mapping",
+    "parse_relay_url",
+    "websocket_client_factory",
+    "websocket_options",
+]
