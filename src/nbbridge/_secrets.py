@@ -6,6 +6,19 @@ import os
 import stat
 
 
+def in_credentials_directory(path: str) -> bool:
+    """True for a file systemd handed us with LoadCredential= (``$CREDENTIALS_DIRECTORY``).
+
+    systemd makes those files readable by the service alone, by means (ACLs, a private
+    mount) that mode bits do not show, so the usual permission check would refuse them.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return False
+    real = os.path.realpath(path)
+    return os.path.commonpath([real, os.path.realpath(directory)]) == os.path.realpath(directory)
+
+
 class SecretError(Exception):
     """A secret could not be read; the message is one line for the user."""
 
@@ -25,7 +38,7 @@ def read_secret(path: str | None, env: str, what: str = "token") -> str:
             raise SecretError(f"cannot read {what} file {path}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise SecretError(f"{what} file {path} is not UTF-8 text") from None
-        if mode & stat.S_IROTH:
+        if mode & stat.S_IROTH and not in_credentials_directory(path):
             raise SecretError(
                 f"{what} file {path} is readable by everyone (mode {stat.S_IMODE(mode):04o}); "
                 f"run: chmod 600 {path}"

@@ -92,3 +92,25 @@ class ClientOptionsTests(TestCase):
             usage.UsageError, Options().parseOptions, self.args("--forward", "no spaces=80")
         )
         self.assertIn("--forward", str(e))
+
+
+class CredentialsDirectoryTests(TestCase):
+    def test_systemd_credentials_are_trusted(self) -> None:
+        """Files under $CREDENTIALS_DIRECTORY pass even when mode bits look open."""
+        from nbbridge._secrets import read_secret
+        from nbbridge.crypto import load_private_key
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key = os.path.join(directory, "client.key")
+        write_private_key(key, PrivateKey.generate())
+        os.chmod(key, 0o644)
+        token = os.path.join(directory, "token")
+        with open(token, "w") as f:
+            f.write("t\n")
+        os.chmod(token, 0o644)
+        self.patch(os, "environ", {"CREDENTIALS_DIRECTORY": directory})
+        load_private_key(key)
+        self.assertEqual(read_secret(token, "NBBRIDGE_TOKEN"), "t")
+        self.patch(os, "environ", {})
+        self.assertRaises(Exception, load_private_key, key)

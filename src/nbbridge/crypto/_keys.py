@@ -23,6 +23,8 @@ from typing import Final
 import attrs
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from nbbridge._secrets import in_credentials_directory
+
 from ._errors import KeyFileError, KeyFormatError
 from ._noise import public_bytes
 
@@ -247,7 +249,7 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"cannot read private key {path}: not a regular file")
         mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
+        if mode & 0o077 and not in_credentials_directory(path):
             raise KeyFileError(
                 f"permissions {mode:04o} on {path} are too open; run chmod 600 {shlex.quote(path)}"
             )
