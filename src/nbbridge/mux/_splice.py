@@ -116,8 +116,12 @@ class TcpSide(Protocol):
     def peer_closed_writing(self) -> None:
         """The channel's peer sent CLOSE: shut down our writing side after the buffer."""
         transport: Any = self.transport
-        if self._gone:
+        if self._gone or transport is None:
             return
+        # The channel will deliver nothing more, so it stops being this connection's producer:
+        # Twisted resumes a paused producer instead of shutting down the writing side, so
+        # leaving it registered could keep the shutdown from ever happening.
+        transport.unregisterProducer()
         if ITCPTransport.providedBy(transport) or hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
         else:
