@@ -49,7 +49,11 @@ class Process:
         self.log_path = workdir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115
         self.popen = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
             start_new_session=True,
         )
 
@@ -109,25 +113,85 @@ def main(argv: list[str] | None = None) -> int:
     processes: list[Process] = []
     try:
         jenv = dict(env, JUPYTER_TOKEN=jupyter_token)
-        processes.append(Process("jupyter", [
-            str(BIN / "jupyter-server"), "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={jupyter_port}", "--ServerApp.port_retries=0",
-            "--ServerApp.open_browser=False", f"--ServerApp.root_dir={work / 'notebooks'}",
-            *(["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []),
-        ], work, jenv))
-        processes.append(Process("relay", [*twistd, "nbbridge-relay",
-            "--listen", f"tcp:{relay_port}:interface=127.0.0.1",
-            "--config", str(work / "relay.toml")], work, env))
+        processes.append(
+            Process(
+                "jupyter",
+                [
+                    str(BIN / "jupyter-server"),
+                    "--ServerApp.ip=127.0.0.1",
+                    f"--ServerApp.port={jupyter_port}",
+                    "--ServerApp.port_retries=0",
+                    "--ServerApp.open_browser=False",
+                    f"--ServerApp.root_dir={work / 'notebooks'}",
+                    *(["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []),
+                ],
+                work,
+                jenv,
+            )
+        )
+        processes.append(
+            Process(
+                "relay",
+                [
+                    *twistd,
+                    "nbbridge-relay",
+                    "--listen",
+                    f"tcp:{relay_port}:interface=127.0.0.1",
+                    "--config",
+                    str(work / "relay.toml"),
+                ],
+                work,
+                env,
+            )
+        )
         processes[-1].wait_for("listening on")
-        processes.append(Process("agent", [*twistd, "nbbridge-agent", "--relay", relay_url,
-            "--name", "gpu", "--token-file", "agent.token", "--key", "agent.key",
-            "--authorized-keys", "authorized_keys",
-            "--expose", f"jupyter=tcp:127.0.0.1:{jupyter_port}"], work, env))
+        processes.append(
+            Process(
+                "agent",
+                [
+                    *twistd,
+                    "nbbridge-agent",
+                    "--relay",
+                    relay_url,
+                    "--name",
+                    "gpu",
+                    "--token-file",
+                    "agent.token",
+                    "--key",
+                    "agent.key",
+                    "--authorized-keys",
+                    "authorized_keys",
+                    "--expose",
+                    f"jupyter=tcp:127.0.0.1:{jupyter_port}",
+                ],
+                work,
+                env,
+            )
+        )
         processes[-1].wait_for("online at")
-        processes.append(Process("client", [*twistd, "nbbridge-client", "--relay", relay_url,
-            "--agent", "gpu", "--agent-key", agent_key.public_key.to_text(),
-            "--token-file", "client.token", "--key", "client.key",
-            "--forward", f"jupyter={forward_port}"], work, env))
+        processes.append(
+            Process(
+                "client",
+                [
+                    *twistd,
+                    "nbbridge-client",
+                    "--relay",
+                    relay_url,
+                    "--agent",
+                    "gpu",
+                    "--agent-key",
+                    agent_key.public_key.to_text(),
+                    "--token-file",
+                    "client.token",
+                    "--key",
+                    "client.key",
+                    "--forward",
+                    f"jupyter={forward_port}",
+                ],
+                work,
+                env,
+            )
+        )
         processes[-1].wait_for("jupyter →")
         processes[0].wait_for("Jupyter Server", timeout=90)
         processes[0].wait_for("http://127.0.0.1", timeout=90)

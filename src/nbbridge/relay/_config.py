@@ -10,6 +10,9 @@ agents = ["gpu"]            # or ["*"]
 
 [limits]                    # all optional
 links_per_agent = 64
+
+[hub]                       # optional: the topic hub, /stats, /metrics (see nbbridge.hub._config)
+prefix = "/hub"
 ```
 
 Tokens are stored only as SHA-256 hashes (`nbbridge.relay.hash_token`). Every error names the
@@ -24,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from ..hub._config import HubConfig, parse_hub_config
 from ._contract import valid_name
 
 ALL_AGENTS = "*"
@@ -79,6 +83,7 @@ class RelayConfig:
     agents: Mapping[str, bytes]
     clients: Mapping[str, ClientEntry]
     limits: Limits = Limits()
+    hub: HubConfig = attrs.field(factory=HubConfig)
 
 
 def load_config(path: str) -> RelayConfig:
@@ -100,8 +105,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
         return ConfigError(f"{source}: {key}: {problem}")
 
     for key in data:
-        if key not in ("agents", "clients", "limits"):
-            raise fail(key, "unknown key (expected [agents.NAME], [clients.NAME], [limits])")
+        if key not in ("agents", "clients", "limits", "hub"):
+            raise fail(key, "unknown key (expected [agents.NAME], [clients.NAME], [limits], [hub])")
 
     seen: dict[bytes, str] = {}
 
@@ -149,7 +154,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
         digest = token_hash(key, entry)
         clients[name] = ClientEntry(digest, _client_agents(fail, f"{key}.agents", entry, agents))
 
-    return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")))
+    hub = parse_hub_config(fail, table("hub"))
+    return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")), hub)
 
 
 def _client_agents(

@@ -103,6 +103,8 @@ class Relay:
         self._pending: dict[str, PendingLink] = {}
         self._links = 0
         self._bytes = 0
+        #: dials an agent never answered: timed out, or the agent went offline first (/metrics)
+        self.dial_failures = 0
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -143,6 +145,7 @@ class Relay:
         self._log.info("agent {agent} offline", agent=state.name)
         for pending in list(state.pending.values()):
             self._drop_pending(pending)
+            self.dial_failures += 1
             pending.peer.close(
                 CloseCode.OFFLINE, f"agent {state.name!r} went offline before answering"
             )
@@ -198,6 +201,7 @@ class Relay:
     def _dial_expired(self, pending: PendingLink) -> None:
         pending.timer = None
         self._drop_pending(pending)
+        self.dial_failures += 1
         seconds = f"{self.limits.dial_timeout:g}"
         self._log.info(
             "link {link} to {agent}: no answer within {seconds} s",

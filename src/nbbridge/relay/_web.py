@@ -1,6 +1,11 @@
 # twisted.web's and Autobahn's resource APIs are untyped.
 # mypy: disable-error-code="no-untyped-call"
-"""The relay's resource tree: `GET /status` and the WebSocket routes under `/v1/`."""
+"""The relay's resource tree: `GET /status`, the WebSocket routes under `/v1/`, and the hub.
+
+The hub (`nbbridge.hub`) adds its topic routes under its prefix (`/hub` by default),
+`GET /stats` (+ `/stats/json`, `/stats/ws`) and `GET /metrics`; its periodic jobs run while
+the Site is listening.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
+from ..hub._web import HubRuntime, mount_hub
 from ._auth import check_admin
 from ._contract import Route, RouteKind, parse_bearer, parse_route
 from ._core import Relay
@@ -124,16 +130,33 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, indent=1).encode("utf-8") + b"\n"
 
 
+class RelaySite(Site):
+    """The relay's Site; starts and stops the hub's periodic jobs with the listener."""
+
+    def __init__(self, resource: Resource, hub: HubRuntime, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.hub = hub
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.hub.start()
+
+    def stopFactory(self) -> None:
+        self.hub.stop()
+        super().stopFactory()
+
+
 def build_site(
     relay: Relay,
     factories: dict[RouteKind, RelayWebSocketFactory],
     admin_sha256: bytes | None,
     reactor: IReactorTime,
-) -> Site:
-    """The relay's Site: one port for the status page and every WebSocket route."""
+) -> RelaySite:
+    """The relay's Site: one port for the status page, the hub and every WebSocket route."""
     root = Resource()
     root.putChild(b"status", StatusResource(relay, admin_sha256))
     root.putChild(b"v1", WebSocketRoutes(factories))
-    site = Site(root, requestFactory=BoundedRequest, reactor=reactor)
+    hub = mount_hub(root, relay, reactor)
+    site = RelaySite(root, hub, requestFactory=BoundedRequest, reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -29,8 +29,9 @@ class Options(usage.Options):
     synopsis = "[--listen ENDPOINT] [--config relay.toml] [--admin-token-file FILE]"
     longdesc = (
         "Public relay: agents keep a control connection, clients open links, and the relay "
-        "splices each link to a data connection its agent dials. Without --config it serves "
-        "only on loopback and accepts any token."
+        "splices each link to a data connection its agent dials. The same port serves the "
+        "topic hub (/hub/...), GET /stats and GET /metrics (relay.toml [hub]). Without --config "
+        "it serves only on loopback and accepts any token."
     )
     optParameters = [
         [

@@ -1,0 +1,29 @@
+"""The hub: topic streams on the relay, binary and text, N:N and 1:N, with live stats.
+
+Served by `nbbridge-relay` on its own port (docs/hub.md is the user's guide):
+
+* `ws(s)://RELAY/hub/<topic>`      two-way: each message goes to every other member
+* `ws(s)://RELAY/hub/in/<topic>`   one-way stream, sending side
+* `ws(s)://RELAY/hub/out/<topic>`  one-way stream, reading side (what it sends is dropped)
+* `GET /stats` (page), `GET /stats/json`, `ws(s)://RELAY/stats/ws` (JSON every 5 s)
+* `GET /metrics` (Prometheus)
+
+Close codes (`HubCloseCode`): 4400 bad topic name, 4401 token missing or not recognised,
+4403 token not permitted, 4413 message too big, 4429 too slow or a hub limit reached.
+
+Only pure modules are imported here: the relay's config reads `nbbridge.hub._config`.
+"""
+
+from ._config import HubConfig
+from ._routes import HubCloseCode, HubRoute, Role, TopicKind, hub_path, parse_hub_path, valid_topic
+
+__all__ = [
+    "HubCloseCode",
+    "HubConfig",
+    "HubRoute",
+    "Role",
+    "TopicKind",
+    "hub_path",
+    "parse_hub_path",
+    "valid_topic",
+]

@@ -1,0 +1,288 @@
+"""The hub's state, sans-IO: topics, their members, fan-out and the per-receiver queues.
+
+A message goes straight to each receiver's connection while that connection's transport takes
+data. When a receiver's transport says it is full (its producer was paused), the hub queues for
+it, up to `queue_bytes`. Beyond the cap a one-way stream reader (`out`) loses its oldest queued
+messages (counted as drops) and a two-way member is closed with 4429 "too slow". A sender is
+never paused for a receiver, so one slow receiver never slows the sender or anyone else, and
+the hub's memory stays under `queue_bytes` per receiver (plus one transport buffer each).
+
+The core never touches a transport or the reactor: connections are `MemberPeer`s and time comes
+from an injected `IReactorTime`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ._access import Refused, check_access
+from ._config import HubConfig
+from ._routes import BadRoute, HubCloseCode, HubRoute, Role, TopicKind
+from ._stats import Counters
+
+
+@attrs.define(eq=False, slots=True)
+class Message:
+    """One message on its way through the hub, shared by every receiver's queue."""
+
+    size: int
+    is_binary: bool
+    #: what the connection layer sends (a prepared frame); the core never looks inside
+    frame: Any
+
+
+class MemberPeer(Protocol):
+    """A hub connection, as the core sees it."""
+
+    def send(self, message: Message) -> None:
+        """Write MESSAGE to the connection now."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with CODE and REASON."""
+
+
+@attrs.define(eq=False)
+class Member:
+    """One connection on a topic."""
+
+    id: int
+    route: HubRoute
+    remote: str
+    peer: MemberPeer
+    since: float
+    topic: Topic
+    token_name: str | None = None
+    counters: Counters = attrs.field(factory=Counters)
+    #: the connection's transport asked us to stop writing
+    full: bool = False
+    queue: deque[Message] = attrs.field(factory=deque)
+    queued_bytes: int = 0
+    peak_queued_bytes: int = 0
+    left: bool = False
+
+
+@attrs.define(eq=False)
+class Topic:
+    """A topic (two-way) or a stream (one-way); it exists while it has members."""
+
+    name: str
+    kind: TopicKind
+    since: float
+    members: dict[int, Member] = attrs.field(factory=dict)
+    #: who receives what a sender sends; rebuilt on join and leave, so fan-out may close members
+    readers: tuple[Member, ...] = ()
+    counters: Counters = attrs.field(factory=Counters)
+
+    def _rebuild(self) -> None:
+        self.readers = tuple(m for m in self.members.values() if m.route.role.reads)
+
+
+Observer = Callable[[str, Member], None]
+
+
+class Hub:
+    """Topics and members, and what happens to each message."""
+
+    _log = Logger()
+
+    def __init__(self, config: HubConfig, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self.topics: dict[tuple[TopicKind, str], Topic] = {}
+        self.totals = Counters()
+        # Every counter starts with a sample, so traffic before the first tick shows in rates.
+        self.totals.sample(clock.seconds(), config.rate_window)
+        self.slow_closes = 0
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.member_count = 0
+        self._next_id = 1
+        self._observers: list[Observer] = []
+
+    def add_observer(self, observer: Observer) -> Callable[[], None]:
+        """Call OBSERVER(event, member) on each hub event; returns a function that removes it.
+
+        Events: joined, left, dropped, ignored, too-slow.
+        For tests and tools: lets them wait for the hub to reach a state without polling.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def _notify(self, event: str, member: Member) -> None:
+        for observer in list(self._observers):
+            observer(event, member)
+
+    def members(self) -> Iterator[Member]:
+        """Every member of every topic."""
+        for topic in self.topics.values():
+            yield from topic.members.values()
+
+    # -- joining and leaving -------------------------------------------------------------------
+
+    def join(
+        self, route: HubRoute | BadRoute, token: str | None, peer: MemberPeer, remote: str
+    ) -> Member | Refused:
+        """A connection opened on ROUTE: refuse it, or make it a member of its topic."""
+        refusal = self._check(route, token)
+        if isinstance(refusal, Refused):
+            self.refused[refusal.kind] += 1
+            self._log.info(
+                "hub connection from {remote} refused: {reason}",
+                remote=remote,
+                reason=refusal.reason,
+            )
+            return refusal
+        assert isinstance(route, HubRoute)
+        now = self.clock.seconds()
+        key = (route.kind, route.topic)
+        topic = self.topics.get(key)
+        if topic is None:
+            topic = self.topics[key] = Topic(route.topic, route.kind, now)
+            topic.counters.sample(now, self.config.rate_window)
+        member = Member(self._next_id, route, remote, peer, now, topic, refusal)
+        member.counters.sample(now, self.config.rate_window)
+        self._next_id += 1
+        topic.members[member.id] = member
+        topic._rebuild()
+        self.member_count += 1
+        self._log.info(
+            "hub: {remote} joined {topic} as {role} (#{id})",
+            remote=remote,
+            topic=route.topic,
+            role=route.role.value,
+            id=member.id,
+        )
+        self._notify("joined", member)
+        return member
+
+    def _check(self, route: HubRoute | BadRoute, token: str | None) -> Refused | str | None:
+        if isinstance(route, BadRoute):
+            return Refused(HubCloseCode.BAD_TOPIC, route.reason, "bad_topic")
+        if self.member_count >= self.config.max_members:
+            reason = f"the hub serves at most {self.config.max_members} connections"
+            return Refused(HubCloseCode.LIMIT, reason, "limit")
+        if (route.kind, route.topic) not in self.topics and len(
+            self.topics
+        ) >= self.config.max_topics:
+            reason = f"the hub serves at most {self.config.max_topics} topics"
+            return Refused(HubCloseCode.LIMIT, reason, "limit")
+        return check_access(self.config, route, token)
+
+    def leave(self, member: Member) -> None:
+        """MEMBER's connection closed (or is being closed): take it off its topic."""
+        if member.left:
+            return
+        member.left = True
+        member.queue.clear()
+        member.queued_bytes = 0
+        topic = member.topic
+        del topic.members[member.id]
+        topic._rebuild()
+        self.member_count -= 1
+        if not topic.members:
+            del self.topics[(topic.kind, topic.name)]
+        self._log.info(
+            "hub: #{id} left {topic} after {msgs_in} messages in, {msgs_out} out",
+            id=member.id,
+            topic=topic.name,
+            msgs_in=member.counters.messages_in,
+            msgs_out=member.counters.messages_out,
+        )
+        self._notify("left", member)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def publish(self, member: Member, message: Message) -> None:
+        """MEMBER sent MESSAGE: count it, and hand it to every other reader of its topic."""
+        if member.left:
+            return
+        now = self.clock.seconds()
+        size = message.size
+        topic = member.topic
+        for c in (member.counters, topic.counters, self.totals):
+            c.messages_in += 1
+            c.bytes_in += size
+            c.last_activity = now
+        if not member.route.role.sends:
+            for c in (member.counters, topic.counters, self.totals):
+                c.ignored += 1
+                c.ignored_bytes += size
+            self._notify("ignored", member)
+            return
+        for reader in topic.readers:
+            if reader is member or reader.left:
+                continue
+            if reader.full or reader.queue:
+                self._enqueue(reader, message)
+            else:
+                self._send(reader, message, now)
+
+    def _send(self, reader: Member, message: Message, now: float) -> None:
+        reader.peer.send(message)
+        size = message.size
+        for c in (reader.counters, reader.topic.counters, self.totals):
+            c.messages_out += 1
+            c.bytes_out += size
+            c.last_activity = now
+
+    def _enqueue(self, reader: Member, message: Message) -> None:
+        reader.queue.append(message)
+        reader.queued_bytes += message.size
+        cap = self.config.queue_bytes
+        if reader.queued_bytes <= cap:
+            reader.peak_queued_bytes = max(reader.peak_queued_bytes, reader.queued_bytes)
+            return
+        if reader.route.role is Role.OUT:
+            # A stream reader wants the newest data (video): the oldest goes first.
+            while reader.queued_bytes > cap:
+                old = reader.queue.popleft()
+                reader.queued_bytes -= old.size
+                for c in (reader.counters, reader.topic.counters, self.totals):
+                    c.dropped += 1
+                    c.dropped_bytes += old.size
+                self._notify("dropped", reader)
+            reader.peak_queued_bytes = max(reader.peak_queued_bytes, reader.queued_bytes)
+            return
+        # A two-way member would miss part of a conversation: better to tell it plainly.
+        reason = f"too slow: {reader.queued_bytes} bytes queued (cap {cap})"
+        self._log.info(
+            "hub: closing #{id} on {topic}: {reason}",
+            id=reader.id,
+            topic=reader.topic.name,
+            reason=reason,
+        )
+        self.slow_closes += 1
+        self._notify("too-slow", reader)
+        self.leave(reader)
+        reader.peer.close(HubCloseCode.LIMIT, reason)
+
+    def write_full_changed(self, member: Member, full: bool) -> None:
+        """MEMBER's transport filled up (FULL) or drained: queue, or send what is queued."""
+        member.full = full
+        if full or member.left:
+            return
+        now = self.clock.seconds()
+        queue = member.queue
+        # Sending may fill the transport again (it then calls back with FULL): stop there.
+        while queue and not member.full and not member.left:
+            message = queue.popleft()
+            member.queued_bytes -= message.size
+            self._send(member, message, now)
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    def sample(self) -> None:
+        """Take a rate sample of every counter (about once a second)."""
+        now = self.clock.seconds()
+        window = self.config.rate_window
+        self.totals.sample(now, window)
+        for topic in self.topics.values():
+            topic.counters.sample(now, window)
+            for member in topic.members.values():
+                member.counters.sample(now, window)

@@ -1,0 +1,222 @@
+# Autobahn's and Twisted's protocol APIs are untyped; calling them is the point of this module.
+# mypy: disable-error-code="no-untyped-call"
+"""Thin Autobahn protocols for the hub: topic members and the JSON stats stream.
+
+They build on the relay's `RelayWebSocket`, so a hub connection behaves like every other relay
+connection: it is registered as its own transport's push producer (that is how the hub learns a
+receiver is full), it steps past the relay's connection tracker, closes with a code and reason,
+and is closed when the relay stops. Refusals happen after the WebSocket opens, as close codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReactorTime
+
+from ..relay._protocol import RelayWebSocket
+from ._access import Refused
+from ._config import HubConfig
+from ._core import Hub, Member, Message
+from ._routes import BadRoute, HubCloseCode, HubRoute
+
+#: Nothing a stats viewer sends matters; anything bigger than this closes it.
+_STATS_MAX_MESSAGE = 4096
+
+
+def bearer_or_query_token(request: Any) -> str | None:
+    """The token of an Autobahn handshake REQUEST: `Authorization: Bearer` first, else `?token=`.
+
+    Browsers cannot set headers on a WebSocket, hence the query form; it ends up in access logs.
+    """
+    value = request.headers.get("authorization")
+    if value is not None:
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    values = request.params.get("token")
+    if values and values[0]:
+        return str(values[0])
+    return None
+
+
+def describe_peer(address: Any) -> str:
+    """`host:port` of a peer address (`[v6]:port` for IPv6), or its repr."""
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    return str(address)
+
+
+class _HubWebSocket(RelayWebSocket):
+    """What hub connections share: the query-string token and the size-limit close."""
+
+    remote = "?"
+
+    def onConnect(self, request: Any) -> None:
+        self._token = bearer_or_query_token(request)
+        self.remote = describe_peer(self.transport.getPeer() if self.transport else None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn leaves its close-handshake timer running when the TCP connection ends before
+        # the peer's close reply was read (after a 1007, say): nothing is left for it to do.
+        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        why = f"message of {msg_size} bytes or more exceeds the limit of {max_msg_size} bytes"
+        self._log.info("hub connection from {remote} closed: {why}", remote=self.remote, why=why)
+        if self._relay_close is None:
+            self._relay_close = (HubCloseCode.TOO_BIG, why)
+        self._fail_connection(HubCloseCode.TOO_BIG, why)
+
+
+class HubMemberProtocol(_HubWebSocket):
+    """A connection on a topic: what it sends goes to the hub, what the hub sends goes out."""
+
+    #: set by the resource before the handshake: the route the path named (or why it names none)
+    binding: HubRoute | BadRoute
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.member: Member | None = None
+
+    @property
+    def hub_factory(self) -> HubFactory:
+        return cast(HubFactory, self.factory)
+
+    @property
+    def hub(self) -> Hub:
+        return self.hub_factory.hub
+
+    def onOpen(self) -> None:
+        result = self.hub.join(self.binding, self.take_token(), self, self.remote)
+        if isinstance(result, Refused):
+            self.close(result.code, result.reason)
+            return
+        self.member = result
+        if self.write_full:
+            self.hub.write_full_changed(result, True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        member = self.member
+        if member is None:
+            return
+        # Frame once here; each receiver gets the same bytes (server frames are unmasked).
+        frame = (
+            self.hub_factory.prepareMessage(payload, isBinary, doNotCompress=True).payloadHybi
+            if member.route.role.sends
+            else None
+        )
+        self.hub.publish(member, Message(len(payload), isBinary, frame))
+
+    def _write_full_changed(self, full: bool) -> None:
+        if self.member is not None:
+            self.hub.write_full_changed(self.member, full)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.member is not None:
+            self.hub.leave(self.member)
+
+    def send(self, message: Message) -> None:
+        """Write MESSAGE's prepared frame (MemberPeer)."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if self.send_queue or self.transport is None:
+            # Autobahn has frames of its own waiting (never, without chopsize); keep the order.
+            self.sendData(message.frame)
+        else:
+            self.transport.write(message.frame)
+
+
+class HubFactory(WebSocketServerFactory):
+    """Builds topic members with the hub's message limit and the relay's heartbeats."""
+
+    def __init__(self, hub: Hub, relay: Any, reactor: IReactorTime) -> None:
+        super().__init__(server="nbbridge-relay", reactor=reactor)
+        self.protocol = _MEMBER
+        self.hub = hub
+        # RelayWebSocket reads its core from factory.relay; hub members do not use it.
+        self.relay = relay
+        config: HubConfig = hub.config
+        self.setProtocolOptions(
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
+            autoFragmentSize=0,
+            # Text goes to many receivers: invalid UTF-8 would fail every one of them.
+            utf8validateIncoming=True,
+            failByDrop=False,
+            webStatus=False,
+            autoPingInterval=relay.limits.ping_interval,
+            autoPingTimeout=relay.limits.ping_timeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
+
+
+class StatsStreamProtocol(_HubWebSocket):
+    """`/stats/ws`: the stats document as a JSON text message now and every interval."""
+
+    @property
+    def stream(self) -> StatsStreamFactory:
+        return cast(StatsStreamFactory, self.factory)
+
+    def onOpen(self) -> None:
+        if not self.stream.config.stats_allowed(self.take_token()):
+            self.close(HubCloseCode.BAD_TOKEN, "the stats need the stats token")
+            return
+        self.stream.subscribers.add(self)
+        self.push(self.stream.document())
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # Viewers have nothing to say; ignore rather than fail.
+        pass
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.stream.subscribers.discard(self)
+
+    def push(self, document: bytes) -> None:
+        """Send DOCUMENT unless the viewer has not read the previous ones (then skip this one)."""
+        if self.state == WebSocketProtocol.STATE_OPEN and not self.write_full:
+            self.sendMessage(document, isBinary=False)
+
+
+class StatsStreamFactory(WebSocketServerFactory):
+    """Builds stats viewers; `broadcast` sends one document to all of them."""
+
+    def __init__(self, config: HubConfig, document: Any, relay: Any, reactor: IReactorTime) -> None:
+        super().__init__(server="nbbridge-relay", reactor=reactor)
+        self.protocol = _VIEWER
+        self.config = config
+        #: () -> bytes: the current stats document as JSON
+        self.document = document
+        self.relay = relay
+        self.subscribers: set[StatsStreamProtocol] = set()
+        self.setProtocolOptions(
+            maxFramePayloadSize=_STATS_MAX_MESSAGE,
+            maxMessagePayloadSize=_STATS_MAX_MESSAGE,
+            failByDrop=False,
+            webStatus=False,
+            autoPingInterval=relay.limits.ping_interval,
+            autoPingTimeout=relay.limits.ping_timeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
+
+    def broadcast(self) -> None:
+        """Send the current document to every viewer (built once, only if someone watches)."""
+        if not self.subscribers:
+            return
+        document = self.document()
+        for viewer in list(self.subscribers):
+            viewer.push(document)
+
+
+_MEMBER: type[RelayWebSocket] = HubMemberProtocol
+_VIEWER: type[RelayWebSocket] = StatsStreamProtocol

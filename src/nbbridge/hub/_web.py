@@ -1,0 +1,250 @@
+# twisted.web's and Autobahn's resource APIs are untyped.
+# mypy: disable-error-code="no-untyped-call"
+"""The hub's resources on the relay's Site, and its two periodic jobs.
+
+* `<prefix>/...`   topic WebSockets (`HubRoutes`)
+* `GET /stats`     the live page (HTML + JS + CSS from package data: `/stats/app.js`, ...)
+* `GET /stats/json` the stats document once; `/stats/ws` streams it every `stats_interval`
+* `GET /metrics`   Prometheus
+
+`mount_hub` puts them on the relay's root resource and returns a `HubRuntime`, which the Site
+starts and stops with its listener (rate sampling, stats broadcast).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, cast
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from twisted.web.util import Redirect
+
+from ._config import HubConfig
+from ._core import Hub
+from ._metrics import MetricsResource, TunnelFigures, make_registry
+from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory
+from ._routes import BadRoute, HubRoute, parse_hub_path
+from ._stats import snapshot
+
+#: The page's security policy: only its own scripts, styles and connections.
+_CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+)
+_STATIC = {
+    b"app.js": ("app.js", b"text/javascript; charset=utf-8"),
+    b"app.css": ("app.css", b"text/css; charset=utf-8"),
+}
+
+
+def _static(name: str) -> bytes:
+    return resources.files("nbbridge.hub").joinpath("static", name).read_bytes()
+
+
+def request_token(request: Request) -> str | None:
+    """`Authorization: Bearer` of an HTTP REQUEST, else its `?token=` query."""
+    header = request.getHeader(b"authorization")
+    if header is not None:
+        scheme, _, token = header.decode("latin-1").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    values = request.args.get(b"token") if request.args else None
+    if values and values[0]:
+        return bytes(values[0]).decode("utf-8", "replace")
+    return None
+
+
+@attrs.frozen
+class _MemberBinding:
+    """What `WebSocketResource` sees as its factory: a protocol that knows its route."""
+
+    factory: HubFactory
+    route: HubRoute | BadRoute
+
+    def buildProtocol(self, addr: Any) -> HubMemberProtocol:
+        protocol = cast(HubMemberProtocol, self.factory.buildProtocol(addr))
+        protocol.binding = self.route
+        return protocol
+
+
+class HubRoutes(Resource):
+    """`<prefix>/<topic>`, `<prefix>/in/<topic>`, `<prefix>/out/<topic>` (WebSocket only).
+
+    A bad topic name still gets its WebSocket, closed at once with 4400 and the reason: a
+    WebSocket client sees close reasons, not HTTP error pages.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory: HubFactory) -> None:
+        super().__init__()
+        self._factory = factory
+
+    def render(self, request: Request) -> Any:
+        route: HubRoute | BadRoute
+        try:
+            segments = [s.decode("utf-8") for s in request.postpath or []]
+        except UnicodeDecodeError:
+            route = BadRoute("topic name is not UTF-8")
+        else:
+            route = parse_hub_path(segments)
+        return WebSocketResource(_MemberBinding(self._factory, route)).render(request)
+
+
+class _StaticFile(Resource):
+    """One file of the page, read from package data once."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self._body = body
+        self._type = content_type
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", self._type)
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", _CSP)
+        return self._body
+
+
+class StatsJson(Resource):
+    """`GET /stats/json`: the stats document once."""
+
+    isLeaf = True
+
+    def __init__(self, document: Callable[[], bytes], allowed: Callable[[Request], bool]) -> None:
+        super().__init__()
+        self._document = document
+        self._allowed = allowed
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        if not self._allowed(request):
+            request.setResponseCode(401)
+            return b'{"error": "the stats need the stats token"}\n'
+        return self._document()
+
+
+class StatsPage(Resource):
+    """`GET /stats`: the page; its files, `json` and `ws` are children."""
+
+    def __init__(
+        self,
+        document: Callable[[], bytes],
+        allowed: Callable[[Request], bool],
+        stream: StatsStreamFactory,
+    ) -> None:
+        super().__init__()
+        self._page = _StaticFile(_static("index.html"), b"text/html; charset=utf-8")
+        for name, (filename, content_type) in _STATIC.items():
+            self.putChild(name, _StaticFile(_static(filename), content_type))
+        self.putChild(b"json", StatsJson(document, allowed))
+        self.putChild(b"ws", WebSocketResource(stream))
+        # The page links its files relatively to /stats; /stats/ would break that.
+        self.putChild(b"", Redirect(b"../stats"))
+
+    def render_GET(self, request: Request) -> bytes:
+        return self._page.render_GET(request)
+
+
+class HubRuntime:
+    """The hub of one Site and its periodic jobs: rate samples, stats broadcasts."""
+
+    _log = Logger()
+
+    def __init__(self, hub: Hub, stream: StatsStreamFactory, reactor: IReactorTime) -> None:
+        self.hub = hub
+        self.stream = stream
+        self._jobs = [
+            (self._job(hub.sample, "rate sample"), hub.config.rate_window / 5),
+            (self._job(stream.broadcast, "stats broadcast"), hub.config.stats_interval),
+        ]
+        self._loops: list[LoopingCall] = []
+        self._reactor = reactor
+
+    def _job(self, work: Callable[[], None], what: str) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                # A periodic job logs its own errors and keeps running.
+                self._log.failure("hub {what} failed", what=what)
+
+        return run
+
+    def start(self) -> None:
+        """Start sampling and broadcasting (when the Site starts listening)."""
+        if self._loops:
+            return
+        for work, interval in self._jobs:
+            loop = LoopingCall(work)
+            loop.clock = self._reactor
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+
+    def stop(self) -> None:
+        """Stop the periodic jobs (when the Site stops listening)."""
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            if loop.running:
+                loop.stop()
+
+
+def tunnel_figures(relay: Any) -> dict[str, Any]:
+    """The relay core's counters the stats and metrics show beside the hub."""
+    status = relay.status()
+    return {
+        "agents_online": status["agents_online"],
+        "links": status["links"],
+        "bytes": status["bytes"],
+        "pending_dials": relay.pending_count,
+        "dial_failures": getattr(relay, "dial_failures", 0),
+    }
+
+
+def hub_config_of(relay: Any) -> HubConfig:
+    """The `[hub]` section of the relay's config, or the defaults."""
+    config = relay.authority.config
+    return config.hub if config is not None else HubConfig()
+
+
+def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
+    parent = root
+    for segment in segments[:-1]:
+        existing = parent.children.get(segment)
+        if existing is None:
+            existing = Resource()
+            parent.putChild(segment, existing)
+        parent = existing
+    parent.putChild(segments[-1], child)
+
+
+def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
+    """Put the hub's routes, /stats and /metrics on ROOT; RELAY is the relay core."""
+    config = hub_config_of(relay)
+    hub = Hub(config, reactor)
+    tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
+
+    def document() -> bytes:
+        return json.dumps(snapshot(hub, tunnel())).encode("utf-8")
+
+    def allowed(request: Request) -> bool:
+        return config.stats_allowed(request_token(request))
+
+    stream = StatsStreamFactory(config, document, relay, reactor)
+    if config.enabled:
+        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, relay, reactor)))
+    root.putChild(b"stats", StatsPage(document, allowed, stream))
+    root.putChild(b"metrics", MetricsResource(make_registry(hub, tunnel), allowed))
+    return HubRuntime(hub, stream, reactor)

@@ -1,0 +1,240 @@
+// The hub's stats page: fetches stats/json every `interval` seconds and draws it.
+// Plain DOM and SVG, no libraries and no build step. Text goes in with textContent only.
+(function () {
+  "use strict";
+
+  var SVG = "http://www.w3.org/2000/svg";
+  var POINTS = 60;
+  var COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+  var token = new URLSearchParams(window.location.search).get("token");
+  var history = {};  // topic key -> [bytes/s, ...], newest last
+  var colorOf = {};
+  var nextColor = 0;
+
+  function el(tag, attrs, text) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  function number(n) {
+    if (n === null || n === undefined) { return "–"; }
+    if (Math.abs(n) >= 1e9) { return (n / 1e9).toFixed(2) + " G"; }
+    if (Math.abs(n) >= 1e6) { return (n / 1e6).toFixed(2) + " M"; }
+    if (Math.abs(n) >= 1e4) { return (n / 1e3).toFixed(1) + " k"; }
+    return Number.isInteger(n) ? String(n) : n.toFixed(1);
+  }
+
+  function perSecond(n) {
+    var text = number(n);
+    return (/[kMG]$/.test(text) ? text : text + " ") + "B/s";
+  }
+
+  function clock(seconds) {
+    if (!seconds) { return "–"; }
+    return new Date(seconds * 1000).toLocaleTimeString();
+  }
+
+  function card(label, value, field) {
+    var c = el("div", { "class": "card", "data-field": field });
+    c.appendChild(el("div", { "class": "label" }, label));
+    c.appendChild(el("div", { "class": "value" }, value));
+    return c;
+  }
+
+  function row(cells, attrs) {
+    var tr = el("tr", attrs);
+    cells.forEach(function (cell) {
+      tr.appendChild(el("td", { "class": cell[2] || "", "data-field": cell[0] }, cell[1]));
+    });
+    return tr;
+  }
+
+  function head(names) {
+    var tr = el("tr");
+    names.forEach(function (n, i) { tr.appendChild(el("th", { "class": i < 2 ? "text" : "" }, n)); });
+    var thead = el("thead");
+    thead.appendChild(tr);
+    return thead;
+  }
+
+  function renderSummary(doc) {
+    var s = document.getElementById("summary");
+    var t = doc.totals;
+    s.replaceChildren(
+      card("topics", t.topics, "topics"),
+      card("connections", t.members, "members"),
+      card("messages in", number(t.messages_in), "messages_in"),
+      card("messages out", number(t.messages_out), "messages_out"),
+      card("in / s", number(t.rates.messages_in), "rate_in"),
+      card("out / s", number(t.rates.messages_out), "rate_out"),
+      card("dropped", number(t.dropped), "dropped"),
+      card("ignored (out senders)", number(t.ignored), "ignored"),
+      card("queued bytes", number(t.queued_bytes), "queued_bytes")
+    );
+    if (doc.tunnel) {
+      s.appendChild(card("agents online", doc.tunnel.agents_online, "agents_online"));
+      s.appendChild(card("links", doc.tunnel.links, "links"));
+      s.appendChild(card("link bytes", number(doc.tunnel.bytes), "link_bytes"));
+      s.appendChild(card("dial failures", doc.tunnel.dial_failures, "dial_failures"));
+    }
+  }
+
+  function renderTopics(doc) {
+    var box = document.getElementById("topics");
+    var nodes = [];
+    doc.topics.forEach(function (topic) {
+      var label = topic.kind === "stream" ? "stream " + topic.name : topic.name;
+      var h = el("h3", { "data-topic": topic.name, "data-kind": topic.kind }, label);
+      var table = el("table", { "class": "topic", "data-topic": topic.name });
+      table.appendChild(head(["topic", "kind", "members", "senders", "readers", "msgs in",
+        "msgs out", "in/s", "out/s", "bytes in/s", "bytes out/s", "dropped", "ignored",
+        "queued", "last activity"]));
+      var body = el("tbody");
+      body.appendChild(row([
+        ["name", topic.name, "text"], ["kind", topic.kind, "text"], ["members", topic.members],
+        ["senders", topic.senders], ["readers", topic.readers],
+        ["messages_in", topic.messages_in], ["messages_out", topic.messages_out],
+        ["rate_messages_in", number(topic.rates.messages_in)],
+        ["rate_messages_out", number(topic.rates.messages_out)],
+        ["rate_bytes_in", number(topic.rates.bytes_in)],
+        ["rate_bytes_out", number(topic.rates.bytes_out)],
+        ["dropped", topic.dropped], ["ignored", topic.ignored],
+        ["queued_bytes", number(topic.queued_bytes)], ["last_activity", clock(topic.last_activity)]
+      ], { "data-topic": topic.name }));
+      table.appendChild(body);
+      nodes.push(h, table);
+
+      var members = el("table", { "class": "connections", "data-topic": topic.name });
+      members.appendChild(head(["remote", "route", "#", "role", "since", "msgs in", "msgs out",
+        "bytes in", "bytes out", "in/s", "out/s", "dropped", "queued", "paused", "last activity"]));
+      var mbody = el("tbody");
+      topic.connections.forEach(function (c) {
+        mbody.appendChild(row([
+          ["remote", c.remote, "text"], ["route", c.route, "text"], ["id", c.id],
+          ["role", c.role], ["since", clock(c.since)],
+          ["messages_in", c.messages_in], ["messages_out", c.messages_out],
+          ["bytes_in", number(c.bytes_in)], ["bytes_out", number(c.bytes_out)],
+          ["rate_messages_in", number(c.rates.messages_in)],
+          ["rate_messages_out", number(c.rates.messages_out)],
+          ["dropped", c.dropped], ["queued_bytes", number(c.queued_bytes)],
+          ["paused", c.paused ? "yes" : "no"], ["last_activity", clock(c.last_activity)]
+        ], { "data-connection": String(c.id) }));
+      });
+      members.appendChild(mbody);
+      nodes.push(members);
+    });
+    box.replaceChildren.apply(box, nodes);
+    document.getElementById("empty").hidden = doc.topics.length > 0;
+  }
+
+  function renderChart(doc) {
+    var seen = {};
+    doc.topics.forEach(function (topic) {
+      var key = topic.kind + ":" + topic.name;
+      seen[key] = true;
+      if (!(key in colorOf)) { colorOf[key] = COLORS[nextColor++ % COLORS.length]; }
+      var points = history[key] || (history[key] = []);
+      points.push(topic.rates.bytes_in + topic.rates.bytes_out);
+      if (points.length > POINTS) { points.shift(); }
+    });
+    Object.keys(history).forEach(function (key) {
+      if (!seen[key]) {
+        history[key].push(0);
+        if (history[key].length > POINTS) { history[key].shift(); }
+        if (Math.max.apply(null, history[key]) === 0) { delete history[key]; }
+      }
+    });
+
+    var width = 720, height = 180, pad = 40;
+    var max = 1;
+    Object.keys(history).forEach(function (key) {
+      max = Math.max(max, Math.max.apply(null, history[key]));
+    });
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("width", width);
+    svg.setAttribute("height", height);
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("role", "img");
+    var axis = document.createElementNS(SVG, "text");
+    axis.setAttribute("x", 4);
+    axis.setAttribute("y", 14);
+    axis.setAttribute("font-size", "11");
+    axis.textContent = perSecond(max);
+    svg.appendChild(axis);
+    var base = document.createElementNS(SVG, "line");
+    base.setAttribute("x1", pad); base.setAttribute("x2", width - 4);
+    base.setAttribute("y1", height - 4); base.setAttribute("y2", height - 4);
+    base.setAttribute("stroke", "#999");
+    svg.appendChild(base);
+    var legend = document.getElementById("legend");
+    var items = [];
+    Object.keys(history).forEach(function (key) {
+      var points = history[key];
+      var step = (width - pad - 4) / (POINTS - 1);
+      var offset = POINTS - points.length;
+      var coords = points.map(function (v, i) {
+        var x = pad + (offset + i) * step;
+        var y = height - 4 - (v / max) * (height - 24);
+        return x.toFixed(1) + "," + y.toFixed(1);
+      });
+      var line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", coords.join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", colorOf[key]);
+      line.setAttribute("stroke-width", "2");
+      line.setAttribute("data-topic", key);
+      svg.appendChild(line);
+      // The newest point gets a dot, so a topic shows from its first figure on.
+      var last = coords[coords.length - 1].split(",");
+      var dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("cx", last[0]);
+      dot.setAttribute("cy", last[1]);
+      dot.setAttribute("r", "3");
+      dot.setAttribute("fill", colorOf[key]);
+      svg.appendChild(dot);
+      var item = el("li", { "data-topic": key });
+      var swatch = el("span", { "class": "swatch" });
+      swatch.style.background = colorOf[key];
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(key.replace(/^both:/, "").replace(/^stream:/, "stream ") +
+        " " + perSecond(points[points.length - 1])));
+      items.push(item);
+    });
+    document.getElementById("chart").replaceChildren(svg);
+    legend.replaceChildren.apply(legend, items);
+  }
+
+  function setStatus(text, isError) {
+    var status = document.getElementById("status");
+    status.textContent = text;
+    status.className = isError ? "error" : "muted";
+  }
+
+  function refresh() {
+    var interval = 5;
+    var headers = token ? { "Authorization": "Bearer " + token } : {};
+    fetch("stats/json", { headers: headers, cache: "no-store" })
+      .then(function (response) {
+        if (response.status === 401) {
+          throw new Error("these stats need the stats token: open this page as /stats?token=…");
+        }
+        if (!response.ok) { throw new Error("the relay answered " + response.status); }
+        return response.json();
+      })
+      .then(function (doc) {
+        interval = doc.interval || interval;
+        renderSummary(doc);
+        renderTopics(doc);
+        renderChart(doc);
+        setStatus("updated " + clock(doc.time) + ", every " + interval + " s; rates over the last " +
+          doc.window + " s · relay " + doc.version, false);
+      })
+      .catch(function (error) { setStatus(String(error.message || error), true); })
+      .then(function () { window.setTimeout(refresh, interval * 1000); });
+  }
+
+  refresh();
+}());

@@ -1,0 +1,141 @@
+"""Integration: the /stats page in a real headless Chromium shows topics and counts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from html.parser import HTMLParser
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from ._harness import HubTestCase
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+    # Long enough for the page to load and fetch stats/json once; its 5 s refresh never comes.
+    "--virtual-time-budget=4000",
+]
+
+
+class _Capture(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int | None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", None))
+
+
+class _Cells(HTMLParser):
+    """Collects `data-field` cells of the table rows marked `data-topic`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, dict[str, str]] = {}
+        self.headings: list[str] = []
+        self._row: str | None = None
+        self._field: str | None = None
+        self._heading = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("data-topic"):
+            self._row = a["data-topic"]
+            self.rows.setdefault(self._row or "", {})
+        elif tag == "td" and self._row is not None:
+            self._field = a.get("data-field")
+        elif tag == "h3":
+            self._heading = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tr":
+            self._row = None
+        elif tag == "td":
+            self._field = None
+        elif tag == "h3":
+            self._heading = False
+
+    def handle_data(self, data: str) -> None:
+        if self._row is not None and self._field is not None:
+            self.rows[self._row][self._field] = data
+        if self._heading:
+            self.headings.append(data)
+
+
+class StatsPageBrowserTests(HubTestCase):
+    timeout = 180
+    if CHROMIUM is None:
+        skip = "chromium not found: apt-get install chromium (Debian) to run the /stats page test"
+
+    async def chromium(self, *args: str) -> _Capture:
+        assert CHROMIUM is not None
+        profile = os.path.abspath(self.mktemp())
+        os.makedirs(profile)
+        capture = _Capture()
+        argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
+        env = {**os.environ, "HOME": profile}
+        process = reactor.spawnProcess(capture, CHROMIUM, argv, env=env)
+        self.addCleanup(self._reap, process, capture)
+        code = await capture.ended
+        self.assertEqual(code, 0, capture.err.decode("utf-8", "replace")[-2000:])
+        return capture
+
+    async def _reap(self, process: object, capture: _Capture) -> None:
+        if not capture.ended.called:
+            process.signalProcess("KILL")  # type: ignore[attr-defined]
+            await capture.ended
+
+    async def test_page_shows_topics_and_counts(self) -> None:
+        await self.start_hub()
+        a, b = await self.join("/hub/lab/cam1"), await self.join("/hub/lab/cam1")
+        reader = await self.join("/hub/out/video")
+        sender = await self.join("/hub/in/video")
+        for i in range(3):
+            a.sendMessage(f"reading {i}".encode(), isBinary=False)
+            sender.sendMessage(bytes(1000), isBinary=True)
+        for _ in range(3):
+            await b.messages.get()
+            await reader.messages.get()
+
+        url = f"{self.http_url}/stats"
+        dom = (await self.chromium("--dump-dom", url)).out.decode("utf-8")
+        cells = _Cells()
+        cells.feed(dom)
+        self.assertIn("lab/cam1", cells.headings)
+        self.assertIn("stream video", cells.headings)
+        room = cells.rows["lab/cam1"]
+        self.assertEqual(room["name"], "lab/cam1")
+        self.assertEqual(room["kind"], "both")
+        self.assertEqual(room["members"], "2")
+        self.assertEqual(int(room["messages_in"]), 3)
+        self.assertEqual(int(room["messages_out"]), 3)
+        self.assertGreater(int(cells.rows["video"]["messages_out"]), 0)
+        self.assertIn('data-field="members"', dom)
+
+        # The screenshot stays in the test's temp directory as an artifact.
+        shot = os.path.abspath(os.path.join(self.mktemp() + "-stats.png"))
+        await self.chromium(f"--screenshot={shot}", url)
+        with open(shot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(os.path.getsize(shot), 10_000)

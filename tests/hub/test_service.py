@@ -1,0 +1,120 @@
+"""The hub as users get it: relay.toml's [hub] through makeService, and a real twistd."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from nbbridge.relay import hash_token
+from nbbridge.relay.tap import Options, makeService
+
+from ..relay._ws import Connector
+from ..relay.test_tap import SRC, _Twistd
+from ._schema import DOCUMENT, check
+
+CAMERA = "camera-token-0123456789"
+CONFIG = f"""
+[hub]
+prefix = "/lab/streams"
+queue_bytes = 1048576
+max_message_size = 65536
+stats_interval = 1
+
+[hub.tokens.camera]
+token_sha256 = "{hash_token(CAMERA)}"
+
+[[hub.access]]
+topics = ["cam*"]
+send = ["camera"]
+"""
+
+
+class MakeServiceTests(unittest.TestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_hub_section(self) -> None:
+        options = Options()
+        options.parseOptions(["--config", self.write(CONFIG)])
+        service = makeService(options, reactor=reactor)
+        hub = service.connections.wrappedFactory.hub.hub
+        self.assertEqual(hub.config.prefix, "/lab/streams")
+        self.assertEqual(hub.config.queue_bytes, 1048576)
+        self.assertEqual(hub.config.token_name(CAMERA), "camera")
+
+    def test_bad_hub_section_is_one_line(self) -> None:
+        options = Options()
+        path = self.write('[hub]\nprefix = "/metrics"\n')
+        options.parseOptions(["--config", path])
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options, reactor=reactor)
+        message = str(caught.exception.code)
+        self.assertEqual(
+            message,
+            f"nbbridge-relay: {path}: hub.prefix: /metrics is one of the relay's own routes",
+        )
+
+
+class TwistdHubTests(unittest.TestCase):
+    """`twistd -n nbbridge-relay --config relay.toml` serving the hub, stats and metrics."""
+
+    timeout = 60
+
+    async def test_twistd_serves_the_hub(self) -> None:
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        config = os.path.join(cwd, "relay.toml")
+        with open(config, "w") as f:
+            f.write(CONFIG)
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        protocol = _Twistd(r"nbbridge relay listening on ws://127\.0\.0\.1:(\d+)/")
+        argv = [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "nbbridge-relay",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--config",
+            config,
+        ]
+        env = {**os.environ, "PYTHONPATH": SRC}
+        transport: Any = reactor.spawnProcess(protocol, twistd, argv, env=env, path=cwd)
+        self.addCleanup(self._reap, protocol, transport)
+        port = int((await protocol.matched).group(1))
+
+        connector = Connector(reactor, port)
+        self.addCleanup(connector.all_lost)
+        reader = await connector.connect("/lab/streams/out/cam1")
+        refused = await connector.connect("/lab/streams/in/cam1")
+        self.assertEqual((await refused.closed)[0], 4401)
+        sender = await connector.connect("/lab/streams/in/cam1", CAMERA)
+        sender.sendMessage(b"\x00frame", isBinary=True)
+        self.assertEqual(await reader.messages.get(), (b"\x00frame", True))
+
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        base = f"http://127.0.0.1:{port}"
+        doc = json.loads(await (await treq.get(base + "/stats/json", pool=pool)).content())
+        check(self, doc, DOCUMENT)
+        [topic] = doc["topics"]
+        self.assertEqual((topic["name"], topic["messages_out"]), ("cam1", 1))
+        self.assertEqual(doc["prefix"], "/lab/streams")
+        metrics = await (await treq.get(base + "/metrics", pool=pool)).content()
+        self.assertIn(b"nbbridge_hub_delivered_messages_total 1.0", metrics)
+        self.assertIn(b'nbbridge_hub_refused_connections_total{reason="bad_token"} 1.0', metrics)
+
+    async def _reap(self, protocol: _Twistd, transport: Any) -> None:
+        if not protocol.ended.called:
+            transport.signalProcess("TERM")
+        await protocol.ended

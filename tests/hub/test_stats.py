@@ -1,0 +1,214 @@
+"""Integration: /stats/json, the /stats/ws stream, the page's files, and /metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from nbbridge import __version__
+from nbbridge.hub import HubCloseCode
+from nbbridge.relay import control_path, hash_token, link_path
+from nbbridge.relay._config import parse_config
+
+from ..relay._harness import AGENT_TOKEN, CLIENT_TOKEN
+from ._harness import HubTestCase, collect
+from ._schema import DOCUMENT, check
+
+STATS_TOKEN = "stats-token-0123456789"
+
+
+class StatsDocumentTests(HubTestCase):
+    async def traffic(self) -> None:
+        a, b = await self.join("/hub/lab/x"), await self.join("/hub/lab/x")
+        reader = await self.join("/hub/out/cam")
+        sender = await self.join("/hub/in/cam")
+        a.sendMessage(b"hello", isBinary=False)
+        sender.sendMessage(b"\x00" * 100, isBinary=True)
+        reader.sendMessage(b"ignored", isBinary=True)
+        await b.messages.get()
+        await reader.messages.get()
+
+    async def test_json_document(self) -> None:
+        await self.start_hub()
+        await self.traffic()
+        code, headers, body = await self.http_get("/stats/json")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers["content-type"], ["application/json"])
+        doc = json.loads(body)
+        check(self, doc, DOCUMENT)
+        self.assertEqual(doc["type"], "nbbridge-hub-stats")
+        self.assertEqual(doc["version"], __version__)
+        self.assertEqual(doc["interval"], 5.0)
+        self.assertEqual((doc["totals"]["topics"], doc["totals"]["members"]), (2, 4))
+        topics = {(t["kind"], t["name"]): t for t in doc["topics"]}
+        room, stream = topics["both", "lab/x"], topics["stream", "cam"]
+        self.assertEqual((room["messages_in"], room["messages_out"]), (1, 1))
+        self.assertEqual((stream["senders"], stream["readers"], stream["ignored"]), (1, 1, 1))
+        self.assertEqual(stream["bytes_out"], 100)
+        routes = sorted(c["route"] for c in stream["connections"])
+        self.assertEqual(routes, ["/hub/in/cam", "/hub/out/cam"])
+        for connection in room["connections"]:
+            self.assertRegex(connection["remote"], r"^127\.0\.0\.1:\d+$")
+            self.assertEqual(connection["role"], "both")
+        self.assertEqual(doc["tunnel"]["agents_online"], 0)
+
+    async def test_stream(self) -> None:
+        await self.start_hub({"stats_interval": 0.05, "rate_window": 0.5})
+        viewer = await self.join("/stats/ws")
+        payload, is_binary = await viewer.messages.get()
+        self.assertFalse(is_binary)
+        first = json.loads(payload)
+        check(self, first, DOCUMENT)
+        self.assertEqual(first["topics"], [])
+        self.assertEqual(first["interval"], 0.05)
+
+        await self.traffic()
+        # Documents keep coming every interval; wait for one with traffic and a rate.
+        for _ in range(400):
+            payload, _ = await viewer.messages.get()
+            doc = json.loads(payload)
+            check(self, doc, DOCUMENT)
+            totals = doc["totals"]
+            if totals["messages_in"] == 3 and totals["rates"]["messages_in"] > 0:
+                break
+        else:
+            self.fail(f"no stats document showed the traffic: {totals}")
+        self.assertGreater(doc["time"], first["time"])
+        self.assertEqual(totals["ignored"], 1)
+
+    async def test_page_and_files(self) -> None:
+        await self.start_hub()
+        code, headers, body = await self.http_get("/stats")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers["content-type"], ["text/html; charset=utf-8"])
+        self.assertIn(b'src="stats/app.js"', body)
+        self.assertIn("default-src 'none'", headers["content-security-policy"][0])
+        self.assertNotIn(b"http://", body.replace(b"http://www.w3.org", b""))
+        code, headers, body = await self.http_get("/stats/app.js")
+        self.assertEqual((code, headers["content-type"]), (200, ["text/javascript; charset=utf-8"]))
+        self.assertIn(b"stats/json", body)
+        code, headers, _ = await self.http_get("/stats/app.css")
+        self.assertEqual((code, headers["content-type"]), (200, ["text/css; charset=utf-8"]))
+        code, headers, _ = await self.http_get("/stats/")
+        self.assertEqual((code, headers["location"]), (302, ["../stats"]))
+        code, _, _ = await self.http_get("/stats/nothing")
+        self.assertEqual(code, 404)
+
+    async def test_stats_token(self) -> None:
+        await self.start_hub({"stats_token_sha256": hash_token(STATS_TOKEN)})
+        for path in ("/stats/json", "/metrics"):
+            code, _, body = await self.http_get(path)
+            self.assertEqual(code, 401, path)
+            self.assertIn(b"stats token", body)
+            code, _, _ = await self.http_get(path, {"Authorization": f"Bearer {STATS_TOKEN}"})
+            self.assertEqual(code, 200, path)
+        code, _, _ = await self.http_get(f"/stats/json?token={STATS_TOKEN}")
+        self.assertEqual(code, 200)
+        # The page itself holds no figures: it loads, and asks for the token.
+        code, _, _ = await self.http_get("/stats")
+        self.assertEqual(code, 200)
+        viewer = await self.join("/stats/ws")
+        code, reason = await viewer.closed
+        self.assertEqual((code, reason), (HubCloseCode.BAD_TOKEN, "the stats need the stats token"))
+        viewer = await self.join("/stats/ws", STATS_TOKEN)
+        check(self, json.loads((await viewer.messages.get())[0]), DOCUMENT)
+
+
+def metrics(body: bytes) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample name -> {sorted labels: value}, parsed by prometheus_client's own parser."""
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(body.decode("utf-8")):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            found.setdefault(sample.name, {})[labels] = sample.value
+    return found
+
+
+class MetricsTests(HubTestCase):
+    async def start(self) -> None:
+        config = parse_config(
+            {
+                "agents": {"gpu": {"token_sha256": hash_token(AGENT_TOKEN)}},
+                "clients": {"laptop": {"token_sha256": hash_token(CLIENT_TOKEN), "agents": ["*"]}},
+                "hub": {},
+            },
+            "test.toml",
+        )
+        await self.start_relay(config)
+        self.hub = self.service.connections.wrappedFactory.hub.hub
+
+    async def scrape(self) -> dict[str, Any]:
+        code, headers, body = await self.http_get("/metrics")
+        self.assertEqual(code, 200)
+        self.assertTrue(headers["content-type"][0].startswith("text/plain; version="))
+        return metrics(body)
+
+    async def test_hub_and_tunnel(self) -> None:
+        await self.start()
+        readers = [await self.join("/hub/out/cam") for _ in range(2)]
+        sender = await self.join("/hub/in/cam")
+        a, b = await self.join("/hub/room"), await self.join("/hub/room")
+        sender.sendMessage(b"x" * 10, isBinary=True)
+        a.sendMessage(b"y" * 3, isBinary=False)
+        readers[0].sendMessage(b"z" * 7, isBinary=True)
+        for reader in readers:
+            await collect(reader, 1)
+        await b.messages.get()
+        await self.connector.connect("/hub/bad%20name")
+
+        control = await self.connector.connect(control_path("gpu"), AGENT_TOKEN)
+        link = await self.connector.connect(link_path("gpu"), CLIENT_TOKEN)
+        await control.messages.get()  # the dial, never answered
+        before = await self.scrape()
+        self.assertEqual(before["nbbridge_relay_agents_online"][()], 1)
+        self.assertEqual(before["nbbridge_relay_pending_dials"][()], 1)
+        self.assertEqual(before["nbbridge_relay_dial_failures_total"][()], 0)
+        control.sendClose(1000)
+        await link.closed
+
+        m = await self.scrape()
+        self.assertEqual(
+            m["nbbridge_hub_topics"], {(("kind", "both"),): 1, (("kind", "stream"),): 1}
+        )
+        self.assertEqual(
+            m["nbbridge_hub_members"],
+            {(("role", "both"),): 2, (("role", "in"),): 1, (("role", "out"),): 2},
+        )
+        self.assertEqual(m["nbbridge_hub_received_messages_total"][()], 3)
+        self.assertEqual(m["nbbridge_hub_received_bytes_total"][()], 20)
+        self.assertEqual(m["nbbridge_hub_delivered_messages_total"][()], 3)
+        self.assertEqual(m["nbbridge_hub_delivered_bytes_total"][()], 23)
+        dropped = m["nbbridge_hub_dropped_messages_total"]
+        self.assertEqual(dropped[(("reason", "out_sender"),)], 1)
+        self.assertEqual(dropped[(("reason", "slow_receiver"),)], 0)
+        self.assertEqual(m["nbbridge_hub_dropped_bytes_total"][(("reason", "out_sender"),)], 7)
+        self.assertEqual(m["nbbridge_hub_refused_connections_total"][(("reason", "bad_topic"),)], 1)
+        self.assertEqual(m["nbbridge_hub_queued_bytes"][()], 0)
+        cam = (("kind", "stream"), ("topic", "cam"))
+        self.assertEqual(m["nbbridge_hub_topic_members"][cam], 3)
+        self.assertEqual(m["nbbridge_hub_topic_delivered_messages_total"][cam], 2)
+        self.assertEqual(m["nbbridge_hub_topic_received_bytes_total"][cam], 17)
+        self.assertEqual(m["nbbridge_relay_agents_online"][()], 0)
+        self.assertEqual(m["nbbridge_relay_links"][()], 0)
+        self.assertEqual(m["nbbridge_relay_pending_dials"][()], 0)
+        self.assertEqual(m["nbbridge_relay_dial_failures_total"][()], 1)
+        self.assertIn("nbbridge_relay_link_bytes_total", m)
+        self.assertGreater(m["process_resident_memory_bytes"][()], 0)
+
+    async def test_openmetrics(self) -> None:
+        await self.start()
+        code, headers, body = await self.http_get(
+            "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        self.assertEqual(code, 200)
+        self.assertTrue(headers["content-type"][0].startswith("application/openmetrics-text"))
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
+    async def test_registries_are_per_relay(self) -> None:
+        from prometheus_client import REGISTRY
+
+        await self.start()
+        names = {m.name for m in REGISTRY.collect()}
+        self.assertFalse(any(n.startswith("nbbridge_") for n in names))
