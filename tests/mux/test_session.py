@@ -182,6 +182,50 @@ class FlowControlTests(TestCase):
         self.assertEqual(bytes(slow_app.data), blob * 20)
         self.assertEqual(slow_tr.producerState, "producing")
 
+    def test_window_grows_for_a_fast_consumer_only(self) -> None:
+        """A credit-starved sender with a consumer that keeps up gets a bigger window."""
+        service = StringEndpoint()
+        a, b, pump = session_pair(
+            ServiceMap({"s": service}), window=64 * 1024, max_window=1024 * 1024
+        )
+        fast = opened(_completed(a, "s", pump))
+        slow = opened(_completed(a, "s", pump))
+        fast.attach(Collector())
+        slow.attach(Collector())
+        slow.pauseProducing()
+        (fast_tcp, _), (slow_tcp, _) = service.connections
+        for _ in range(16):  # each step writes more than any window: the sender starves
+            fast_tcp.dataReceived(b"f" * 2 * 1024 * 1024)
+            slow_tcp.dataReceived(b"s" * 32768)
+            pump.flush()
+        self.assertGreater(fast._window, 64 * 1024)
+        self.assertLessEqual(fast._window, 1024 * 1024)
+        self.assertEqual(slow._window, 64 * 1024)
+        self.assertLessEqual(slow.buffered, 64 * 1024)
+        self.assertTrue(a.is_open and b.is_open)
+        self.assertIn(fast.id, a.channels)  # never reset for overrunning
+
+    def test_window_growth_is_capped_per_session(self) -> None:
+        service = StringEndpoint()
+        a, b, pump = session_pair(
+            ServiceMap({"s": service}),
+            window=64 * 1024,
+            max_window=1024 * 1024,
+            window_budget=128 * 1024,
+        )
+        channels = [opened(_completed(a, "s", pump)) for _ in range(3)]
+        for ch in channels:
+            ch.attach(Collector())
+        for _ in range(16):
+            for tcp, _ in service.connections:
+                tcp.dataReceived(b"x" * 2 * 1024 * 1024)
+            pump.flush()
+        self.assertEqual(sum(ch._window - 64 * 1024 for ch in channels), 128 * 1024)
+        for ch in channels:
+            ch.loseConnection()
+        pump.flush()
+        self.assertEqual(a._window_budget, 128 * 1024)  # growth returned on close
+
     def test_overrun_window_resets_channel(self) -> None:
         a = MuxSession(initiator=True, window=1000)
         transport = StringTransport()

@@ -28,7 +28,19 @@ class Options(TunnelOptions):
     )
     required = ("agent", "agent-key")
     mapping_flag = "forward"
-    complete_endpoint = staticmethod(endpoint_string)
+
+    @staticmethod
+    def complete_endpoint(text: str) -> str:
+        """A bare port means 127.0.0.1; TCP forwards get a deep accept queue.
+
+        A browser or a load test opens many connections at once; with Twisted's default
+        backlog of 50 the kernel drops SYNs and the client retries a second later.
+        """
+        endpoint = endpoint_string(text)
+        if endpoint.startswith(("tcp:", "tcp6:")) and "backlog=" not in endpoint:
+            endpoint += ":backlog=1024"
+        return endpoint
+
     optParameters = [
         ["agent", None, None, "name of the agent to reach"],
         ["agent-key", None, None, "the agent's public key (nbb1...), pinned"],

@@ -38,9 +38,10 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 class SecureProtocol(Protocol):
     """Noise IK end to end over a byte stream, presented as a transport to `wrapped`.
 
-    Writes from `wrapped` are coalesced: kept until the next reactor turn (or
-    until 256 KiB are waiting) and sent as one record, because a record per
-    small write would cost 21 bytes and an AEAD call each.
+    The first write of a reactor turn is sent at once; later writes in the same
+    turn are coalesced until the next turn (or until 256 KiB are waiting) and
+    sent as one record, because a record per small write would cost 21 bytes
+    and an AEAD call each.
 
     :param wrapped: the protocol to run inside the channel.
     :param role: an Initiator (pins the peer key) or a Responder (checks it).
@@ -151,6 +152,9 @@ class SecureProtocol(Protocol):
         if self._wlen >= MAX_PLAINTEXT:
             self._flush()
         elif self._flush_call is None:
+            # The first write of a turn goes out at once (a request/response pays no extra
+            # turn); what else is written in the same turn waits for the next and goes as one.
+            self._flush()
             self._flush_call = self._clock.callLater(0, self._flush)
 
     def writeSequence(self, data: Any) -> None:

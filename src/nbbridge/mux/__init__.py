@@ -11,10 +11,11 @@ from ._errors import (
     TooManyChannels,
     UnknownService,
 )
-from ._session import DEFAULT_WINDOW, MuxSession
+from ._session import DEFAULT_MAX_WINDOW, DEFAULT_WINDOW, MuxSession
 from ._splice import ForwardingFactory, SpliceFactory, TcpSide
 
 __all__ = [
+    "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
     "Acceptor",
     "Channel",

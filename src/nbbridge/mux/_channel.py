@@ -12,6 +12,11 @@ Flow control, per direction:
 * receiving: the peer may send at most what we granted. We grant more only as our protocol
   consumes data; while it is paused (its own consumer is full) data waits here, at most
   ``window`` bytes of it, and no credit goes back. A peer that overruns gets a RESET.
+
+The window starts at the session's ``window`` (256 KiB) and grows, doubling up to
+``max_window``, on a channel whose consumer keeps up while the sender keeps running out of
+credit: a bulk transfer then is not throttled to one window per round trip, while a slow
+consumer never gets more than it started with. The session caps the sum of the growth.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Channel:
         self._session = session
         self._window = window
         self._grant_threshold = max(1, window // 4)
+        self._grown = 0  # bytes of window beyond the initial one, lent by the session
         self._protocol: IProtocol | None = None
         # Sending (an accepted channel is not ready until our OPEN_OK has gone out).
         self._ready = ready
@@ -310,9 +316,23 @@ class Channel:
     def _consumed(self, n: int) -> None:
         self._unacked += n
         if self._unacked >= self._grant_threshold and not self._lost:
-            self._recv_allowed += self._unacked
-            self._session._send_window(self.id, self._unacked)
+            increment = self._unacked + self._grow()
+            self._recv_allowed += increment
+            self._session._send_window(self.id, increment)
             self._unacked = 0
+
+    def _grow(self) -> int:
+        """Extra window to grant, if the sender is starved of credit and we keep up."""
+        if self._recv_allowed >= self._grant_threshold or self._paused or self._recv_queue:
+            return 0
+        extra = self._session._lend_window(
+            min(self._window, self._session.max_window - self._window)
+        )
+        if extra:
+            self._window += extra
+            self._grown += extra
+            self._grant_threshold = max(1, self._window // 4)
+        return extra
 
     def _maybe_finish(self) -> None:
         """Both directions closed: the channel is done."""
@@ -340,6 +360,8 @@ class Channel:
         if self._lost:
             return
         self._lost = True
+        self._session._return_window(self._grown)
+        self._grown = 0
         self.disconnecting = True
         self._recv_queue.clear()
         self._recv_queued = 0

@@ -48,6 +48,10 @@ from ._channel import Channel
 from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
 
 DEFAULT_WINDOW = 256 * 1024
+DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
+#: The most window growth a session lends its channels in all: it bounds the memory that
+#: fast channels can hold beyond their initial windows.
+DEFAULT_WINDOW_BUDGET = 64 * 1024 * 1024
 _RECENT = 4096
 
 
@@ -57,7 +61,10 @@ class MuxSession(Protocol):
 
     :param initiator: True on the side that dialled; it picks odd channel ids.
     :param acceptor: decides what an OPEN from the peer connects to; None refuses all.
-    :param window: receive credit per channel, so also the most we buffer per channel.
+    :param window: initial receive credit per channel, so also the most we buffer for a
+        channel whose consumer is slow.
+    :param max_window: how far a fast channel's window may grow.
+    :param window_budget: the most growth lent to all channels together.
     """
 
     _log = Logger()
@@ -68,6 +75,8 @@ class MuxSession(Protocol):
         initiator: bool,
         acceptor: Acceptor | None = None,
         window: int = DEFAULT_WINDOW,
+        max_window: int = DEFAULT_MAX_WINDOW,
+        window_budget: int = DEFAULT_WINDOW_BUDGET,
         max_channels: int = 4096,
         max_pending_accepts: int = 1024,
         label: str = "mux",
@@ -75,6 +84,8 @@ class MuxSession(Protocol):
         if not 0 < window <= 0x7FFFFFFF:
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
         self.label = label
+        self.max_window = max(window, min(max_window, 0x7FFFFFFF))
+        self._window_budget = window_budget
         self.channels: dict[int, Channel] = {}
         self.opening: dict[int, Deferred[Channel]] = {}
         self._open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {}
@@ -405,6 +416,15 @@ class MuxSession(Protocol):
 
     def _send_reset(self, cid: int, code: int, reason: str) -> None:
         self._write(encode(Reset(cid, code, reason)))
+
+    def _lend_window(self, wanted: int) -> int:
+        """Up to ``wanted`` bytes of extra window from the session's budget."""
+        granted = max(0, min(wanted, self._window_budget))
+        self._window_budget -= granted
+        return granted
+
+    def _return_window(self, amount: int) -> None:
+        self._window_budget += amount
 
     def _forget(self, cid: int) -> None:
         self.channels.pop(cid, None)

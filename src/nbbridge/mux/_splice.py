@@ -23,6 +23,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._tuning import set_buffer_size
+
 from ._channel import Channel
 
 
@@ -84,6 +86,7 @@ class TcpSide(Protocol):
 
     def connectionMade(self) -> None:
         channel = self.channel
+        set_buffer_size(self.transport)
         # Read nothing until there is a channel to send it to.
         self.transport.pauseProducing()  # type: ignore[union-attr]
         if channel is not None:
@@ -121,7 +124,8 @@ class TcpSide(Protocol):
         # The channel will deliver nothing more, so it stops being this connection's producer:
         # Twisted resumes a paused producer instead of shutting down the writing side, so
         # leaving it registered could keep the shutdown from ever happening.
-        transport.unregisterProducer()
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
         if ITCPTransport.providedBy(transport) or hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
         else:
@@ -131,7 +135,8 @@ class TcpSide(Protocol):
         """The channel ended: close the TCP connection the same way (cleanly or not)."""
         if self._gone or self.transport is None:
             return
-        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
         if _clean(reason):
             self.transport.loseConnection()
         else:

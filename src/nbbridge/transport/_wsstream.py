@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._tuning import set_buffer_size
+
 
 class LinkClosed(Exception):
     """The WebSocket carrying a link closed; ``code`` and ``reason`` are the close frame's."""
@@ -109,6 +111,10 @@ class StreamClientProtocol(WebSocketClientProtocol):
 
     def closed(self, code: int | None, reason: str) -> None:
         pass
+
+    def connectionMade(self) -> None:
+        set_buffer_size(self.transport)
+        super().connectionMade()
 
     def onOpen(self) -> None:
         self.stream = WebSocketStream(self)
