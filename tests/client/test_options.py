@@ -99,7 +99,7 @@ class CredentialsDirectoryTests(TestCase):
     def test_systemd_credentials_are_trusted(self) -> None:
         """Files under $CREDENTIALS_DIRECTORY pass even when mode bits look open."""
         from nbbridge._secrets import read_secret
-        from nbbridge.crypto import load_private_key
+        from nbbridge.crypto import KeyFileError, load_private_key
 
         directory = self.mktemp()
         os.makedirs(directory)
@@ -114,4 +114,4 @@ class CredentialsDirectoryTests(TestCase):
         load_private_key(key)
         self.assertEqual(read_secret(token, "NBBRIDGE_TOKEN"), "t")
         self.patch(os, "environ", {})
-        self.assertRaises(Exception, load_private_key, key)
+        self.assertRaises(KeyFileError, load_private_key, key)

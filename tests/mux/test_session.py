@@ -207,7 +207,7 @@ class FlowControlTests(TestCase):
 
     def test_window_growth_is_capped_per_session(self) -> None:
         service = StringEndpoint()
-        a, b, pump = session_pair(
+        a, _b, pump = session_pair(
             ServiceMap({"s": service}),
             window=64 * 1024,
             max_window=1024 * 1024,

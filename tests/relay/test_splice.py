@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from nbbridge._tuning import BUFFER_SIZE
-
 import json
 import os
 from collections.abc import Callable
@@ -14,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from nbbridge._tuning import BUFFER_SIZE
 from nbbridge.relay import (
     CloseCode,
     control_path,
