@@ -13,10 +13,11 @@ Flow control, per direction:
   consumes data; while it is paused (its own consumer is full) data waits here, at most
   ``window`` bytes of it, and no credit goes back. A peer that overruns gets a RESET.
 
-The window starts at the session's ``window`` (256 KiB) and grows, doubling up to
-``max_window``, on a channel whose consumer keeps up while the sender keeps running out of
-credit: a bulk transfer then is not throttled to one window per round trip, while a slow
-consumer never gets more than it started with. The session caps the sum of the growth.
+The window starts at the session's ``window`` (256 KiB) and doubles, up to ``max_window``,
+each time the consumer has taken a whole window's worth of data without ever pausing: a bulk
+transfer is then not throttled to one window per round trip (three event loops away), while
+a channel whose consumer stalls never gets more than it has. The session caps the sum of the
+growth, so many fast channels cannot pin unbounded memory if their consumers stall later.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Channel:
         self._window = window
         self._grant_threshold = max(1, window // 4)
         self._grown = 0  # bytes of window beyond the initial one, lent by the session
+        self._since_growth = 0  # bytes consumed without a pause since the window last grew
         self._protocol: IProtocol | None = None
         # Sending (an accepted channel is not ready until our OPEN_OK has gone out).
         self._ready = ready
@@ -185,6 +187,7 @@ class Channel:
     def pauseProducing(self) -> None:
         """Our consumer is full: keep data here and grant no more credit."""
         self._paused = True
+        self._since_growth = 0
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -315,6 +318,7 @@ class Channel:
 
     def _consumed(self, n: int) -> None:
         self._unacked += n
+        self._since_growth += n
         if self._unacked >= self._grant_threshold and not self._lost:
             increment = self._unacked + self._grow()
             self._recv_allowed += increment
@@ -322,9 +326,10 @@ class Channel:
             self._unacked = 0
 
     def _grow(self) -> int:
-        """Extra window to grant, if the sender is starved of credit and we keep up."""
-        if self._recv_allowed >= self._grant_threshold or self._paused or self._recv_queue:
+        """Extra window to grant, once a whole window went through without a pause."""
+        if self._since_growth < self._window or self._paused or self._recv_queue:
             return 0
+        self._since_growth = 0
         extra = self._session._lend_window(
             min(self._window, self._session.max_window - self._window)
         )
