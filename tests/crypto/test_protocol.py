@@ -234,7 +234,7 @@ class DataTests(SynchronousTestCase):
         self.assertEqual(self.h.client_io.stream, [])
         self.h.client_transport().write(b"xy")
         wire = self.h.client_io.getOutBuffer()
-        # Sent at once, as records of at most 256 KiB of plaintext.
+        # Sent at once, as records of at most 1 MiB of plaintext.
         self.assertEqual(record_lengths(wire), [1 + MAX_PLAINTEXT + 16, 1 + 1 + 16])
         self.h.clock.advance(0)
         self.assertFalse(self.h.client_io.getOutBuffer())

@@ -320,10 +320,10 @@ class TransportTests(SynchronousTestCase):
             f"the {MAX_RECORD_LENGTH}-byte limit",
         )
 
-    def test_transport_record_over_256k(self) -> None:
+    def test_transport_record_over_max_plaintext(self) -> None:
         body = bytes(MAX_PLAINTEXT + 17)
         events = self.deliver(record(TRANSPORT, body))
-        self.assertFails(events, "protocol error: transport record over 256 KiB")
+        self.assertFails(events, "protocol error: transport record over 1 MiB")
 
     def test_empty_record(self) -> None:
         self.assertFails(self.deliver(bytes(4)), "protocol error: empty record")

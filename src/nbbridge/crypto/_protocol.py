@@ -39,7 +39,7 @@ class SecureProtocol(Protocol):
     """Noise IK end to end over a byte stream, presented as a transport to `wrapped`.
 
     The first write of a reactor turn is sent at once; later writes in the same
-    turn are coalesced until the next turn (or until 256 KiB are waiting) and
+    turn are coalesced until the next turn (or until 1 MiB are waiting) and
     sent as one record, because a record per small write would cost 21 bytes
     and an AEAD call each.
 

@@ -9,7 +9,7 @@ Record: u32 big-endian length of (kind + body), u8 kind, body.
   reports it marked as such.
 
 Deviation from Noise, on purpose: after the handshake a transport message may
-carry up to 256 KiB of plaintext, not 65535 bytes, because per-record overhead
+carry up to 1 MiB of plaintext, not 65535 bytes, because per-record overhead
 dominates at line rate otherwise. Our length prefix is 32 bits so nothing else
 changes. The handshake itself is plain Noise_IK_25519_ChaChaPoly_BLAKE2s with
 the prologue b"nbbridge/1".
@@ -35,9 +35,9 @@ TRANSPORT: Final = 2
 REFUSAL: Final = 3
 
 PROLOGUE: Final = b"nbbridge/1"
-MAX_PLAINTEXT: Final = 256 * 1024
-MAX_RECORD_BODY: Final = 1 << 20
-# The length field counts the kind byte and the body; 1 MiB of body plus the tag at most.
+MAX_PLAINTEXT: Final = 1 << 20
+MAX_RECORD_BODY: Final = 2 << 20
+# The length field counts the kind byte and the body; 2 MiB of body plus the tag at most.
 MAX_RECORD_LENGTH: Final = 1 + MAX_RECORD_BODY + TAGLEN
 MAX_HANDSHAKE_BODY: Final = 65535
 MAX_REFUSAL_TEXT: Final = 512
@@ -150,7 +150,7 @@ class _Session:
         return self._error
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Turn plaintext into TRANSPORT records (256 KiB of plaintext each at most)."""
+        """Turn plaintext into TRANSPORT records (1 MiB of plaintext each at most)."""
         return b"".join(self.encrypt_pieces(data))
 
     def encrypt_pieces(self, data: bytes | bytearray | memoryview) -> list[bytes]:
@@ -244,7 +244,7 @@ class _Session:
         recv = self._recv
         assert recv is not None
         if len(body) > MAX_PLAINTEXT + TAGLEN:
-            return self._fail(SecureChannelError("protocol error: transport record over 256 KiB"))
+            return self._fail(SecureChannelError("protocol error: transport record over 1 MiB"))
         if self._received >= self._max_records:
             return self._fail(
                 SecureChannelError("record limit reached; the session must reconnect")
