@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Read size and pause level of the connections on the data path. Twisted's default, 64 KiB,
 #: makes every hop stop and go several times per window on a fast link.
 BUFFER_SIZE = 1024 * 1024
 
 
-def set_buffer_size(transport: object, size: int = BUFFER_SIZE) -> None:
-    """Use bigger reads and a higher pause level on a Twisted socket transport."""
-    if transport is not None and hasattr(transport, "bufferSize"):
+def tune(transport: Any, size: int = BUFFER_SIZE) -> None:
+    """Bigger reads and a higher pause level; no Nagle delay for small request/replies."""
+    if transport is None:
+        return
+    if hasattr(transport, "bufferSize"):
         transport.bufferSize = size
+    if hasattr(transport, "setTcpNoDelay"):
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:
+            pass  # not a TCP socket after all (e.g. a UNIX socket)

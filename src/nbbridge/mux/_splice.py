@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import set_buffer_size
+from nbbridge._tuning import tune
 
 from ._channel import Channel
 
@@ -86,7 +86,7 @@ class TcpSide(Protocol):
 
     def connectionMade(self) -> None:
         channel = self.channel
-        set_buffer_size(self.transport)
+        tune(self.transport)
         # Read nothing until there is a channel to send it to.
         self.transport.pauseProducing()  # type: ignore[union-attr]
         if channel is not None:

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nbbridge._tuning import set_buffer_size
+from nbbridge._tuning import tune
 
 from ._auth import Refusal
 from ._config import Limits
@@ -115,7 +115,7 @@ class RelayWebSocket(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        set_buffer_size(self._tcp)
+        tune(self._tcp)
         # Take the HTTPChannel's place as the transport's producer (see the module docstring).
         self._tcp.unregisterProducer()
         self._tcp.registerProducer(self._write_watch, True)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import set_buffer_size
+from nbbridge._tuning import tune
 
 
 class LinkClosed(Exception):
@@ -113,7 +113,7 @@ class StreamClientProtocol(WebSocketClientProtocol):
         pass
 
     def connectionMade(self) -> None:
-        set_buffer_size(self.transport)
+        tune(self.transport)
         super().connectionMade()
 
     def onOpen(self) -> None:
