@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 #: Read size and pause level of the connections on the data path. Twisted's default, 64 KiB,
@@ -16,7 +17,5 @@ def tune(transport: Any, size: int = BUFFER_SIZE) -> None:
     if hasattr(transport, "bufferSize"):
         transport.bufferSize = size
     if hasattr(transport, "setTcpNoDelay"):
-        try:
+        with contextlib.suppress(OSError):  # not a TCP socket after all (a UNIX socket)
             transport.setTcpNoDelay(True)
-        except OSError:
-            pass  # not a TCP socket after all (e.g. a UNIX socket)
