@@ -33,8 +33,10 @@ test: lint typecheck trial
 demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
 
+# Benchmarks measure time, so they stay out of `make test`; see bench/RESULTS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/mux_pipe.py
+	$(BIN)/python bench/tunnel.py --json bench/results.json --markdown bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) build _trial_temp* .mypy_cache .ruff_cache .hypothesis
