@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from nbbridge._tuning import BUFFER_SIZE
 from nbbridge.hub import HubCloseCode
 from nbbridge.hub._core import Member
 from nbbridge.hub._protocol import HubMemberProtocol
@@ -22,8 +23,9 @@ SIZE = 64 * 1024
 CAP = 1024 * 1024
 #: how far the sender may run ahead of the slowest *fast* receiver (keeps their queues short)
 WINDOW = 8
-#: a relay transport's high-water mark (64 KiB) plus the message that crossed it
-TRANSPORT_SLACK = 64 * 1024 + SIZE
+#: a relay transport's high-water mark (nbbridge._tuning.BUFFER_SIZE) plus the message that
+#: crossed it
+TRANSPORT_SLACK = BUFFER_SIZE + SIZE
 
 
 @implementer(IPushProducer)

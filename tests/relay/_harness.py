@@ -10,7 +10,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial import unittest
 
-from nbbridge.relay import control_path, data_path, hash_token, link_path, parse_control_message
+from nbbridge.relay import (
+    Registered,
+    control_path,
+    data_path,
+    hash_token,
+    link_path,
+    parse_control_message,
+)
 from nbbridge.relay._auth import Authority, token_digest
 from nbbridge.relay._config import Limits, RelayConfig, parse_config
 from nbbridge.relay._core import Relay
@@ -97,8 +104,16 @@ class RelayTestCase(unittest.TestCase):
         """The relay's own protocols of KIND, as its connection tracker sees them."""
         return [p for p in self.service.connections.open_protocols() if isinstance(p, kind)]
 
-    async def agent(self, name: str = "gpu", token: str = AGENT_TOKEN) -> TestClient:
-        return await self.connector.connect(control_path(name), token)
+    async def agent(
+        self, name: str = "gpu", token: str = AGENT_TOKEN, registered: bool = True
+    ) -> TestClient:
+        """An agent's control connection; by default once the relay said it is registered."""
+        control = await self.connector.connect(control_path(name), token)
+        if not registered:
+            return control
+        payload, is_binary = await control.messages.get()
+        self.assertEqual((parse_control_message(payload), is_binary), (Registered(name), False))
+        return control
 
     async def link(
         self,

@@ -34,14 +34,14 @@ class RefusalTests(RelayTestCase):
 
     async def test_wrong_agent_token(self) -> None:
         await self.start_relay(make_config())
-        control = await self.agent("gpu", "not-a-token")
+        control = await self.agent("gpu", "not-a-token", registered=False)
         code, _ = await control.closed
         self.assertEqual(code, CloseCode.BAD_TOKEN)
         self.assertFalse(self.relay.is_online("gpu"))
 
     async def test_agent_registering_another_name(self) -> None:
         await self.start_relay(make_config())
-        control = await self.agent("gpu", OTHER_AGENT_TOKEN)
+        control = await self.agent("gpu", OTHER_AGENT_TOKEN, registered=False)
         self.assertEqual(
             await control.closed, (CloseCode.NOT_PERMITTED, "agent 'cpu' may not register as 'gpu'")
         )
@@ -49,7 +49,7 @@ class RefusalTests(RelayTestCase):
 
     async def test_client_token_cannot_register(self) -> None:
         await self.start_relay(make_config())
-        control = await self.agent("gpu", CLIENT_TOKEN)
+        control = await self.agent("gpu", CLIENT_TOKEN, registered=False)
         code, _ = await control.closed
         self.assertEqual(code, CloseCode.NOT_PERMITTED)
 
@@ -204,7 +204,7 @@ class SecretsTests(RelayTestCase):
         await data.messages.get()
         bad = await self.connector.connect(link_path("gpu"), "wrong-secret-token-xyz")
         await bad.closed
-        await self.agent("gpu", OTHER_AGENT_TOKEN)
+        await self.agent("gpu", OTHER_AGENT_TOKEN, registered=False)
         client.sendClose(1000)
         await data.closed
         log = "\n".join(events)

@@ -21,6 +21,10 @@ from ._harness import AGENT_TOKEN, CLIENT_TOKEN, LIMITED_CLIENT_TOKEN, make_conf
 class FakeControl:
     dials: list[str] = attrs.Factory(list)
     closed: tuple[int, str] | None = None
+    registered: str | None = None
+
+    def send_registered(self, name: str) -> None:
+        self.registered = name
 
     def send_dial(self, link_id: str) -> None:
         self.dials.append(link_id)

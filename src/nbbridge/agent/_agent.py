@@ -29,8 +29,7 @@ class _ControlProtocol(StreamClientProtocol):
     """The agent's control connection: registration, and dial requests from the relay."""
 
     def onOpen(self) -> None:
-        agent: Agent = self.owner
-        agent.control_up(self)
+        """Nothing runs inside a control connection; wait for the relay's "registered"."""
 
     def textReceived(self, text: str) -> None:
         agent: Agent = self.owner
@@ -42,6 +41,8 @@ class _ControlProtocol(StreamClientProtocol):
             return
         if op == "dial" and isinstance(message.get("link"), str):
             agent.dial(message["link"])
+        elif op == "registered":
+            agent.control_up(self)
         else:
             self._log.info("relay sent control message {op!r}; ignored", op=op)
 
@@ -104,6 +105,7 @@ class Agent(MultiService):
         self._token = token
         self._ca_file = ca_file
         self.online = False
+        self._stopping = False
         factory = self._factory(f"/v1/agents/{name}/control", _ControlProtocol, text=True)
         self.control = ClientService(
             client_endpoint(reactor, relay, ca_file),
@@ -136,7 +138,9 @@ class Agent(MultiService):
         )
 
     def control_down(self, code: int | None, reason: str) -> None:
-        if self.online or code not in (None, 1006):
+        if self._stopping:
+            self._log.info("control connection to the relay closed: agent stopping")
+        elif self.online or code not in (None, 1006):
             self._log.warn(
                 "control connection to the relay closed ({code}): {reason}",
                 code=code,
@@ -155,6 +159,7 @@ class Agent(MultiService):
         )
 
     def stopService(self) -> Deferred[None]:
+        self._stopping = True
         closing = []
         for link in list(self.links):
             if link.session is not None and link.session.is_open:

@@ -35,8 +35,11 @@ class ForwardService(Service):
 
     _log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, service: str, link: AgentLink) -> None:
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, service: str, link: AgentLink, reactor: Any
+    ) -> None:
         self._endpoint = endpoint
+        self._reactor = reactor
         self.service_name = service
         self._factory = ForwardingFactory(ChannelEndpoint(link.session, service), label=service)
         self.port: IListeningPort | None = None
@@ -54,9 +57,8 @@ class ForwardService(Service):
         def failed(failure: Any) -> None:
             self._log.failure("cannot listen for {service}", failure, service=self.service_name)
             self.listening.errback(failure)
-            from twisted.internet import reactor
-
-            reactor.stop()  # type: ignore[attr-defined]
+            # A client that cannot listen is useless: end the process, with the reason logged.
+            self._reactor.stop()
 
         d.addCallbacks(listening, failed)
 

@@ -79,5 +79,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = MultiService()
     _LinkService(link).setServiceParent(top)
     for service, listen in options["forward"]:
-        ForwardService(serverFromString(reactor, listen), service, link).setServiceParent(top)
+        ForwardService(serverFromString(reactor, listen), service, link, reactor).setServiceParent(
+            top
+        )
     return top

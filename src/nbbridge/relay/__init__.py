@@ -16,6 +16,7 @@ from ._auth import hash_token
 from ._contract import (
     CloseCode,
     Dial,
+    Registered,
     Route,
     RouteKind,
     bearer_headers,
@@ -31,6 +32,7 @@ from ._contract import (
 __all__ = [
     "CloseCode",
     "Dial",
+    "Registered",
     "Route",
     "RouteKind",
     "bearer_headers",

@@ -107,7 +107,19 @@ def dial_message(link_id: str) -> str:
     return json.dumps({"op": "dial", "link": link_id})
 
 
-def parse_control_message(payload: str | bytes) -> Dial:
+def registered_message(name: str) -> str:
+    """The text message that tells an agent the relay accepted its control connection."""
+    return json.dumps({"op": "registered", "name": name})
+
+
+@attrs.frozen
+class Registered:
+    """The relay accepted an agent's control connection under ``name``."""
+
+    name: str
+
+
+def parse_control_message(payload: str | bytes) -> Dial | Registered:
     """Parse a relay -> agent control message; ValueError says what is wrong with it."""
     try:
         message = json.loads(payload)
@@ -116,6 +128,8 @@ def parse_control_message(payload: str | bytes) -> Dial:
     if not isinstance(message, dict):
         raise ValueError("control message is not a JSON object")
     op = message.get("op")
+    if op == "registered" and isinstance(message.get("name"), str):
+        return Registered(message["name"])
     if op != "dial":
         raise ValueError(f"unknown control op {op!r}")
     link_id = message.get("link")

@@ -28,6 +28,9 @@ class ControlPeer(Protocol):
     def send_dial(self, link_id: str) -> None:
         """Ask the agent to open the data connection for LINK_ID."""
 
+    def send_registered(self, name: str) -> None:
+        """Tell the agent it is registered as NAME (only then may it say it is online)."""
+
     def close(self, code: int, reason: str) -> None:
         """Close the connection with CODE and REASON."""
 
@@ -123,6 +126,7 @@ class Relay:
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self._clock.seconds()
+        peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
             # Wi-Fi change) that has not timed out yet.

@@ -29,7 +29,7 @@ from nbbridge._tuning import tune
 
 from ._auth import Refusal
 from ._config import Limits
-from ._contract import CloseCode, Route, RouteKind, dial_message, parse_bearer
+from ._contract import CloseCode, Route, RouteKind, dial_message, parse_bearer, registered_message
 from ._core import PendingLink, Relay
 from ._splice import Splice
 from ._tracking import TrackedConnection
@@ -192,6 +192,11 @@ class ControlProtocol(RelayWebSocket):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.relay.agent_gone(self)
+
+    def send_registered(self, name: str) -> None:
+        """Only now may the agent say it is online: a refusal would come after the open."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(registered_message(name).encode("utf-8"), isBinary=False)
 
     def send_dial(self, link_id: str) -> None:
         """Ask the agent for a data connection for LINK_ID (a JSON text message)."""

@@ -43,17 +43,22 @@ class WebSocketStream:
     def __init__(self, ws: Any) -> None:
         self._ws = ws
 
+    def _open(self) -> bool:
+        return not self.disconnecting and self._ws.state == self._ws.STATE_OPEN
+
     def write(self, data: bytes) -> None:
-        if not self.disconnecting:
+        # Once a close handshake has begun, Autobahn raises on send: whatever is written
+        # then is lost with the link anyway, and the protocols above learn it by onClose.
+        if self._open():
             self._ws.sendMessage(data, isBinary=True)
 
     def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        if not self.disconnecting:
-            self.disconnecting = True
+        if self._open():
             self._ws.sendClose(1000)
+        self.disconnecting = True
 
     def abortConnection(self) -> None:
         self.disconnecting = True
@@ -128,6 +133,11 @@ class StreamClientProtocol(WebSocketClientProtocol):
             self.inner.dataReceived(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn leaves its close-handshake timer running when the TCP connection is
+        # already gone; nothing is left for it to do.
+        timer = getattr(self, "closeHandshakeTimeoutCall", None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if self.stream is not None:
             self.stream.disconnecting = True
         inner, self.inner = self.inner, None
