@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -231,10 +231,12 @@ class TunnelTestCase(unittest.TestCase):
         token: str = "gpu",
         key: str = "agent",
         wait_online: bool = True,
+        relay_url: str | None = None,
+        extra: Sequence[str] = (),
     ) -> Agent:
         """nbbridge-agent exposing EXPOSE; by default returns once the relay registered it."""
         options = agent_tap.Options()
-        options.parseOptions(self.agent_args(expose, name, token, key))
+        options.parseOptions([*self.agent_args(expose, name, token, key, relay_url), *extra])
         mark = self.relay_mark()
         agent = agent_tap.makeService(options, reactor)
         assert isinstance(agent, Agent)
@@ -282,10 +284,13 @@ class TunnelTestCase(unittest.TestCase):
         token: str = "laptop",
         key: str = "client",
         agent_key: str = "agent",
+        relay_url: str | None = None,
+        extra: Sequence[str] = (),
     ) -> Client:
         """nbbridge-client forwarding each service from a port of its own (bare port 0)."""
         options = client_tap.Options()
-        options.parseOptions(self.client_args(forward, agent, token, key, agent_key))
+        args = self.client_args(forward, agent, token, key, agent_key, relay_url)
+        options.parseOptions([*args, *extra])
         service = client_tap.makeService(options, reactor)
         service.startService()
         forwards = [s for s in service if isinstance(s, ForwardService)]  # type: ignore[attr-defined]
