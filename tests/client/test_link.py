@@ -1,0 +1,87 @@
+"""AgentLink's waiting, refusal and backoff rules, on a fake clock."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from nbbridge.client._link import AgentLink, LinkDown
+from nbbridge.crypto import PrivateKey
+from nbbridge.mux import MuxSession
+from nbbridge.transport import parse_relay_url
+from nbbridge.transport._wsstream import LinkClosed
+
+
+class FakeLink(AgentLink):
+    """An AgentLink whose connection attempts the test decides."""
+
+    def __init__(self, clock: Clock, outcomes: list[Deferred[MuxSession]]) -> None:
+        key = PrivateKey.generate()
+        super().__init__(
+            clock, parse_relay_url("ws://127.0.0.1:9"), "gpu", key.public_key, key, "token"
+        )
+        self.outcomes = outcomes
+        self.attempts: list[float] = []
+
+    async def _open(self) -> MuxSession:
+        self.attempts.append(self.clock.seconds())
+        return await self.outcomes.pop(0)
+
+
+def refused() -> Deferred[MuxSession]:
+    return fail(ConnectionRefusedError("127.0.0.1:9"))
+
+
+class AgentLinkTests(TestCase):
+    def test_connections_wait_30_seconds_while_the_relay_is_down(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [refused() for _ in range(50)])
+        d = link.session()
+        for _ in range(29):
+            clock.advance(1)
+        self.assertNoResult(d)
+        self.assertGreater(len(link.attempts), 2)  # it kept trying meanwhile
+        clock.advance(1)
+        f = self.failureResultOf(d, LinkDown)
+        self.assertIn("no link to agent 'gpu' after 30 s", str(f.value))
+        self.assertIn("refused", str(f.value))
+
+    def test_offline_agent_fails_at_once(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [fail(LinkClosed(4404, "agent 'gpu' is offline"))])
+        f = self.failureResultOf(link.session(), LinkDown)
+        self.assertIn("4404", str(f.value))
+        self.assertIn("offline", str(f.value))
+
+    def test_link_comes_up_for_waiting_connections(self) -> None:
+        clock = Clock()
+        session = MuxSession(initiator=True)
+        later: Deferred[MuxSession] = Deferred()
+        link = FakeLink(clock, [refused(), later])
+        d = link.session()
+        clock.advance(2)  # the retry after the refusal
+        self.assertNoResult(d)
+        later.callback(session)
+        self.assertIs(self.successResultOf(d), session)
+
+    def test_backoff_grows_and_is_capped_at_60_seconds(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [refused() for _ in range(40)])
+        link.session().addErrback(lambda f: None)
+        for _ in range(600):
+            clock.advance(1)
+        gaps = [b - a for a, b in zip(link.attempts, link.attempts[1:], strict=False)]
+        self.assertLess(gaps[0], 2)
+        self.assertLessEqual(max(gaps), 61)
+        self.assertGreater(max(gaps), 25)
+
+    def test_open_session_is_reused(self) -> None:
+        clock = Clock()
+        session = MuxSession(initiator=True)
+        session._connected = True  # as after connectionMade
+        link = FakeLink(clock, [succeed(session)])
+        self.assertIs(self.successResultOf(link.session()), session)
+        self.assertIs(self.successResultOf(link.session()), session)
+        self.assertEqual(len(link.attempts), 1)
