@@ -158,8 +158,10 @@ class AgentLink:
 
     # --- inside ------------------------------------------------------------------------------
 
-    def _timed_out(self, result: object, timeout: float) -> LinkDown:
-        return LinkDown(f"no link to agent {self.agent!r} after {timeout:g} s: {self._last_error}")
+    def _timed_out(self, result: object, timeout: float) -> Failure:
+        # Returned as a Failure: a plain value would become the waiter's *result*.
+        why = f"no link to agent {self.agent!r} after {timeout:g} s: {self._last_error}"
+        return Failure(LinkDown(why))
 
     def _connect(self) -> None:
         if self._retry is not None and self._retry.active():
