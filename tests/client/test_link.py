@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -17,7 +19,7 @@ from nbbridge.transport._wsstream import LinkClosed
 class FakeLink(AgentLink):
     """An AgentLink whose connection attempts the test decides."""
 
-    def __init__(self, clock: Clock, outcomes: list[Deferred[MuxSession]]) -> None:
+    def __init__(self, clock: Clock, outcomes: list[Callable[[], Deferred[MuxSession]]]) -> None:
         key = PrivateKey.generate()
         super().__init__(
             clock, parse_relay_url("ws://127.0.0.1:9"), "gpu", key.public_key, key, "token"
@@ -27,7 +29,8 @@ class FakeLink(AgentLink):
 
     async def _open(self) -> MuxSession:
         self.attempts.append(self.clock.seconds())
-        return await self.outcomes.pop(0)
+        # Made only when used: an unused failed Deferred would be logged as an error later.
+        return await self.outcomes.pop(0)()
 
 
 def refused() -> Deferred[MuxSession]:
@@ -37,7 +40,7 @@ def refused() -> Deferred[MuxSession]:
 class AgentLinkTests(TestCase):
     def test_connections_wait_30_seconds_while_the_relay_is_down(self) -> None:
         clock = Clock()
-        link = FakeLink(clock, [refused() for _ in range(50)])
+        link = FakeLink(clock, [refused] * 50)
         d = link.session()
         for _ in range(29):
             clock.advance(1)
@@ -50,7 +53,7 @@ class AgentLinkTests(TestCase):
 
     def test_offline_agent_fails_at_once(self) -> None:
         clock = Clock()
-        link = FakeLink(clock, [fail(LinkClosed(4404, "agent 'gpu' is offline"))])
+        link = FakeLink(clock, [lambda: fail(LinkClosed(4404, "agent 'gpu' is offline"))])
         f = self.failureResultOf(link.session(), LinkDown)
         self.assertIn("4404", str(f.value))
         self.assertIn("offline", str(f.value))
@@ -59,7 +62,7 @@ class AgentLinkTests(TestCase):
         clock = Clock()
         session = MuxSession(initiator=True)
         later: Deferred[MuxSession] = Deferred()
-        link = FakeLink(clock, [refused(), later])
+        link = FakeLink(clock, [refused, lambda: later])
         d = link.session()
         clock.advance(2)  # the retry after the refusal
         self.assertNoResult(d)
@@ -68,7 +71,7 @@ class AgentLinkTests(TestCase):
 
     def test_backoff_grows_and_is_capped_at_60_seconds(self) -> None:
         clock = Clock()
-        link = FakeLink(clock, [refused() for _ in range(40)])
+        link = FakeLink(clock, [refused] * 40)
         link.session().addErrback(lambda f: None)
         for _ in range(600):
             clock.advance(1)
@@ -81,7 +84,7 @@ class AgentLinkTests(TestCase):
         clock = Clock()
         session = MuxSession(initiator=True)
         session._connected = True  # as after connectionMade
-        link = FakeLink(clock, [succeed(session)])
+        link = FakeLink(clock, [lambda: succeed(session)])
         self.assertIs(self.successResultOf(link.session()), session)
         self.assertIs(self.successResultOf(link.session()), session)
         self.assertEqual(len(link.attempts), 1)
