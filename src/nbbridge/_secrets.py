@@ -44,7 +44,7 @@ def read_secret(path: str | None, env: str, what: str = "token") -> str:
                 f"run: chmod 600 {path}"
             )
         if not text:
-            raise SecretError(f"{what} file {path} is empty")
+            raise SecretError(f"{what} file {path}: the file is empty")
         return text
     value = os.environ.get(env, "").strip()
     if not value:

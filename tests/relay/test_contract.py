@@ -20,9 +20,10 @@ from nbbridge.relay import (
     parse_route,
 )
 from nbbridge.relay._contract import parse_bearer
-from nbbridge.relay._listen import listen_description, loopback_problem, uses_tls
+from nbbridge.relay._listen import loopback_problem, uses_tls
 from nbbridge.relay._protocol import truncate_reason
 from nbbridge.relay._splice import onward_close
+from nbbridge.transport import endpoint_string
 
 LINK = "abcdefghijklmnopqrstuvwxyz012345"
 
@@ -89,8 +90,8 @@ class RouteTests(unittest.TestCase):
 
 class ListenTests(unittest.TestCase):
     def test_bare_port(self) -> None:
-        self.assertEqual(listen_description("8765"), "tcp:8765:interface=127.0.0.1")
-        self.assertEqual(listen_description("unix:/x"), "unix:/x")
+        self.assertEqual(endpoint_string("8765"), "tcp:8765:interface=127.0.0.1")
+        self.assertEqual(endpoint_string("unix:/x"), "unix:/x")
 
     def test_loopback(self) -> None:
         for description in (

@@ -7,21 +7,13 @@ keyword arguments.
 
 from __future__ import annotations
 
-import ipaddress
+from nbbridge.transport import is_loopback_host
 
 DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
 
 _TLS_KINDS = {"ssl", "tls"}
 # Position of `interface` among the positional arguments, where Twisted allows it there.
 _INTERFACE_POSITION = {"tcp": 1, "tcp6": 2}
-
-
-def listen_description(value: str) -> str:
-    """A bare port number means `tcp:PORT:interface=127.0.0.1`; anything else is kept."""
-    value = value.strip()
-    if value.isdigit():
-        return f"tcp:{value}:interface=127.0.0.1"
-    return value
 
 
 def split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -53,16 +45,6 @@ def split_description(description: str) -> tuple[str, list[str], dict[str, str]]
 def uses_tls(description: str) -> bool:
     """Whether the endpoint serves TLS (so its URLs are wss://)."""
     return split_description(description)[0] in _TLS_KINDS
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether HOST is a loopback address (127.0.0.0/8, ::1) or `localhost`."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def loopback_problem(description: str) -> str | None:

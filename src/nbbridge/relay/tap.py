@@ -6,17 +6,19 @@ Only reads options and assembles; the relay itself lives in the other modules.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from nbbridge._secrets import SecretError, read_secret
+from nbbridge.transport import endpoint_string
+
 from ._auth import Authority, token_digest
 from ._config import ConfigError, Limits, load_config
 from ._core import Relay
-from ._listen import DEFAULT_LISTEN, listen_description, loopback_problem, uses_tls
+from ._listen import DEFAULT_LISTEN, loopback_problem, uses_tls
 from ._service import RelayService
 
 ADMIN_TOKEN_ENV = "NBBRIDGE_ADMIN_TOKEN"
@@ -67,26 +69,16 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(f"nbbridge-relay: {message}")
 
 
-def read_secret_file(path: str, what: str) -> str:
-    """The stripped content of a secret file; warns when others may read it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            secret = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise _fail(f"{what} {path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    if not secret:
-        raise _fail(f"{what} {path}: the file is empty")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _log.warn("{what} {path} is readable by others; chmod 600 it", what=what, path=path)
-    return secret
-
-
 def _admin_sha256(options: Options) -> bytes | None:
-    if options["admin-token-file"]:
-        return token_digest(read_secret_file(options["admin-token-file"], "--admin-token-file"))
-    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-    return token_digest(token) if token else None
+    """The admin token's hash, from --admin-token-file or $NBBRIDGE_ADMIN_TOKEN; None if neither."""
+    if not options["admin-token-file"] and not os.environ.get(ADMIN_TOKEN_ENV, "").strip():
+        return None
+    try:
+        return token_digest(
+            read_secret(options["admin-token-file"], ADMIN_TOKEN_ENV, "admin token")
+        )
+    except SecretError as e:
+        raise _fail(str(e)) from None
 
 
 def makeService(options: Options, reactor: Any = None) -> RelayService:
@@ -102,7 +94,7 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
     if options["advertise-url"]:
         _log.info("--advertise-url is used only with a shared store; ignoring it for now")
 
-    description = listen_description(options["listen"])
+    description = endpoint_string(options["listen"].strip())
     if options["config"]:
         try:
             config = load_config(options["config"])
