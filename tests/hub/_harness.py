@@ -14,9 +14,9 @@ from twisted.web.client import HTTPConnectionPool
 from nbbridge.hub._core import Hub, Member
 from nbbridge.relay._config import parse_config
 
-from ..relay._certs import TestCA
 from ..relay._harness import RelayTestCase
 from ..relay._ws import Connector, TestClient
+from ..transport._certs import write_server_files
 
 
 def message(seq: int, size: int) -> bytes:
@@ -84,12 +84,8 @@ class OverTLS:
     """Mix in before a HubTestCase: the relay serves wss:// (its own test CA), clients verify."""
 
     async def start_relay(self, *args: Any, **kwargs: Any) -> Any:
-        directory = self.mktemp()  # type: ignore[attr-defined]
-        os.makedirs(directory)
-        ca = TestCA.create()
-        key, cert = ca.issue("localhost", ips=["127.0.0.1"]).write(directory)
-        kwargs["endpoint"] = f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"
-        kwargs["ca_pem"] = ca.cert_pem
+        files = write_server_files(os.path.abspath(self.mktemp()))  # type: ignore[attr-defined]
+        kwargs.update(endpoint=files.ssl_endpoint(), ca_pem=files.ca_pem)
         return await super().start_relay(*args, **kwargs)  # type: ignore[misc]
 
 

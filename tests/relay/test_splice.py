@@ -23,7 +23,7 @@ from nbbridge.relay import (
 from nbbridge.relay._config import Limits
 from nbbridge.relay._protocol import ControlProtocol
 
-from ._certs import TestCA
+from ..transport._certs import write_server_files
 from ._harness import AGENT_TOKEN, CLIENT_TOKEN, RelayTestCase, make_config, write_buffered
 from ._ws import TestClient
 
@@ -256,12 +256,8 @@ class TLSBackpressureTests(BackpressureTests):
     """The same, when both sides speak TLS to the relay."""
 
     async def start_relay(self, *args: Any, **kwargs: Any) -> Any:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        ca = TestCA.create()
-        key, cert = ca.issue("localhost", ips=["127.0.0.1"]).write(directory)
-        kwargs["endpoint"] = f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"
-        kwargs["ca_pem"] = ca.cert_pem
+        files = write_server_files(os.path.abspath(self.mktemp()))
+        kwargs.update(endpoint=files.ssl_endpoint(), ca_pem=files.ca_pem)
         return await super().start_relay(*args, **kwargs)
 
 

@@ -103,6 +103,12 @@ class ServerFiles:
     key: str
     ca: str
 
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate, as PEM bytes."""
+        with open(self.ca, "rb") as f:
+            return f.read()
+
     def ssl_endpoint(self, port: int = 0, interface: str = "127.0.0.1") -> str:
         """A ``serverFromString`` description serving this certificate."""
         return f"ssl:{port}:interface={interface}:privateKey={self.key}:certKey={self.cert}"
