@@ -15,11 +15,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
-from nbbridge.relay import hash_token
+from nbbridge.relay import hash_token, tap
+from nbbridge.relay._auth import token_digest
 from nbbridge.relay._service import RelayService
 from nbbridge.relay.tap import Options, makeService
 
@@ -72,7 +74,11 @@ class OptionsTests(unittest.TestCase):
         self.assertNotIn("hunter2", message)
 
     def test_advertise_url_accepted(self) -> None:
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         make("--advertise-url", "wss://relay.example/")
+        self.assertIn("--advertise-url", " ".join(formatEvent(e) for e in events))
 
     def test_public_listen_needs_config(self) -> None:
         self.assertExit(["--listen", "tcp:8765"], "serves only on loopback")
@@ -91,18 +97,25 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(make("--config", path).relay.limits.dial_timeout, 10.0)
 
     def test_bad_endpoint(self) -> None:
-        self.assertExit(["--listen", "ssl:0:privateKey=/nonexistent.pem:interface=127.0.0.1"], "")
+        self.assertExit(
+            ["--listen", "ssl:0:privateKey=/nonexistent.pem:interface=127.0.0.1"],
+            "/nonexistent.pem",
+        )
         self.assertExit(["--listen", "tcp:notaport:interface=127.0.0.1"], "--listen")
 
     def test_admin_token_file(self) -> None:
         path = self.write("s3cret\n")
-        self.assertIsNotNone(make("--admin-token-file", path))
+        options = Options()
+        options.parseOptions(["--admin-token-file", path])
+        self.assertEqual(tap._admin_sha256(options), token_digest("s3cret"))
         self.assertExit(["--admin-token-file", self.write("  \n")], "the file is empty")
         self.assertExit(["--admin-token-file", path + ".missing"], "cannot read")
 
     def test_admin_token_env(self) -> None:
         self.patch(os, "environ", {**os.environ, "NBBRIDGE_ADMIN_TOKEN": "from-env"})
-        self.assertIsNotNone(make())
+        self.assertEqual(tap._admin_sha256(Options()), token_digest("from-env"))
+        self.patch(os, "environ", {})
+        self.assertIsNone(tap._admin_sha256(Options()))
 
 
 class ServiceTests(unittest.TestCase):
