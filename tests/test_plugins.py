@@ -10,6 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests._tools import skip_unavailable
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -41,7 +43,7 @@ class DemoTests(TestCase):
         try:
             import jupyter_server  # noqa: F401
         except ImportError:
-            self.skipTest("jupyter-server is not installed")
+            skip_unavailable("jupyter-server is not installed")
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-m", "nbbridge.demo", "--check"],

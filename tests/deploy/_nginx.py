@@ -22,8 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
+from tests._tools import skip_unavailable
 from tests.transport._certs import write_server_files
 
 NGINX = "/usr/sbin/nginx"
@@ -117,7 +118,7 @@ async def start_nginx(testcase: TestCase, relay_port: int) -> tuple[int, str]:
     /usr/sbin/nginx is missing (``.ci/run`` installs it: apt-get install nginx-light).
     """
     if not os.access(NGINX, os.X_OK):
-        raise SkipTest(f"{NGINX} not found: apt-get install nginx-light (.ci/run does)")
+        skip_unavailable(f"{NGINX} not found: apt-get install nginx-light (.ci/run does)")
     tmp = os.path.abspath(testcase.mktemp())
     os.makedirs(os.path.join(tmp, "conf.d"))
     files = write_server_files(os.path.join(tmp, "tls"), ("localhost", "127.0.0.1"))

@@ -13,7 +13,9 @@ from pathlib import Path
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests._tools import skip_unavailable
 
 from ._units import SYSTEMD, exec_start, materialize, plugin_args, read_unit
 
@@ -34,9 +36,9 @@ class VerifyTests(TestCase):
     def setUp(self) -> None:
         self.analyze = shutil.which("systemd-analyze")
         if self.analyze is None:
-            raise SkipTest("systemd-analyze not found: apt-get install systemd (.ci/run does)")
+            skip_unavailable("systemd-analyze not found: apt-get install systemd (.ci/run does)")
         if not os.access(LOCAL_TWISTD, os.X_OK):
-            raise SkipTest(f"no twistd next to {sys.executable}")
+            skip_unavailable(f"no twistd next to {sys.executable}")
 
     async def _verify(self, name: str, user: bool) -> None:
         directory = os.path.abspath(self.mktemp())

