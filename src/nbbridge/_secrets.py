@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+
+
+def token_digest(token: str) -> bytes:
+    """The raw SHA-256 of TOKEN: tokens are stored and compared only as this hash."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 of TOKEN: what relay.toml's ``token_sha256`` holds."""
+    return token_digest(token).hex()
 
 
 def in_credentials_directory(path: str) -> bool:

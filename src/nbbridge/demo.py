@@ -9,7 +9,6 @@ everything. ``--check`` stops right after the check (used by the tests).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from nbbridge._secrets import hash_token
 from nbbridge.crypto import PrivateKey, write_private_key
 
 BIN = Path(sys.executable).parent
@@ -99,12 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     write_secret(work / "client.token", client_token)
     jupyter_token = secrets.token_hex(24)
 
-    def sha(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
     (work / "relay.toml").write_text(
-        f'[agents.gpu]\ntoken_sha256 = "{sha(agent_token)}"\n\n'
-        f'[clients.laptop]\ntoken_sha256 = "{sha(client_token)}"\nagents = ["gpu"]\n'
+        f'[agents.gpu]\ntoken_sha256 = "{hash_token(agent_token)}"\n\n'
+        f'[clients.laptop]\ntoken_sha256 = "{hash_token(client_token)}"\nagents = ["gpu"]\n'
     )
     relay_port, jupyter_port, forward_port = free_port(), free_port(), free_port()
     relay_url = f"ws://127.0.0.1:{relay_port}"

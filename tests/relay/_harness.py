@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial import unittest
 
+from nbbridge._secrets import token_digest
 from nbbridge.relay import (
     Registered,
     control_path,
@@ -18,7 +19,7 @@ from nbbridge.relay import (
     link_path,
     parse_control_message,
 )
-from nbbridge.relay._auth import Authority, token_digest
+from nbbridge.relay._auth import Authority
 from nbbridge.relay._config import Limits, RelayConfig, parse_config
 from nbbridge.relay._core import Relay
 from nbbridge.relay._protocol import DataProtocol, LinkProtocol, RelayWebSocket

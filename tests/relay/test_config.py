@@ -7,8 +7,9 @@ from typing import Any
 
 from twisted.trial import unittest
 
+from nbbridge._secrets import token_digest
 from nbbridge.relay import hash_token
-from nbbridge.relay._auth import Authority, Identity, check_admin, token_digest
+from nbbridge.relay._auth import Authority, Identity, check_admin
 from nbbridge.relay._config import ConfigError, Limits, load_config, parse_config
 
 GOOD = """

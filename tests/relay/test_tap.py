@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
+from nbbridge._secrets import token_digest
 from nbbridge.relay import hash_token, tap
-from nbbridge.relay._auth import token_digest
 from nbbridge.relay._service import RelayService
 from nbbridge.relay.tap import Options, makeService
 

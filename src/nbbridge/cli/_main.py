@@ -7,11 +7,11 @@ Every failure a user can cause ends in one line on stderr, prefixed
 from __future__ import annotations
 
 import argparse
-import hashlib
 import secrets
 import sys
 from collections.abc import Callable, Sequence
 
+from nbbridge._secrets import hash_token
 from nbbridge.crypto import (
     KeyFileError,
     KeyFormatError,
@@ -51,9 +51,8 @@ def _pubkey(args: argparse.Namespace) -> None:
 
 def _token(args: argparse.Namespace) -> None:
     token = secrets.token_urlsafe(_TOKEN_BYTES)
-    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
     print(token)
-    print(f'token_sha256 = "{digest}"')
+    print(f'token_sha256 = "{hash_token(token)}"')
     _hint(
         "first line: the token, for the agent's or client's --token-file (keep it secret);\n"
         "second line: paste it into relay.toml (the relay stores only the hash)."

@@ -26,12 +26,13 @@ what the caller passes in; imports nothing from the relay (the relay's config im
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+
+from nbbridge._secrets import token_digest
 
 from ._routes import topic_problem
 
@@ -80,7 +81,7 @@ class HubConfig:
         """The name of the [hub.tokens] entry TOKEN matches, or None (constant time per entry)."""
         if token is None:
             return None
-        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        digest = token_digest(token)
         found = None
         for name, expected in self.tokens.items():
             if hmac.compare_digest(digest, expected):
@@ -93,7 +94,7 @@ class HubConfig:
             return True
         if token is None:
             return False
-        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        digest = token_digest(token)
         return hmac.compare_digest(digest, self.stats_token_sha256)
 
 

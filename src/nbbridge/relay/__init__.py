@@ -12,7 +12,8 @@ and relay-side ends are WebSocket close codes (`CloseCode`). `hash_token` gives 
 `token_sha256` value for relay.toml.
 """
 
-from ._auth import hash_token
+from nbbridge._secrets import hash_token
+
 from ._contract import (
     CloseCode,
     Dial,

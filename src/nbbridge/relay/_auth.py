@@ -7,24 +7,15 @@ attacker how close a guess was.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Literal
 
 import attrs
 
+from nbbridge._secrets import token_digest
+
 from ._config import RelayConfig
 from ._contract import CloseCode
-
-
-def hash_token(token: str) -> str:
-    """The hex SHA-256 of TOKEN: what relay.toml's `token_sha256` holds."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_digest(token: str) -> bytes:
-    """The raw SHA-256 of TOKEN."""
-    return hashlib.sha256(token.encode("utf-8")).digest()
 
 
 @attrs.frozen

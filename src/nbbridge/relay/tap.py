@@ -12,10 +12,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from nbbridge._secrets import SecretError, read_secret
+from nbbridge._secrets import SecretError, read_secret, token_digest
 from nbbridge.transport import endpoint_string
 
-from ._auth import Authority, token_digest
+from ._auth import Authority
 from ._config import ConfigError, Limits, load_config
 from ._core import Relay
 from ._listen import DEFAULT_LISTEN, loopback_problem, uses_tls
