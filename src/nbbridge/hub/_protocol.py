@@ -17,7 +17,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 
-from ..relay._protocol import RelayWebSocket
+from ..relay._protocol import RelayWebSocket, set_server_options
 from ._access import Refused
 from ._config import HubConfig
 from ._core import Hub, Member, Message
@@ -60,14 +60,6 @@ class _HubWebSocket(RelayWebSocket):
     def onConnect(self, request: Any) -> None:
         self._token = bearer_or_query_token(request)
         self.remote = describe_peer(self.transport.getPeer() if self.transport else None)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        # Autobahn leaves its close-handshake timer running when the TCP connection ends before
-        # the peer's close reply was read (after a 1007, say): nothing is left for it to do.
-        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-        if call is not None:
-            call.cancel()
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         why = f"message of {msg_size} bytes or more exceeds the limit of {max_msg_size} bytes"
@@ -145,19 +137,8 @@ class HubFactory(WebSocketServerFactory):
         # RelayWebSocket reads its core from factory.relay; hub members do not use it.
         self.relay = relay
         config: HubConfig = hub.config
-        self.setProtocolOptions(
-            maxFramePayloadSize=config.max_message_size,
-            maxMessagePayloadSize=config.max_message_size,
-            autoFragmentSize=0,
-            # Text goes to many receivers: invalid UTF-8 would fail every one of them.
-            utf8validateIncoming=True,
-            failByDrop=False,
-            webStatus=False,
-            autoPingInterval=relay.limits.ping_interval,
-            autoPingTimeout=relay.limits.ping_timeout,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-        )
+        # Text goes to many receivers: invalid UTF-8 would fail every one of them.
+        set_server_options(self, relay.limits, config.max_message_size, utf8=True)
 
 
 class StatsStreamProtocol(_HubWebSocket):
@@ -198,16 +179,7 @@ class StatsStreamFactory(WebSocketServerFactory):
         self.document = document
         self.relay = relay
         self.subscribers: set[StatsStreamProtocol] = set()
-        self.setProtocolOptions(
-            maxFramePayloadSize=_STATS_MAX_MESSAGE,
-            maxMessagePayloadSize=_STATS_MAX_MESSAGE,
-            failByDrop=False,
-            webStatus=False,
-            autoPingInterval=relay.limits.ping_interval,
-            autoPingTimeout=relay.limits.ping_timeout,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-        )
+        set_server_options(self, relay.limits, _STATS_MAX_MESSAGE, utf8=True)
 
     def broadcast(self) -> None:
         """Send the current document to every viewer (built once, only if someone watches)."""

@@ -120,6 +120,14 @@ class RelayWebSocket(WebSocketServerProtocol):
         self._tcp.unregisterProducer()
         self._tcp.registerProducer(self._write_watch, True)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn leaves its close-handshake timer running when the TCP connection ends before
+        # the peer's close reply was read (after a 1007, say): nothing is left for it to do.
+        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
+
     def onConnect(self, request: Any) -> None:
         # Keep only the token; it is checked in onOpen so that a refusal is a close code.
         self._token = parse_bearer(request.headers)
@@ -313,19 +321,24 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         self.protocol = _PROTOCOLS[kind]
         limits: Limits = relay.limits
         size = _CONTROL_MAX_MESSAGE if kind is RouteKind.CONTROL else limits.max_message_size
-        self.setProtocolOptions(
-            maxFramePayloadSize=size,
-            maxMessagePayloadSize=size,
-            autoFragmentSize=0,
-            # The relay never decodes what a link carries, not even to check its UTF-8.
-            utf8validateIncoming=kind is RouteKind.CONTROL,
-            failByDrop=False,
-            webStatus=False,
-            autoPingInterval=limits.ping_interval,
-            autoPingTimeout=limits.ping_timeout,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-        )
+        # The relay never decodes what a link carries, not even to check its UTF-8.
+        set_server_options(self, limits, size, utf8=kind is RouteKind.CONTROL)
+
+
+def set_server_options(factory: Any, limits: Limits, max_message: int, *, utf8: bool) -> None:
+    """The options every relay-side WebSocket factory uses: size limit, heartbeats, timeouts."""
+    factory.setProtocolOptions(
+        maxFramePayloadSize=max_message,
+        maxMessagePayloadSize=max_message,
+        autoFragmentSize=0,
+        utf8validateIncoming=utf8,
+        failByDrop=False,
+        webStatus=False,
+        autoPingInterval=limits.ping_interval,
+        autoPingTimeout=limits.ping_timeout,
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=5,
+    )
 
 
 def make_factories(relay: Relay, reactor: IReactorTime) -> dict[RouteKind, RelayWebSocketFactory]:
