@@ -14,9 +14,7 @@ parts), ``nginx``; per-process figures are reported by role.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -128,22 +126,12 @@ class Nbbridge(Chain):
     behind_nginx = False
 
     def start(self) -> None:
-        from nbbridge.crypto import PrivateKey, write_private_key
+        from nbbridge.demo import write_tunnel_files
 
         work = self.work
         env = dict(os.environ)
         env.pop("NBBRIDGE_TOKEN", None)
-        agent_key, client_key = PrivateKey.generate(), PrivateKey.generate()
-        write_private_key(work / "agent.key", agent_key)
-        write_private_key(work / "client.key", client_key)
-        (work / "authorized_keys").write_text(f"{client_key.public_key.to_text()} bench\n")
-        agent_token, client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        _write_secret(work / "agent.token", agent_token)
-        _write_secret(work / "client.token", client_token)
-        (work / "relay.toml").write_text(
-            f'[agents.bench]\ntoken_sha256 = "{_sha(agent_token)}"\n\n'
-            f'[clients.bench]\ntoken_sha256 = "{_sha(client_token)}"\nagents = ["bench"]\n'
-        )
+        agent_key = write_tunnel_files(work, agent="bench", client="bench")
         relay_port, forward_port = free_port(), free_port()
         twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
         relay = Child(
@@ -307,16 +295,6 @@ class Websocat(Chain):
 
 
 CHAINS: dict[str, type[Chain]] = {c.name: c for c in (Direct, Nbbridge, Websocat, NbbridgeNginx)}
-
-
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-
-
-def _sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _children_of(pid: int) -> list[int]:

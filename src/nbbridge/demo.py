@@ -80,6 +80,27 @@ class Process:
         self._log.close()
 
 
+def write_tunnel_files(work: Path, agent: str, client: str) -> PrivateKey:
+    """Fresh keys, tokens and a relay.toml for one agent and one client, in WORK.
+
+    Writes agent.key, client.key, authorized_keys, agent.token, client.token (0600) and
+    relay.toml letting CLIENT reach AGENT; returns the agent's key (the client pins it).
+    """
+    agent_key, client_key = PrivateKey.generate(), PrivateKey.generate()
+    write_private_key(work / "agent.key", agent_key)
+    write_private_key(work / "client.key", client_key)
+    (work / "authorized_keys").write_text(f"{client_key.public_key.to_text()} {client}\n")
+    agent_token, client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    write_secret(work / "agent.token", agent_token)
+    write_secret(work / "client.token", client_token)
+    (work / "relay.toml").write_text(
+        f'[agents.{agent}]\ntoken_sha256 = "{hash_token(agent_token)}"\n\n'
+        f'[clients.{client}]\ntoken_sha256 = "{hash_token(client_token)}"\n'
+        f'agents = ["{agent}"]\n'
+    )
+    return agent_key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run nbbridge end to end on loopback.")
     parser.add_argument("--check", action="store_true", help="stop once the check passed")
@@ -90,19 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "notebooks").mkdir()
     env = dict(os.environ)
     env.pop("NBBRIDGE_TOKEN", None)
-    agent_key, client_key = PrivateKey.generate(), PrivateKey.generate()
-    write_private_key(work / "agent.key", agent_key)
-    write_private_key(work / "client.key", client_key)
-    (work / "authorized_keys").write_text(f"{client_key.public_key.to_text()} demo-laptop\n")
-    agent_token, client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    write_secret(work / "agent.token", agent_token)
-    write_secret(work / "client.token", client_token)
+    agent_key = write_tunnel_files(work, agent="gpu", client="laptop")
     jupyter_token = secrets.token_hex(24)
-
-    (work / "relay.toml").write_text(
-        f'[agents.gpu]\ntoken_sha256 = "{hash_token(agent_token)}"\n\n'
-        f'[clients.laptop]\ntoken_sha256 = "{hash_token(client_token)}"\nagents = ["gpu"]\n'
-    )
     relay_port, jupyter_port, forward_port = free_port(), free_port(), free_port()
     relay_url = f"ws://127.0.0.1:{relay_port}"
     twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
