@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --untyped-calls-exclude twisted -p nbbridge.wire -p nbbridge.mux -p nbbridge.crypto
 
 trial: $(STAMP)
 	PYTHONPATH=. $(BIN)/trial $(TRIAL_ARGS) tests

@@ -17,7 +17,7 @@ class ChannelOpenFailed(ConnectError):
     code: int = Reason.REFUSED
 
     def __init__(self, reason: str, code: int | None = None) -> None:
-        super().__init__(string=reason)
+        super().__init__(string=reason)  # type: ignore[no-untyped-call]  # Twisted, untyped
         self.reason = reason
         if code is not None:
             self.code = code
