@@ -16,7 +16,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IStreamClientEndpoint,
-    ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -126,7 +125,7 @@ class TcpSide(Protocol):
         # leaving it registered could keep the shutdown from ever happening.
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
-        if ITCPTransport.providedBy(transport) or hasattr(transport, "loseWriteConnection"):
+        if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
         else:
             transport.loseConnection()
