@@ -17,6 +17,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 
+from ..relay._contract import parse_bearer
 from ..relay._protocol import RelayWebSocket, set_server_options
 from ._access import Refused
 from ._config import HubConfig
@@ -27,20 +28,19 @@ from ._routes import BadRoute, HubCloseCode, HubRoute
 _STATS_MAX_MESSAGE = 4096
 
 
-def bearer_or_query_token(request: Any) -> str | None:
-    """The token of an Autobahn handshake REQUEST: `Authorization: Bearer` first, else `?token=`.
+def hub_token(authorization: str | None, query_token: str | None) -> str | None:
+    """`Authorization: Bearer` first, else the `?token=` query value.
 
     Browsers cannot set headers on a WebSocket, hence the query form; it ends up in access logs.
     """
-    value = request.headers.get("authorization")
-    if value is not None:
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+    bearer = parse_bearer({"authorization": authorization}) if authorization is not None else None
+    return bearer or query_token or None
+
+
+def bearer_or_query_token(request: Any) -> str | None:
+    """The hub token of an Autobahn handshake REQUEST."""
     values = request.params.get("token")
-    if values and values[0]:
-        return str(values[0])
-    return None
+    return hub_token(request.headers.get("authorization"), str(values[0]) if values else None)
 
 
 def describe_peer(address: Any) -> str:

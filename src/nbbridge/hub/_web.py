@@ -30,7 +30,7 @@ from twisted.web.util import Redirect
 from ._config import HubConfig
 from ._core import Hub
 from ._metrics import MetricsResource, TunnelFigures, make_registry
-from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory
+from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory, hub_token
 from ._routes import BadRoute, HubRoute, parse_hub_path
 from ._stats import snapshot
 
@@ -50,16 +50,13 @@ def _static(name: str) -> bytes:
 
 
 def request_token(request: Request) -> str | None:
-    """`Authorization: Bearer` of an HTTP REQUEST, else its `?token=` query."""
+    """The hub token of an HTTP REQUEST: `Authorization: Bearer`, else its `?token=` query."""
     header = request.getHeader(b"authorization")
-    if header is not None:
-        scheme, _, token = header.decode("latin-1").strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
     values = request.args.get(b"token") if request.args else None
-    if values and values[0]:
-        return bytes(values[0]).decode("utf-8", "replace")
-    return None
+    return hub_token(
+        header.decode("latin-1") if header is not None else None,
+        bytes(values[0]).decode("utf-8", "replace") if values else None,
+    )
 
 
 @attrs.frozen
