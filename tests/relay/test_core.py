@@ -207,12 +207,12 @@ class FakeEnd:
 
     write_full: bool = False
     relay_close: tuple[int, str] | None = None
-    sent: list[tuple[bytes, bool]] = attrs.Factory(list)
+    sent: list[bytes] = attrs.Factory(list)
     holds: set[str] = attrs.Factory(set)
     closed: tuple[int, str] | None = None
 
-    def send(self, payload: bytes, is_binary: bool) -> None:
-        self.sent.append((payload, is_binary))
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -237,10 +237,10 @@ class SpliceUnitTests(unittest.TestCase):
         self.splice = Splice(self.relay, self.link, self.client, self.agent)
 
     def test_forward_and_count(self) -> None:
-        self.splice.start([(b"early", True)])
-        self.splice.forward(self.agent, b"down", False)
-        self.assertEqual(self.agent.sent, [(b"early", True)])
-        self.assertEqual(self.client.sent, [(b"down", False)])
+        self.splice.start([(b"\x82\x05early", 5)])
+        self.splice.forward(self.agent, b"\x81\x04down", 4)
+        self.assertEqual(self.agent.sent, [b"\x82\x05early"])
+        self.assertEqual(self.client.sent, [b"\x81\x04down"])
         self.assertEqual(self.relay.status()["bytes"], 9)
 
     def test_backpressure_both_ways(self) -> None:
@@ -263,7 +263,7 @@ class SpliceUnitTests(unittest.TestCase):
         self.assertEqual(self.relay.status()["links"], 0)
         self.splice.end_closed(self.agent, 1000, "")
         self.assertIsNone(self.client.closed)
-        self.splice.forward(self.client, b"late", True)
+        self.splice.forward(self.client, b"\x82\x04late", 4)
         self.assertEqual(self.agent.sent, [])
 
     def test_relay_close_wins(self) -> None:

@@ -110,7 +110,7 @@ class SecureProtocol(Protocol):
         if first:
             self._below().write(first)
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | memoryview) -> None:
         events = self._role.receive_data(data)
         reply = self._role.data_to_send()
         if reply:

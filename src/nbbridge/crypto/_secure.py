@@ -186,7 +186,7 @@ class _Session:
         pieces.append(_HEADER.pack(len(ciphertext) + 1, TRANSPORT))
         pieces.append(ciphertext)
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed received bytes; returns plaintexts and events in order.
 
         A failure comes as a SecureChannelError, always the last event; the
@@ -207,7 +207,7 @@ class _Session:
                 self._inbuf = bytearray(data[consumed:])
         return events
 
-    def _process(self, buf: bytes | bytearray, events: list[Event]) -> int:
+    def _process(self, buf: bytes | bytearray | memoryview, events: list[Event]) -> int:
         """Handle every complete record in buf; returns the bytes consumed."""
         view = memoryview(buf)
         size = len(view)

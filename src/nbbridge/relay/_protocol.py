@@ -26,6 +26,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nbbridge._tuning import tune
+from nbbridge.transport._frames import DataFrames
+from nbbridge.wire._masking import mask_in_place
+from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
 
 from ._auth import Refusal
 from ._config import Limits
@@ -171,11 +174,15 @@ class RelayWebSocket(WebSocketServerProtocol):
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # Autobahn's hook for its size limit: close with our code (it would send 1009).
         # _fail_connection also stops Autobahn from collecting the rest of the message.
-        why = f"message of {msg_size} bytes or more exceeds the limit of {max_msg_size} bytes"
+        self._fail_connection(CloseCode.TOO_BIG, self._too_big(msg_size, max_msg_size))
+
+    def _too_big(self, size: int, limit: int) -> str:
+        """Log and record a message over the limit; returns the close reason."""
+        why = f"message of {size} bytes or more exceeds the limit of {limit} bytes"
         self._log.info("{route} closed: {why}", route=self.route.kind.value, why=why)
         if self._relay_close is None:
             self._relay_close = (CloseCode.TOO_BIG, why)
-        self._fail_connection(CloseCode.TOO_BIG, why)
+        return why
 
     def shutdown(self, reason: str) -> None:
         """The relay is stopping: close with 1001 ("going away")."""
@@ -212,25 +219,49 @@ class ControlProtocol(RelayWebSocket):
             self.sendMessage(dial_message(link_id).encode("utf-8"), isBinary=False)
 
 
-class _SpliceProtocol(RelayWebSocket):
-    """Either end of a splice."""
+# (misc: Autobahn's own two base classes disagree on two attribute types.)
+class _SpliceProtocol(DataFrames, RelayWebSocket):  # type: ignore[misc]
+    """Either end of a splice: data frames are read as they come and re-framed for the peer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.splice: Splice | None = None
 
-    def send(self, payload: bytes, is_binary: bool) -> None:
-        """Send one message from the other end, as it came."""
+    def onOpen(self) -> None:
+        self.read_data_frames(max_message=self.relay.limits.max_message_size)
+
+    def send(self, frame: bytes) -> None:
+        """Write frames re-framed by the other end."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(payload, isBinary=is_binary)
+            self.transport.write(frame)
 
     def _write_full_changed(self, full: bool) -> None:
         if self.splice is not None:
             self.splice.write_full_changed(self, full)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def on_data_piece(
+        self, piece: memoryview, key: bytes, offset: int, first: bool, last: bool
+    ) -> None:
+        # A piece of the peer's message becomes a frame of our own: same payload, unmasked,
+        # FIN where the message ends (the other end sees the same message, fragmented anew).
+        if first:
+            assert self._frames is not None
+            opcode = OP_BINARY if self._frames.binary else OP_TEXT
+        else:
+            opcode = OP_CONTINUATION
+        header = frame_header(opcode, len(piece), fin=last)
+        frame = bytearray(header)
+        frame += piece
+        mask_in_place(frame, len(header), key, offset)
+        self.received(bytes(frame), len(piece))
+
+    def received(self, frame: bytes, size: int) -> None:
+        """FRAME, carrying SIZE payload bytes, is ready for the other end."""
         if self.splice is not None:
-            self.splice.forward(self, payload, isBinary)
+            self.splice.forward(self, frame, size)
+
+    def message_too_big(self, error: MessageTooBig) -> None:
+        self._fail(CloseCode.TOO_BIG, self._too_big(error.size, error.limit))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.splice is not None:
@@ -243,10 +274,11 @@ class LinkProtocol(_SpliceProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.pending: PendingLink | None = None
-        self._early: list[tuple[bytes, bool]] = []
+        self._early: list[tuple[bytes, int]] = []
         self._early_size = 0
 
     def onOpen(self) -> None:
+        super().onOpen()
         # Read nothing more until the agent answers: what already arrived is queued, bounded.
         self.hold_reading(WAITING_FOR_DIAL)
         result = self.relay.request_link(self.route.agent, self.take_token(), self)
@@ -255,16 +287,16 @@ class LinkProtocol(_SpliceProtocol):
         else:
             self.pending = result
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def received(self, frame: bytes, size: int) -> None:
         if self.splice is not None or self.pending is None:
-            super().onMessage(payload, isBinary)
+            super().received(frame, size)
             return
-        self._early_size += len(payload)
+        self._early_size += size
         limit = self.relay.limits.pending_buffer
         if self._early_size > limit:
             self.close(CloseCode.LIMIT, f"sent over {limit} bytes before the agent answered")
             return
-        self._early.append((payload, isBinary))
+        self._early.append((frame, size))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.pending is not None:
@@ -291,6 +323,7 @@ class DataProtocol(_SpliceProtocol):
     """An agent's data connection: answers a dial and is spliced to the waiting client."""
 
     def onOpen(self) -> None:
+        super().onOpen()
         assert self.route.link_id is not None
         result = self.relay.answer_dial(self.route.agent, self.route.link_id, self.take_token())
         if isinstance(result, Refusal):

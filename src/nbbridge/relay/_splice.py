@@ -1,4 +1,8 @@
-"""Joining a client's link and an agent's data connection, message for message.
+"""Joining a client's link and an agent's data connection, frame by frame.
+
+The ends read data frames as they arrive and hand the splice each piece already re-framed for
+the other end (unmasked, as a server sends): the relay never holds a whole message, and never
+decodes what a link carries.
 
 Backpressure both ways: each end watches its own transport's write buffer (it is registered
 as that transport's push producer); when it fills, the splice stops reading the other end's
@@ -29,8 +33,8 @@ class SpliceEnd(Protocol):
     def relay_close(self) -> tuple[int, str] | None:
         """The code and reason the relay closed this end with, if it did."""
 
-    def send(self, payload: bytes, is_binary: bool) -> None:
-        """Send one message."""
+    def send(self, frame: bytes) -> None:
+        """Write FRAME, one or more whole WebSocket frames."""
 
     def close(self, code: int, reason: str) -> None:
         """Close with CODE and REASON."""
@@ -56,7 +60,7 @@ def onward_close(code: int | None, reason: str | None) -> tuple[int, str]:
 
 
 class Splice:
-    """A spliced link: messages from one end go to the other, unchanged and undecoded."""
+    """A spliced link: frames from one end go to the other, their payload unchanged."""
 
     _log = Logger()
 
@@ -70,21 +74,21 @@ class Splice:
     def _other(self, end: SpliceEnd) -> SpliceEnd:
         return self.agent if end is self.client else self.client
 
-    def start(self, early: list[tuple[bytes, bool]]) -> None:
+    def start(self, early: list[tuple[bytes, int]]) -> None:
         """Forward what the client sent while waiting, then apply current backpressure."""
-        for payload, is_binary in early:
-            self.forward(self.client, payload, is_binary)
+        for frame, size in early:
+            self.forward(self.client, frame, size)
         if self.client.write_full:
             self.agent.hold_reading(PEER_FULL)
         if self.agent.write_full:
             self.client.hold_reading(PEER_FULL)
 
-    def forward(self, source: SpliceEnd, payload: bytes, is_binary: bool) -> None:
-        """SOURCE sent a message: send it to the other end as it is."""
+    def forward(self, source: SpliceEnd, frame: bytes, size: int) -> None:
+        """SOURCE sent SIZE bytes of payload, re-framed as FRAME: send it to the other end."""
         if self.ended:
             return
-        self._other(source).send(payload, is_binary)
-        self._relay.carried(self.link, len(payload))
+        self._other(source).send(frame)
+        self._relay.carried(self.link, size)
 
     def write_full_changed(self, end: SpliceEnd, full: bool) -> None:
         """END's transport buffer filled (FULL) or drained: pause or resume the other end."""

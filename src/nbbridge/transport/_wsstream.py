@@ -2,9 +2,10 @@
 
 A link (client side) or a data connection (agent side) is a WebSocket; what runs inside it,
 the Noise session and the mux, is an ordinary Twisted protocol. ``WebSocketStream`` is the
-transport that protocol sees: each write is one binary message, each message received is
-handed on as data, and flow control is the TCP connection's own (the WebSocket protocol
-writes straight into it), so producers registered here are registered there.
+transport that protocol sees: each write is one binary message, each piece of a message is
+handed on as data as it arrives (message boundaries mean nothing to a byte stream), and flow
+control is the TCP connection's own (frames are written straight into it), so producers
+registered here are registered there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbbridge._tuning import tune
+
+from ._frames import DataFrames
 
 
 class LinkClosed(Exception):
@@ -50,10 +53,11 @@ class WebSocketStream:
         # Once a close handshake has begun, Autobahn raises on send: whatever is written
         # then is lost with the link anyway, and the protocols above learn it by onClose.
         if self._open():
-            self._ws.sendMessage(data, isBinary=True)
+            self._ws.send_binary((data,))
 
     def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
-        self.write(b"".join(data))
+        if self._open():
+            self._ws.send_binary(data)
 
     def loseConnection(self) -> None:
         if self._open():
@@ -92,7 +96,8 @@ def bind(factory: Any, owner: object) -> Any:
     return factory
 
 
-class StreamClientProtocol(WebSocketClientProtocol):
+# (misc: Autobahn's own two base classes disagree on two attribute types.)
+class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore[misc]
     """A WebSocket client running a stream protocol (``make_inner``) over binary messages.
 
     Subclasses say what runs inside (``make_inner``), what to do with text messages
@@ -122,15 +127,28 @@ class StreamClientProtocol(WebSocketClientProtocol):
         super().connectionMade()
 
     def onOpen(self) -> None:
+        self.read_data_frames()
         self.stream = WebSocketStream(self)
         self.inner = self.make_inner()
         self.inner.makeConnection(self.stream)
 
+    def on_data_piece(
+        self, piece: memoryview, key: bytes, offset: int, first: bool, last: bool
+    ) -> None:
+        # The relay sends only binary messages on a data link; the inner protocols take any
+        # bytes-like data, so the read buffer's pieces go in without a copy.
+        frames = self._frames
+        assert frames is not None
+        if not frames.binary:
+            if first:
+                self._fail(1003, "unexpected text message on a data link")
+        elif piece and self.inner is not None:
+            self.inner.dataReceived(piece)  # type: ignore[arg-type]
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # Only connections that never started a stream (the agent's control) read messages.
         if not isBinary:
             self.textReceived(payload.decode("utf-8", "replace"))
-        elif self.inner is not None:
-            self.inner.dataReceived(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Autobahn leaves its close-handshake timer running when the TCP connection is

@@ -1,0 +1,133 @@
+# Autobahn's protocol API is untyped; calling into it is the point of this module.
+# mypy: disable-error-code="no-untyped-call"
+"""Data frames off Autobahn's per-message path, on an open Autobahn WebSocket.
+
+`DataFrames` is mixed into the Autobahn protocols of the data path (a client's link, an
+agent's data connection, and both relay ends splicing them). Once the WebSocket is open, data
+frames are read by `nbbridge.wire.websocket.FrameReader` and written whole with one transport
+write each; control frames go back to Autobahn, which keeps the close handshake, pings and
+pongs and its heartbeat timers exactly as before. See `nbbridge.wire.websocket` for why.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
+
+from nbbridge.wire._masking import mask_in_place
+from nbbridge.wire.websocket import (
+    OP_BINARY,
+    FrameReader,
+    FrameViolation,
+    MessageTooBig,
+    frame_header,
+)
+
+_READING = (WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSING)
+
+
+class DataFrames:
+    """Mixin for an Autobahn WebSocketProtocol subclass (list it first among the bases)."""
+
+    _frames: FrameReader | None = None
+    # What Autobahn's protocol provides (declared for the type checker).
+    state: int
+    transport: Any
+    factory: Any
+    data: bytes
+    autoPingTimeoutCall: Any
+    autoPingRestartOnAnyTraffic: bool
+    current_frame: Any
+    control_frame_data: Any
+
+    def read_data_frames(self, *, max_message: int = 0) -> None:
+        """From now on read data frames here (call it from ``onOpen``).
+
+        :param max_message: the largest message accepted; a larger one fails the connection
+            through ``message_too_big`` before any of it is handed on.
+        """
+        self._frames = FrameReader(self, masked=self.factory.isServer, max_message=max_message)
+
+    # -- what subclasses implement -------------------------------------------------------------
+
+    def on_data_piece(
+        self, piece: memoryview, key: bytes, offset: int, first: bool, last: bool
+    ) -> None:
+        """A piece of a data message (see `FrameHandler.on_data_piece`)."""
+        raise NotImplementedError
+
+    def message_too_big(self, error: MessageTooBig) -> None:
+        """The peer sent a message over the limit; by default fail with 1009."""
+        self._fail(error.code, str(error))
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_binary(self, pieces: list[bytes] | tuple[bytes, ...]) -> None:
+        """Send PIECES, joined, as one binary message (masked if this end is a client)."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        size = sum(map(len, pieces))
+        if self.factory.isServer:
+            self.transport.write(b"".join((frame_header(OP_BINARY, size), *pieces)))
+            return
+        key = os.urandom(4)
+        header = frame_header(OP_BINARY, size, key=key)
+        frame = bytearray(header)
+        for piece in pieces:
+            frame += piece
+        mask_in_place(frame, len(header), key)
+        self.transport.write(bytes(frame))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._frames is None:
+            super().dataReceived(data)  # type: ignore[misc]
+        elif self.state in _READING:
+            self._read(data)
+
+    def consumeData(self) -> None:
+        # Autobahn calls this with what arrived along with the opening handshake.
+        if self._frames is None:
+            super().consumeData()  # type: ignore[misc]
+            return
+        data, self.data = self.data, b""
+        if data and self.state in _READING:
+            self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        frames = self._frames
+        assert frames is not None
+        try:
+            frames.feed(data)
+        except MessageTooBig as e:
+            self.message_too_big(e)
+        except FrameViolation as e:
+            self._fail(e.code, str(e))
+        # Any traffic shows the peer is alive, as Autobahn itself counts it.
+        if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+
+    def on_control_frame(self, opcode: int, payload: bytes) -> None:
+        # Autobahn's own handling of a control frame it had read itself.
+        self.current_frame = FrameHeader(opcode, True, 0, len(payload), None)  # type: ignore[arg-type]
+        self.control_frame_data = [payload]
+        try:
+            self.processControlFrame()  # type: ignore[attr-defined]
+        finally:
+            self.current_frame = None
+        if self.state == WebSocketProtocol.STATE_CLOSED and self._frames is not None:
+            self._frames.stop()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): a close frame saying why, then the TCP close.
+
+        Nothing after the bad frame can be trusted to be frames, so the peer's close reply is
+        not waited for.
+        """
+        if self._frames is not None:
+            self._frames.stop()
+        self._fail_connection(code, reason)  # type: ignore[attr-defined]
+        self.dropConnection(abort=False)  # type: ignore[attr-defined]
