@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nbbridge._tuning import tune
+from nbbridge._tuning import tune, write_now
 from nbbridge.transport._frames import DataFrames
 from nbbridge.wire._masking import mask_in_place
 from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
@@ -233,7 +233,7 @@ class _SpliceProtocol(DataFrames, RelayWebSocket):  # type: ignore[misc]
     def send(self, frame: bytes) -> None:
         """Write frames re-framed by the other end."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.transport.write(frame)
+            write_now(self.transport, frame)
 
     def _write_full_changed(self, full: bool) -> None:
         if self.splice is not None:

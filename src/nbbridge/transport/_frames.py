@@ -16,6 +16,7 @@ from typing import Any
 
 from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 
+from nbbridge._tuning import write_now
 from nbbridge.wire._masking import mask_in_place
 from nbbridge.wire.websocket import (
     OP_BINARY,
@@ -70,7 +71,7 @@ class DataFrames:
             return
         size = sum(map(len, pieces))
         if self.factory.isServer:
-            self.transport.write(b"".join((frame_header(OP_BINARY, size), *pieces)))
+            write_now(self.transport, b"".join((frame_header(OP_BINARY, size), *pieces)))
             return
         key = os.urandom(4)
         header = frame_header(OP_BINARY, size, key=key)
@@ -78,7 +79,7 @@ class DataFrames:
         for piece in pieces:
             frame += piece
         mask_in_place(frame, len(header), key)
-        self.transport.write(bytes(frame))
+        write_now(self.transport, bytes(frame))
 
     # -- reading -------------------------------------------------------------------------------
 
