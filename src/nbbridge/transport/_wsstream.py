@@ -153,8 +153,9 @@ class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Autobahn leaves its close-handshake timer running when the TCP connection is
         # already gone; nothing is left for it to do.
-        timer = getattr(self, "closeHandshakeTimeoutCall", None)
-        if timer is not None and timer.active():
+        # (It is txaio's batched call: no active(), but Autobahn sets it to None once fired.)
+        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if timer is not None:
             timer.cancel()
         if self.stream is not None:
             self.stream.disconnecting = True
