@@ -126,11 +126,15 @@ class Nbbridge(Chain):
     behind_nginx = False
 
     def start(self) -> None:
+        import nbbridge
         from nbbridge.demo import write_tunnel_files
 
         work = self.work
         env = dict(os.environ)
         env.pop("NBBRIDGE_TOKEN", None)
+        # The processes run the nbbridge this script imported, not whatever copy is installed.
+        here = str(Path(nbbridge.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         agent_key = write_tunnel_files(work, agent="bench", client="bench")
         relay_port, forward_port = free_port(), free_port()
         twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
