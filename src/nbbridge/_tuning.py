@@ -31,10 +31,12 @@ def write_now(transport: Any, data: bytes) -> None:
     most of the round-trip time of a small request through three processes. When the
     transport's buffer is empty, sending now keeps the byte order and changes nothing else;
     whatever the socket does not take is queued by ``transport.write`` as usual, and with it
-    the producer pause and the error handling. Only plain TCP connections qualify.
+    the producer pause and the error handling. Only plain TCP connections qualify (not one
+    that started TLS, whose bytes must go through the TLS layer).
     """
     if (
         isinstance(transport, Connection)
+        and not transport.TLS
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
