@@ -1,0 +1,76 @@
+"""write_now: sent at once on an idle TCP connection, queued in order behind anything waiting."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from nbbridge._tuning import write_now
+
+
+class _Sink(Protocol):
+    """Collects everything until the peer closes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(bytes(self.data))
+
+
+class WriteNowTests(TestCase):
+    async def _pair(self) -> tuple[Protocol, _Sink]:
+        accepted: Deferred[_Sink] = Deferred()
+
+        def make_sink() -> _Sink:
+            sink = _Sink()
+            accepted.callback(sink)
+            return sink
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(make_sink)
+        )
+        self.addCleanup(port.stopListening)
+        sender = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(Protocol)
+        )
+        self.addCleanup(sender.transport.abortConnection)
+        return sender, await accepted
+
+    async def test_idle_connection_sends_at_once(self) -> None:
+        sender, sink = await self._pair()
+        write_now(sender.transport, b"hello")
+        transport: Any = sender.transport
+        self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
+        sender.transport.loseConnection()
+        self.assertEqual(await sink.done, b"hello")
+
+    async def test_queued_bytes_keep_their_order(self) -> None:
+        # 64 MiB cannot fit in the socket buffers at once, so most of it waits in Twisted's
+        # buffer; what write_now adds must come after it, byte for byte.
+        sender, sink = await self._pair()
+        bulk = os.urandom(64 * 1024 * 1024)
+        sender.transport.write(bulk)
+        for i in range(100):
+            write_now(sender.transport, b"%d;" % i)
+        sender.transport.loseConnection()
+        expected = bulk + b"".join(b"%d;" % i for i in range(100))
+        got = await sink.done
+        self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(expected).hexdigest())
+
+    def test_other_transports_get_a_plain_write(self) -> None:
+        transport = StringTransport()
+        write_now(transport, b"data")
+        self.assertEqual(transport.value(), b"data")
