@@ -58,12 +58,53 @@ class ChannelAddress:
     session: str = ""
 
 
+#: What a channel's producer is paused for when it is not paused: the empty frozenset is one
+#: shared object, so a channel that never pauses its producer holds no set of its own.
+_NOT_PAUSED: frozenset[str] = frozenset()
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class Channel:
-    """A bidirectional byte stream inside a MuxSession."""
+    """A bidirectional byte stream inside a MuxSession.
+
+    A server may hold thousands of idle channels, so a channel has ``__slots__`` (no
+    instance dict) and allocates its queues only while something waits in them: an empty
+    deque costs some 760 bytes.
+    """
+
+    __slots__ = (
+        "_close_pending",
+        "_full_close",
+        "_grant_threshold",
+        "_grown",
+        "_lost",
+        "_paused",
+        "_producer",
+        "_producer_paused_for",
+        "_protocol",
+        "_read_closed",
+        "_ready",
+        "_recv_allowed",
+        "_recv_queue",
+        "_recv_queued",
+        "_send_credit",
+        "_send_queue",
+        "_session",
+        "_since_growth",
+        "_streaming",
+        "_unacked",
+        "_window",
+        "_write_closed",
+        "_write_closing",
+        "bytes_received",
+        "bytes_sent",
+        "disconnecting",
+        "id",
+        "metadata",
+        "service",
+    )
 
     _log = Logger()
-    disconnecting = False
 
     def __init__(
         self,
@@ -79,6 +120,7 @@ class Channel:
         self.id = channel_id
         self.service = service
         self.metadata = dict(metadata)
+        self.disconnecting = False
         self._session = session
         self._window = window
         self._grant_threshold = max(1, window // 4)
@@ -88,16 +130,16 @@ class Channel:
         # Sending (an accepted channel is not ready until our OPEN_OK has gone out).
         self._ready = ready
         self._send_credit = send_credit
-        self._send_queue: deque[bytes] = deque()
+        self._send_queue: deque[bytes] | None = None  # bytes waiting for credit
         self._producer: IProducer | None = None
         self._streaming = False
-        self._producer_paused_for: set[str] = set()
+        self._producer_paused_for = _NOT_PAUSED
         self._write_closing = False
         self._write_closed = False
         # Receiving.
         self._recv_allowed = window
         self._unacked = 0
-        self._recv_queue: deque[bytes] = deque()
+        self._recv_queue: deque[bytes] | None = None  # bytes waiting for our consumer
         self._recv_queued = 0
         self._paused = False
         self._close_pending = False
@@ -128,6 +170,8 @@ class Channel:
             self._send_credit -= len(data)
             self._session._send_data(self.id, data)
             return
+        if self._send_queue is None:
+            self._send_queue = deque()
         self._send_queue.append(bytes(data))
         self._flush()
 
@@ -180,7 +224,7 @@ class Channel:
 
     def unregisterProducer(self) -> None:
         self._producer = None
-        self._producer_paused_for.clear()
+        self._producer_paused_for = _NOT_PAUSED
 
     # --- what the consumer of our data calls (IPushProducer) ------------------------------
 
@@ -217,6 +261,8 @@ class Channel:
             # it so the peer can flush and see our CLOSE.
             self._consumed(n)
         elif self._protocol is None or self._paused or self._recv_queue:
+            if self._recv_queue is None:
+                self._recv_queue = deque()
             self._recv_queue.append(payload)
             self._recv_queued += n
         else:
@@ -245,15 +291,15 @@ class Channel:
 
     def _pause_producer(self, why: str) -> None:
         if not self._producer_paused_for and self._producer is not None and self._streaming:
-            self._producer_paused_for.add(why)
+            self._producer_paused_for |= {why}
             cast(IPushProducer, self._producer).pauseProducing()
         else:
-            self._producer_paused_for.add(why)
+            self._producer_paused_for |= {why}
 
     def _resume_producer(self, why: str) -> None:
         if why not in self._producer_paused_for:
             return
-        self._producer_paused_for.discard(why)
+        self._producer_paused_for -= {why}
         if not self._producer_paused_for and self._producer is not None and self._streaming:
             cast(IPushProducer, self._producer).resumeProducing()
 
@@ -285,6 +331,7 @@ class Channel:
         if queue:
             self._pause_producer("credit")
             return
+        self._send_queue = None
         self._resume_producer("credit")
         if self._write_closing and not self._write_closed:
             self._write_closed = True
@@ -297,13 +344,16 @@ class Channel:
             self._producer.resumeProducing()  # type: ignore[attr-defined]
 
     def _deliver_queued(self) -> None:
-        while self._recv_queue and not self._paused and self._protocol is not None:
-            chunk = self._recv_queue.popleft()
+        queue = self._recv_queue
+        while queue and not self._paused and self._protocol is not None:
+            chunk = queue.popleft()
             self._recv_queued -= len(chunk)
             self._protocol.dataReceived(chunk)
             self._consumed(len(chunk))
             if self._lost:
                 return
+        if queue is not None and not queue and queue is self._recv_queue:
+            self._recv_queue = None
         if self._close_pending and not self._recv_queue and self._protocol is not None:
             self._close_pending = False
             self._read_closed = True
@@ -368,9 +418,9 @@ class Channel:
         self._session._return_window(self._grown)
         self._grown = 0
         self.disconnecting = True
-        self._recv_queue.clear()
+        self._recv_queue = None
         self._recv_queued = 0
-        self._send_queue.clear()
+        self._send_queue = None
         self._producer = None
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
