@@ -1,0 +1,209 @@
+"""Integration: the relay's own data-frame path, on real loopback TCP.
+
+The relay reads data frames itself and re-frames each piece for the other end: fragmented
+messages, control frames between fragments and big messages must come out identical, and a
+peer that breaks RFC 6455 is failed (1002), its partner told 1001, the relay's other links unharmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from nbbridge.relay import CloseCode
+from nbbridge.relay._protocol import DataProtocol, LinkProtocol
+from nbbridge.wire._masking import mask_in_place
+from nbbridge.wire.websocket import (
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_PING,
+    frame_header,
+)
+
+from ._harness import RelayTestCase, make_config
+from ._ws import TestClient
+
+KEY = b"\x5a\xa5\x0f\xf0"
+
+
+def raw_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, b0_extra: int = 0
+) -> bytes:
+    """A hand-built frame (masked as a client must, unless MASKED is false)."""
+    key = KEY if masked else b""
+    out = bytearray(frame_header(opcode, len(payload), fin=fin, key=key))
+    out[0] |= b0_extra
+    start = len(out)
+    out += payload
+    if key:
+        mask_in_place(out, start, key)
+    return bytes(out)
+
+
+def next_pong(client: TestClient) -> Deferred[bytes]:
+    """Fires with the payload of the next pong CLIENT receives."""
+    pong: Deferred[bytes] = Deferred()
+
+    def on_pong(payload: bytes) -> None:
+        if not pong.called:
+            pong.callback(payload)
+
+    client.onPong = on_pong  # type: ignore[method-assign]
+    return pong
+
+
+def forwarded(end: Any) -> Deferred[bytes]:
+    """Fires with the next frames the relay's END writes (re-framed from its partner)."""
+    sent: Deferred[bytes] = Deferred()
+    send = type(end).send
+
+    def spy(frame: bytes) -> None:
+        del end.send
+        send(end, frame)
+        sent.callback(frame)
+
+    end.send = spy
+    return sent
+
+
+def same(a: bytes, b: bytes) -> bool:
+    """Compare big payloads without unittest's diff of their reprs."""
+    return len(a) == len(b) and hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
+
+
+class FragmentTests(RelayTestCase):
+    """Messages arrive whole and identical however they were fragmented, both ways."""
+
+    async def test_fragmented_message_with_a_ping_between_fragments(self) -> None:
+        await self.start_relay(make_config())
+        control = await self.agent()
+        client, data = await self.link(control)
+        parts = [os.urandom(1000), b"", os.urandom(70_000), os.urandom(125)]
+
+        client.beginMessage(isBinary=True)
+        client.sendMessageFrame(parts[0])
+        # The relay answers a ping between fragments, and the message carries on.
+        pong = next_pong(client)
+        client.sendPing(b"mid-message")
+        self.assertEqual(await pong, b"mid-message")
+        for part in parts[1:]:
+            client.sendMessageFrame(part)
+        client.endMessage()
+        self.assertEqual(await data.messages.get(), (b"".join(parts), True))
+
+        # And the other way, as a text message with Autobahn's own fragmentation.
+        text = "ünïcode ".encode() * 5000
+        data.sendMessage(text, isBinary=False, fragmentSize=777)
+        self.assertEqual(await client.messages.get(), (text, False))
+
+    async def test_raw_fragments_split_mid_payload(self) -> None:
+        """Hand-built frames, split inside payloads: pieces with offsets, pings between."""
+        await self.start_relay(make_config())
+        control = await self.agent()
+        client, data = await self.link(control)
+        [relay_data] = self.relay_side(DataProtocol)
+        pong = next_pong(client)
+        first = raw_frame(OP_BINARY, b"one-two-", fin=False)
+        wire = [first[:5]]  # the header (2 + 4 bytes of key) cut before the key ends
+        wire.append(first[5:9])  # the header's end and 3 bytes of payload
+        rest = first[9:] + raw_frame(OP_PING, b"p1") + raw_frame(OP_CONTINUATION, b"", fin=False)
+        third = raw_frame(OP_CONTINUATION, b"three")
+        wire.append(rest + third[:8])
+        wire.append(third[8:] + raw_frame(OP_BINARY, b"next"))
+        for i, chunk in enumerate(wire):
+            sent = forwarded(relay_data) if i else None
+            client.tcp.write(chunk)
+            if sent is not None:
+                # The relay passed on what it had (a piece of a frame) before the rest was sent.
+                await sent
+        self.assertEqual(await pong, b"p1")
+        self.assertEqual(await data.messages.get(), (b"one-two-three", True))
+        self.assertEqual(await data.messages.get(), (b"next", True))
+
+    async def test_five_megabytes_both_ways(self) -> None:
+        await self.start_relay(make_config({"max_message_size": 8 * 1024 * 1024}))
+        control = await self.agent()
+        client, data = await self.link(control)
+        up = os.urandom(5 * 1024 * 1024)
+        down = os.urandom(5 * 1024 * 1024)
+        for fragment_up, fragment_down in [(0, 0), (1024 * 1024 + 7, 65_536)]:
+            client.sendMessage(up, isBinary=True, fragmentSize=fragment_up or None)
+            data.sendMessage(down, isBinary=True, fragmentSize=fragment_down or None)
+            got_up, binary_up = await data.messages.get()
+            got_down, binary_down = await client.messages.get()
+            self.assertTrue(same(got_up, up) and binary_up, fragment_up)
+            self.assertTrue(same(got_down, down) and binary_down, fragment_down)
+            up, down = down, up
+
+    async def test_fragments_summing_past_the_limit(self) -> None:
+        """Each fragment fits, the message does not: 4413 for the sender and its partner."""
+        await self.start_relay(make_config({"max_message_size": 64 * 1024}))
+        control = await self.agent()
+        client, data = await self.link(control)
+        client.sendMessage(b"x" * (64 * 1024 + 1), isBinary=True, fragmentSize=16 * 1024)
+        code, reason = await client.closed
+        self.assertEqual(code, CloseCode.TOO_BIG)
+        self.assertIn("65537 bytes or more exceeds the limit of 65536", reason or "")
+        code, _ = await data.closed
+        self.assertEqual(code, CloseCode.TOO_BIG)
+        self.assertEqual(data.messages.pending, [])
+
+
+class ViolationTests(RelayTestCase):
+    """A peer breaking RFC 6455 gets 1002; its partner gets 1001; other links carry on."""
+
+    async def _check(self, bad: bytes, reason: str, *, from_agent: bool = False) -> None:
+        await self.start_relay(make_config())
+        control = await self.agent()
+        other_client, other_data = await self.link(control)
+        client, data = await self.link(control)
+        offender, partner = (data, client) if from_agent else (client, data)
+
+        offender.tcp.write(bad)
+        code, why = await offender.closed
+        self.assertEqual(code, 1002)
+        self.assertIn(reason, why or "")
+        # The partner's end is closed as onward_close says for a failed peer: going away.
+        code, why = await partner.closed
+        self.assertEqual((code, why), (CloseCode.GOING_AWAY, "peer connection lost"))
+        await offender.lost
+        await partner.lost
+
+        # The relay's other link still carries messages both ways.
+        other_client.sendMessage(b"still up", isBinary=True)
+        self.assertEqual(await other_data.messages.get(), (b"still up", True))
+        other_data.sendMessage(b"still down", isBinary=False)
+        self.assertEqual(await other_client.messages.get(), (b"still down", False))
+        self.assertEqual(self.relay.status()["links"], 1)
+        self.assertEqual(len(self.relay_side(LinkProtocol)), 1)
+        self.assertEqual(len(self.relay_side(DataProtocol)), 1)
+
+    async def test_unmasked_frame_from_client(self) -> None:
+        await self._check(raw_frame(OP_BINARY, b"hello", masked=False), "unmasked frame")
+
+    async def test_unmasked_frame_from_agent(self) -> None:
+        await self._check(
+            raw_frame(OP_BINARY, b"hello", masked=False), "unmasked frame", from_agent=True
+        )
+
+    async def test_reserved_bits(self) -> None:
+        await self._check(raw_frame(OP_BINARY, b"hello", b0_extra=0x40), "reserved bits")
+
+    async def test_unknown_opcode(self) -> None:
+        await self._check(raw_frame(3, b"hello"), "unknown opcode 3")
+
+    async def test_unknown_control_opcode_from_agent(self) -> None:
+        await self._check(raw_frame(11, b""), "unknown opcode 11", from_agent=True)
+
+    async def test_fragmented_control_frame(self) -> None:
+        await self._check(raw_frame(OP_PING, b"p", fin=False), "fragmented control frame")
+
+    async def test_continuation_without_a_message(self) -> None:
+        await self._check(raw_frame(OP_CONTINUATION, b"x"), "continuation frame with no message")
+
+    async def test_new_message_inside_a_fragmented_one(self) -> None:
+        bad = raw_frame(OP_BINARY, b"a", fin=False) + raw_frame(OP_BINARY, b"b")
+        await self._check(bad, "new data message before the previous one ended")
