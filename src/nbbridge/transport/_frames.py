@@ -47,7 +47,7 @@ class DataFrames:
         """From now on read data frames here (call it from ``onOpen``).
 
         :param max_message: the largest message accepted; a larger one fails the connection
-            through ``message_too_big`` before any of it is handed on.
+            through ``message_too_big`` before the frame that crosses the limit is handed on.
         """
         self._frames = FrameReader(self, masked=self.factory.isServer, max_message=max_message)
 

@@ -11,7 +11,8 @@ it to the byte stream they carry.
 
 Every rule a receiver must enforce is enforced: reserved bits, opcodes, masking by direction,
 control-frame size and fragmentation, continuation order, the 63-bit length, and a message
-size limit checked from frame headers, before any of an oversized message is passed on.
+size limit checked from frame headers: nothing of the frame that crosses it is passed on
+(earlier fragments of the same message already were; the message is streamed, not held).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class FrameViolation(Exception):
 
 
 class MessageTooBig(FrameViolation):
-    """A message grew past the limit (known from a frame header; nothing of it was passed on)."""
+    """A message grew past the limit, known from a frame header: none of that frame was passed on."""
 
     code = 1009
 
