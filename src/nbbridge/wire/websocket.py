@@ -49,7 +49,7 @@ class FrameViolation(Exception):
 
 
 class MessageTooBig(FrameViolation):
-    """A message grew past the limit, known from a frame header: none of that frame was passed on."""
+    """A message grew past the limit, seen in a frame header: none of that frame was passed on."""
 
     code = 1009
 
