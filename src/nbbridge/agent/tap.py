@@ -7,6 +7,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 
+from nbbridge._memory import tune_malloc
 from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import load_authorized_keys
 
@@ -47,6 +48,7 @@ class Options(TunnelOptions):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
+    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor
     services = {s: clientFromString(reactor, e) for s, e in options["expose"]}

@@ -8,6 +8,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 
+from nbbridge._memory import tune_malloc
 from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import parse_public_key
 from nbbridge.transport import endpoint_string
@@ -65,6 +66,7 @@ class _LinkService(Service):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The forwards, sharing one link to the agent."""
+    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor
     link = AgentLink(

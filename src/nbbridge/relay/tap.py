@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from nbbridge._memory import tune_malloc
 from nbbridge._secrets import SecretError, read_secret, token_digest
 from nbbridge.transport import endpoint_string
 
@@ -83,6 +84,7 @@ def _admin_sha256(options: Options) -> bytes | None:
 
 def makeService(options: Options, reactor: Any = None) -> RelayService:
     """Assemble the relay from OPTIONS; a bad option exits with one clear line."""
+    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
