@@ -8,18 +8,18 @@ and the trim threshold to twice that. So what is mmapped, and how much free memo
 heap keeps, depends on what the process happened to free before; with a trim threshold of
 a few reads the heap's top is given back and faulted in again as read buffers come and go.
 
-Measured with ``bench/tunnel.py`` (5 runs each, alternating, same tree): with the settings
-below 8 streams moved some 500 MB/s against 310 with glibc's moving thresholds, the first
-single stream was no longer slower than the later ones, and RSS after the throughput runs
-grew 2-3 % from run 1 to run 3 against 6-7 %; the price is RSS some 5-10 MiB higher in sum
-over the three processes (free memory kept at the top of each heap). A trim threshold of
-2 reads gave back the old throughput and drift. Keeping the read buffers out of the heap
-(an mmap threshold below the read size) is no option: each read then costs an mmap, a
-mremap and a munmap, and throughput fell to 40 %.
+Measured with ``bench/tunnel.py`` (alternating runs on the same tree): with the settings
+below 8 streams moved some 490 MB/s against 310; single stream was about as fast, except
+that the first run was no longer slower than the later ones. The price is RSS after the
+throughput runs some 10-20 MiB higher in sum over the three processes (free memory kept
+at the top of each heap). A trim threshold of 2 reads gave back the old throughput.
+Keeping the read buffers out of the heap (an mmap threshold below the read size) is no
+option: each read then costs an mmap, a mremap and a munmap, and throughput fell to 40 %.
 
-What still grows is free memory inside the heap (mallinfo2: in use stays near 10 MiB per
-process while free heap grows), fragmentation no threshold returns; ``malloc_trim`` every
-2 s did not stop it either.
+What these settings do not cure is the slow growth of RSS over repeated transfers (run 1
+to run 3: 2-8 % with them, 6-7 % without; the figure is noisy): mallinfo2 shows the
+memory in use flat near 10 MiB per process while free memory inside the heap grows, which
+is fragmentation no threshold returns; ``malloc_trim`` every 2 s did not stop it either.
 """
 
 from __future__ import annotations
