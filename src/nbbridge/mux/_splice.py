@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import tune
+from nbbridge._tuning import tune, write_now
 
 from ._channel import Channel
 
@@ -64,7 +64,7 @@ class _ChannelSide(_Slotted):
         self._tcp.joined(channel)
 
     def dataReceived(self, data: bytes) -> None:
-        self._tcp.transport.write(data)  # type: ignore[union-attr]
+        write_now(self._tcp.transport, data)
 
     def readConnectionLost(self) -> None:
         self._tcp.peer_closed_writing()
