@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from nbbridge.relay import CloseCode
 from nbbridge.relay._protocol import DataProtocol, LinkProtocol
+from nbbridge.relay._splice import Splice
 from nbbridge.wire._masking import mask_in_place
 from nbbridge.wire.websocket import (
     OP_BINARY,
@@ -207,3 +208,36 @@ class ViolationTests(RelayTestCase):
     async def test_new_message_inside_a_fragmented_one(self) -> None:
         bad = raw_frame(OP_BINARY, b"a", fin=False) + raw_frame(OP_BINARY, b"b")
         await self._check(bad, "new data message before the previous one ended")
+
+
+class StalledPeerTests(RelayTestCase):
+    """A peer that stops reading cannot keep a failed connection, or its partner, open."""
+
+    async def test_violation_from_a_peer_that_does_not_read(self) -> None:
+        await self.start_relay(make_config())
+        control = await self.agent()
+        client, data = await self.link(control)
+        link_end, _ = self.spliced_ends()
+        link_end.closeHandshakeTimeout = 0.5  # the relay's is 5 s; the test need not wait
+        full: Deferred[None] = Deferred()
+        write_full_changed = Splice.write_full_changed
+
+        def watch(splice: Splice, end: Any, is_full: bool) -> None:
+            write_full_changed(splice, end, is_full)
+            if end is link_end and is_full and not full.called:
+                full.callback(None)
+
+        self.patch(Splice, "write_full_changed", watch)
+        client.tcp.pauseProducing()  # the client stops reading...
+        payload = os.urandom(60 * 1024)
+        for _ in range(200):  # ...while its agent sends 12 MB
+            data.sendMessage(payload, isBinary=True)
+        await full  # the relay holds bytes for the client it cannot deliver
+
+        client.tcp.write(raw_frame(OP_BINARY, b"x", b0_extra=0x40))  # then breaks the protocol
+        code, why = await data.closed
+        self.assertEqual((code, why), (CloseCode.GOING_AWAY, "peer connection lost"))
+        client.tcp.abortConnection()
+        await client.lost
+        self.assertEqual(self.relay.status()["links"], 0)
+        self.assertEqual(self.relay_side(LinkProtocol), [])

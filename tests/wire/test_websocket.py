@@ -330,6 +330,17 @@ class ViolationTests(SynchronousTestCase):
                 data[:1] + bytes((0x80 | 127,)) + data[2:] + KEY, "most", masked=True
             )
 
+    def test_lengths_not_in_their_shortest_form(self) -> None:
+        # RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length".
+        self.assert_violation(b"\x82\x7e\x00\x05hello", "not in its shortest form")
+        self.assert_violation(
+            b"\x82\x7f" + (125).to_bytes(8, "big") + b"x" * 125, "not in its shortest form"
+        )
+        self.assert_violation(b"\x82\x7f" + (0xFFFF).to_bytes(8, "big"), "not in its shortest form")
+
+    def test_close_frame_with_a_one_byte_body(self) -> None:
+        self.assert_violation(frame(OP_CLOSE, b"\x03"), "1-byte body")
+
     def test_single_frame_over_the_limit(self) -> None:
         for masked in (False, True):
             key = KEY if masked else b""

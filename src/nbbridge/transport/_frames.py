@@ -126,9 +126,14 @@ class DataFrames:
         """Fail the connection (RFC 6455 §7.1.7): a close frame saying why, then the TCP close.
 
         Nothing after the bad frame can be trusted to be frames, so the peer's close reply is
-        not waited for.
+        not waited for. The state stays CLOSING until the TCP connection is gone, so that
+        Autobahn's close-handshake timer still aborts it if the peer does not read what is
+        left to send (the close frame included); already closing, it is aborted at once.
         """
         if self._frames is not None:
             self._frames.stop()
-        self._fail_connection(code, reason)  # type: ignore[attr-defined]
-        self.dropConnection(abort=False)  # type: ignore[attr-defined]
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self._fail_connection(code, reason)  # type: ignore[attr-defined]
+            self.transport.loseConnection()
+        else:
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]

@@ -142,7 +142,7 @@ class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore
         if not frames.binary:
             if first:
                 self._fail(1003, "unexpected text message on a data link")
-        elif piece and self.inner is not None:
+        elif piece and self.inner is not None and self.state == self.STATE_OPEN:
             self.inner.dataReceived(piece)  # type: ignore[arg-type]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:

@@ -192,6 +192,8 @@ class FrameReader:
                 return -1
             (length,) = _U16.unpack_from(view, start)
             start += 2
+            if length < 126:
+                raise FrameViolation("frame length not in its shortest form")
         elif length == 127:
             if end - start < 8:
                 return -1
@@ -199,6 +201,8 @@ class FrameReader:
             start += 8
             if length >> 63:
                 raise FrameViolation("frame length has its most significant bit set")
+            if length < 0x10000:
+                raise FrameViolation("frame length not in its shortest form")
         masked = bool(b1 & _MASKED)
         if masked:
             if end - start < 4:
@@ -232,6 +236,8 @@ class FrameReader:
                 raise FrameViolation("fragmented control frame")
             if length > MAX_CONTROL_PAYLOAD:
                 raise FrameViolation(f"control frame of {length} bytes (125 at most)")
+            if opcode == OP_CLOSE and length == 1:
+                raise FrameViolation("close frame with a 1-byte body (a code takes 2)")
             return
         if opcode == OP_CONTINUATION:
             if not self._in_message:
