@@ -4,27 +4,20 @@
 
 `DataFrames` is mixed into the Autobahn protocols of the data path (a client's link, an
 agent's data connection, and both relay ends splicing them). Once the WebSocket is open, data
-frames are read by `nbbridge.wire.websocket.FrameReader` and written whole with one transport
-write each; control frames go back to Autobahn, which keeps the close handshake, pings and
-pongs and its heartbeat timers exactly as before. See `nbbridge.wire.websocket` for why.
+frames are read by `nbbridge.wire.websocket.FrameReader`; control frames go back to Autobahn,
+which keeps the close handshake, pings and pongs and its heartbeat timers exactly as before.
+Each side writes its data frames whole, with one transport write each: the tunnel ends as a
+client (`StreamClientProtocol.send_binary`, masked), the relay as a server re-framing what it
+reads (`_SpliceProtocol.on_data_piece`). See `nbbridge.wire.websocket` for why.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 
-from nbbridge._tuning import write_now
-from nbbridge.wire._masking import mask_in_place
-from nbbridge.wire.websocket import (
-    OP_BINARY,
-    FrameReader,
-    FrameViolation,
-    MessageTooBig,
-    frame_header,
-)
+from nbbridge.wire.websocket import FrameReader, FrameViolation, MessageTooBig
 
 _READING = (WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSING)
 
@@ -62,24 +55,6 @@ class DataFrames:
     def message_too_big(self, error: MessageTooBig) -> None:
         """The peer sent a message over the limit; by default fail with 1009."""
         self._fail(error.code, str(error))
-
-    # -- sending -------------------------------------------------------------------------------
-
-    def send_binary(self, pieces: list[bytes] | tuple[bytes, ...]) -> None:
-        """Send PIECES, joined, as one binary message (masked if this end is a client)."""
-        if self.state != WebSocketProtocol.STATE_OPEN:
-            return
-        size = sum(map(len, pieces))
-        if self.factory.isServer:
-            write_now(self.transport, b"".join((frame_header(OP_BINARY, size), *pieces)))
-            return
-        key = os.urandom(4)
-        header = frame_header(OP_BINARY, size, key=key)
-        frame = bytearray(header)
-        for piece in pieces:
-            frame += piece
-        mask_in_place(frame, len(header), key)
-        write_now(self.transport, bytes(frame))
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ registered here are registered there.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientProtocol
@@ -18,7 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import tune
+from nbbridge._tuning import tune, write_now
+from nbbridge.wire._masking import mask_in_place
+from nbbridge.wire.websocket import OP_BINARY, frame_header
 
 from ._frames import DataFrames
 
@@ -131,6 +134,22 @@ class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore
         self.stream = WebSocketStream(self)
         self.inner = self.make_inner()
         self.inner.makeConnection(self.stream)
+
+    def send_binary(self, pieces: list[bytes] | tuple[bytes, ...]) -> None:
+        """Send PIECES, joined, as one binary message, masked with a fresh key as a client must.
+
+        The frame is built, masked in place and written in one piece: one copy of the
+        payload into the frame, one XOR pass, and the bytes Twisted's ``write`` requires.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        key = os.urandom(4)
+        header = frame_header(OP_BINARY, sum(map(len, pieces)), key=key)
+        frame = bytearray(header)
+        for piece in pieces:
+            frame += piece
+        mask_in_place(frame, len(header), key)
+        write_now(self.transport, bytes(frame))
 
     def on_data_piece(
         self, piece: memoryview, key: bytes, offset: int, first: bool, last: bool
