@@ -29,6 +29,7 @@ from nbbridge.crypto import (
     SecureProtocol,
 )
 from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED
+from tests._loopback import listen
 
 from ._support import Inner, Keys
 
@@ -244,10 +245,9 @@ class MisbehavingClientTests(TestCase):
     async def agent_and_client(self) -> tuple[RawClient, Inner]:
         keys = Keys()
         factory = AgentFactory(keys, keys.authorized, 1 << 20)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        self.addCleanup(port.stopListening)
+        port = await listen(self, factory)
         client = RawClient(Initiator(keys.client, keys.agent.public_key))
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port_number(port))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         await connectProtocol(endpoint, client)
         await client.ready
         await factory.handshakes[0]

@@ -7,14 +7,14 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 
 from nbbridge.mux import Acceptor, MuxSession
+from tests._loopback import Collector
 
 
 def session_pair(
@@ -28,41 +28,11 @@ def session_pair(
     return a, b, pump
 
 
-class _Box:
-    def __init__(self, failure: Failure) -> None:
-        self.failure = failure
-
-
 def lost_reason(test: TestCase, collector: Collector) -> Failure:
     """How the collector's connection ended (it must have ended already)."""
-    box = test.successResultOf(collector.lost)
-    return box.failure  # type: ignore[attr-defined, no-any-return]
-
-
-class Collector(Protocol):
-    """Records what a channel or connection delivers, and how it ended."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.lost: Deferred[Failure] = Deferred()
-        self.reason: Failure | None = None
-        self.made = False
-
-    def connectionMade(self) -> None:
-        self.made = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.reason = reason
-        # A Failure passed to callback() would turn the Deferred into an errback: wrap it.
-        self.lost.callback(_Box(reason))  # type: ignore[arg-type]
-
-
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+    test.successResultOf(collector.lost)
+    assert collector.reason is not None
+    return collector.reason
 
 
 class HalfCloseEcho(Protocol):
@@ -107,15 +77,6 @@ def half_closeable(cls: type[Protocol]) -> type[Protocol]:
 
 half_closeable(HalfCloseEcho)
 half_closeable(HashSink)
-
-
-async def listen(test: TestCase, factory: Factory) -> int:
-    """Listen on 127.0.0.1, port 0; stops listening at the end of the test."""
-    port: IListeningPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        factory
-    )
-    test.addCleanup(port.stopListening)
-    return port.getHost().port  # type: ignore[no-any-return, attr-defined]
 
 
 def tcp_endpoint(port: int) -> TCP4ClientEndpoint:

@@ -16,8 +16,9 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
+from tests._loopback import listen
 
-from ._helpers import HalfCloseEcho, HashSink, listen, tcp_endpoint
+from ._helpers import HalfCloseEcho, HashSink, tcp_endpoint
 
 
 class PatternFile:

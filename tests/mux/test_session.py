@@ -21,8 +21,9 @@ from nbbridge.mux import (
     UnknownService,
 )
 from nbbridge.wire import Data, FrameDecoder, GoAway, Open, OpenOk, Reason, Reset, Window, encode
+from tests._loopback import Collector
 
-from ._helpers import Collector, StringEndpoint, lost_reason, session_pair
+from ._helpers import StringEndpoint, lost_reason, session_pair
 
 
 class RefusingEndpoint:

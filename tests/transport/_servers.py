@@ -1,13 +1,13 @@
 """Real loopback servers and small clients for transport and deploy tests.
 
 Every server started here stops at the end of the test, and the clean-up waits until each of
-its connections has closed, so no test leaves a socket behind for the next one.
+its connections has closed, so no test leaves a socket behind for the next one (``serve``
+itself, with ``Echo`` and ``Collector``, is in ``tests._loopback``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
@@ -18,16 +18,10 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IStreamClientEndpoint,
-    IStreamServerEndpoint,
-)
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate
-from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -35,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from nbbridge.transport import websocket_options
+from tests._loopback import serve
 
 from ._certs import ServerFiles
 
@@ -42,103 +37,12 @@ from ._certs import ServerFiles
 LINK_ROUTE = "/v1/agents/gpu/link"
 
 
-class TrackingFactory(WrappingFactory):
-    """Wraps a server factory and can wait until all of its connections have closed."""
-
-    def __init__(self, wrapped: IProtocolFactory) -> None:
-        super().__init__(wrapped)
-        self._idle: list[Deferred[None]] = []
-        self.connections_made = 0
-
-    def registerProtocol(self, p: Any) -> None:
-        super().registerProtocol(p)
-        self.connections_made += 1
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-
-async def serve(test: TestCase, description: str, factory: IProtocolFactory) -> int:
-    """Listen on a ``serverFromString`` description; clean-up stops it and waits for idle.
-
-    The tracking wrapper sits *under* any TLS the description adds, so use :func:`serve_tls`
-    for Autobahn protocols over TLS (Autobahn insists on seeing the TLS transport itself).
-    """
-    return await _listen(test, serverFromString(reactor, description), TrackingFactory(factory))
-
-
 async def serve_tls(test: TestCase, files: ServerFiles, factory: IProtocolFactory) -> int:
     """Serve TLS with ``files`` on 127.0.0.1 (port 0), tracking connections outside TLS."""
     with open(files.cert, "rb") as c, open(files.key, "rb") as k:
         options = PrivateCertificate.loadPEM(c.read() + k.read()).options()
     tls = TLSMemoryBIOFactory(options, False, factory)
-    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-    return await _listen(test, endpoint, TrackingFactory(tls))
-
-
-async def _listen(
-    test: TestCase, endpoint: IStreamServerEndpoint, tracking: TrackingFactory
-) -> int:
-    port: IListeningPort = await endpoint.listen(tracking)
-
-    async def stop() -> None:
-        stopped = port.stopListening()
-        if stopped is not None:
-            await stopped
-        await tracking.when_idle()
-
-    test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-    return port.getHost().port  # type: ignore[attr-defined, no-any-return]
-
-
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-
-class Collector(Protocol):
-    """A client protocol that keeps what it receives and says when the connection ends."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.made = False
-        self.lost: Deferred[None] = Deferred()
-        self.reason: Failure | None = None
-        self._wanted: tuple[int, Deferred[bytes]] | None = None
-
-    def connectionMade(self) -> None:
-        self.made = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        self._check()
-
-    def receive(self, n: int) -> Deferred[bytes]:
-        """Fires with the first ``n`` bytes received, once they have arrived."""
-        d: Deferred[bytes] = Deferred()
-        self._wanted = (n, d)
-        self._check()
-        return d
-
-    def _check(self) -> None:
-        if self._wanted and len(self.data) >= self._wanted[0]:
-            (n, d), self._wanted = self._wanted, None
-            d.callback(bytes(self.data[:n]))
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.reason = reason
-        self.lost.callback(None)
+    return await serve(test, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), tls)
 
 
 # --- WebSocket --------------------------------------------------------------------------------

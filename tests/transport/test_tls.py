@@ -29,9 +29,9 @@ from nbbridge.transport import (
     load_trust_root,
     parse_relay_url,
 )
+from tests._loopback import Collector, Echo, serve
 
 from ._certs import CA, write_ca, write_server_files
-from ._servers import Collector, Echo, serve
 
 
 class TLSEndpointTests(TestCase):

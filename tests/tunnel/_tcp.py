@@ -15,17 +15,17 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
+
+from tests._loopback import TrackingFactory
 
 CHUNK = 64 * 1024
 
@@ -77,56 +77,6 @@ class Counting(Protocol):
 
 class Tracked(Counting):
     """A server-side protocol: counts what it receives and records how it ended."""
-
-
-class _Wrapper(ProtocolWrapper):
-    """Twisted's ProtocolWrapper, passing half-closes on.
-
-    Twisted's does not, so a service behind it would see the peer's EOF as the end of the
-    connection and lose what it had not sent yet.
-    """
-
-    def makeConnection(self, transport: Any) -> None:
-        # ProtocolWrapper.makeConnection copies the transport's interfaces onto the wrapper;
-        # add half-close support afterwards, when the wrapped protocol has it.
-        super().makeConnection(transport)
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
-
-    def readConnectionLost(self) -> None:
-        self.wrappedProtocol.readConnectionLost()  # type: ignore[attr-defined]
-
-    def writeConnectionLost(self) -> None:
-        self.wrappedProtocol.writeConnectionLost()  # type: ignore[attr-defined]
-
-
-class TrackingFactory(WrappingFactory):
-    """Hands out each accepted protocol (``accepted``) and can wait until all have closed."""
-
-    protocol = _Wrapper
-
-    def __init__(self, wrapped: Factory) -> None:
-        super().__init__(wrapped)
-        self.accepted: DeferredQueue[Any] = DeferredQueue()
-        self._idle: list[Deferred[None]] = []
-
-    def registerProtocol(self, p: Any) -> None:
-        super().registerProtocol(p)
-        self.accepted.put(p.wrappedProtocol)
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
 
 
 async def serve(
