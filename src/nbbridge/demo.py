@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,32 +43,65 @@ def write_secret(path: Path, text: str) -> Path:
 
 
 class Process:
-    """A child process whose output goes to a log file we can wait on."""
+    """A child process whose output is copied, line by line, to a log file we can wait on.
+
+    A thread reads the child's output from a pipe for as long as the child writes (so the pipe
+    never fills up), appends each line to the log and wakes whoever waits for a line.
+    """
 
     def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115
+        self._lines: list[str] = []
+        self._ended = False  # the child closed its output (it exited)
+        self._changed = threading.Condition()
         self.popen = subprocess.Popen(
             args,
-            stdout=self._log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=workdir,
             env=env,
             start_new_session=True,
         )
+        self._reader = threading.Thread(target=self._copy, name=f"{name} log", daemon=True)
+        self._reader.start()
+
+    def _copy(self) -> None:
+        assert self.popen.stdout is not None
+        try:
+            for raw in self.popen.stdout:
+                with self._changed:
+                    if not self._log.closed:
+                        self._log.write(raw)
+                        self._log.flush()
+                    self._lines.append(raw.decode(errors="replace"))
+                    self._changed.notify_all()
+        finally:
+            self.popen.stdout.close()
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
 
     def wait_for(self, text: str, timeout: float = 60.0) -> str:
         """Wait until ``text`` appears in the log; return the line that has it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if text in line:
-                    return line
-            if self.popen.poll() is not None:
-                raise SystemExit(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        raise SystemExit(f"{self.name}: no {text!r} after {timeout:g} s; see {self.log_path}")
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self._lines[seen:]:
+                    if text in line:
+                        return line.rstrip("\r\n")
+                seen = len(self._lines)
+                if self._ended:
+                    tail = "".join(self._lines)[-3000:]
+                    raise SystemExit(f"{self.name} exited:\n{tail}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(
+                        f"{self.name}: no {text!r} after {timeout:g} s; see {self.log_path}"
+                    )
+                self._changed.wait(left)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -77,7 +111,10 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-        self._log.close()
+        # The rest of its output; a grandchild still holding the pipe must not keep us here.
+        self._reader.join(5)
+        with self._changed:
+            self._log.close()
 
 
 def write_tunnel_files(work: Path, agent: str, client: str) -> PrivateKey:
