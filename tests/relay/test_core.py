@@ -14,7 +14,13 @@ from nbbridge.relay._config import Limits
 from nbbridge.relay._core import ActiveLink, PendingLink, Relay, new_link_id
 from nbbridge.relay._splice import Splice
 
-from ._harness import AGENT_TOKEN, CLIENT_TOKEN, LIMITED_CLIENT_TOKEN, make_config
+from ._harness import (
+    AGENT_TOKEN,
+    CLIENT_TOKEN,
+    LIMITED_CLIENT_TOKEN,
+    OTHER_AGENT_TOKEN,
+    make_config,
+)
 
 
 @attrs.define
@@ -60,7 +66,8 @@ class RelayCoreTests(unittest.TestCase):
 
     def online(self, name: str = "gpu") -> FakeControl:
         control = FakeControl()
-        self.assertIsNone(self.relay.register_agent(name, AGENT_TOKEN, control))
+        token = AGENT_TOKEN if name == "gpu" else OTHER_AGENT_TOKEN
+        self.assertIsNone(self.relay.register_agent(name, token, control))
         return control
 
     def request(self, token: str = CLIENT_TOKEN) -> tuple[FakeLink, PendingLink]:
@@ -132,15 +139,76 @@ class RelayCoreTests(unittest.TestCase):
         )
         self.assertEqual(new.dials, [pending.link_id])
         # The old connection's end is not the agent's end.
-        self.relay.agent_gone(old)
+        self.relay.agent_gone("gpu", old)
         self.assertTrue(self.relay.is_online("gpu"))
         self.assertIsNone(link.closed)
+
+    def test_replaced_connection_closing_later_changes_nothing(self) -> None:
+        old = self.online()
+        _, first = self.request()
+        new = self.online()
+        self.relay.agent_gone("gpu", old)
+        self.assertEqual(self.relay.pending_count, 1)
+        # Only the current connection's close takes the agent offline and fails its dials.
+        self.relay.agent_gone("gpu", new)
+        self.assertFalse(self.relay.is_online("gpu"))
+        self.assertEqual(self.relay.pending_count, 0)
+        self.assertEqual(self.relay.dial_failures, 1)
+        self.assertIsInstance(self.relay.answer_dial("gpu", first.link_id, AGENT_TOKEN), Refusal)
+        self.relay.agent_gone("gpu", new)  # twice is harmless
+        self.assertEqual(self.relay.dial_failures, 1)
+
+    def test_refused_connection_closing_changes_nothing(self) -> None:
+        self.online()
+        link, _ = self.request()
+        refused_peer = FakeControl()
+        self.assertIsInstance(self.relay.register_agent("gpu", "wrong", refused_peer), Refusal)
+        self.relay.agent_gone("gpu", refused_peer)
+        self.relay.agent_gone("other", refused_peer)
+        self.assertTrue(self.relay.is_online("gpu"))
+        self.assertIsNone(link.closed)
+        self.assertEqual(self.relay.pending_count, 1)
+
+    def test_answered_dial_leaves_both_counts(self) -> None:
+        self.online()
+        _, first = self.request()
+        self.request()
+        self.assertEqual(self.relay.pending_count, 2)
+        self.answer(first.link_id)
+        self.assertEqual(self.relay.pending_count, 1)
+        # The agent's own count dropped too: its limit of 2 pending dials has room again.
+        self.request()
+        self.assertEqual(self.relay.pending_count, 2)
+        self.assertEqual(self.relay.status()["links"], 1)
+
+    def test_a_dial_is_answered_only_by_its_own_agent(self) -> None:
+        self.online()
+        self.online("cpu")
+        link, pending = self.request()
+        refusal = refused(self.relay.answer_dial("cpu", pending.link_id, OTHER_AGENT_TOKEN))
+        self.assertEqual(refusal.code, CloseCode.OFFLINE)
+        self.assertEqual(self.relay.pending_count, 1)
+        result = self.relay.answer_dial("gpu", pending.link_id, AGENT_TOKEN)
+        assert isinstance(result, tuple), result
+        self.assertIs(result[0], link)
+
+    def test_pending_count_spans_agents(self) -> None:
+        self.online()
+        cpu = self.online("cpu")
+        self.request()
+        other = self.relay.request_link("cpu", CLIENT_TOKEN, FakeLink())
+        assert isinstance(other, PendingLink), other
+        self.assertEqual(self.relay.pending_count, 2)
+        self.relay.agent_gone("cpu", cpu)
+        self.assertEqual(self.relay.pending_count, 1)
+        self.relay.abandon_link(other)  # already failed: harmless
+        self.assertEqual(self.relay.pending_count, 1)
 
     def test_agent_gone_fails_pending_keeps_spliced(self) -> None:
         control = self.online()
         spliced = self.answer(self.request()[1].link_id)
         waiting, _ = self.request()
-        self.relay.agent_gone(control)
+        self.relay.agent_gone("gpu", control)
         self.assertFalse(self.relay.is_online("gpu"))
         self.assertEqual(waiting.closed and waiting.closed[0], CloseCode.OFFLINE)
         self.assertEqual(self.relay.status()["links"], 1)

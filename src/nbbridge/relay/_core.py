@@ -60,6 +60,8 @@ class AgentState:
     peer: ControlPeer | None = None
     since: float = 0.0
     links: int = 0
+    #: links waiting for this agent's dial answer: the relay's only table of them (a data
+    #: connection names its agent, so a link is found here), so no second one can disagree
     pending: dict[str, PendingLink] = attrs.field(factory=dict)
     bytes: int = 0
 
@@ -103,7 +105,6 @@ class Relay:
         self._clock = clock
         self._make_link_id = make_link_id
         self._agents: dict[str, AgentState] = {}
-        self._pending: dict[str, PendingLink] = {}
         self._links = 0
         self._bytes = 0
         #: dials an agent never answered: timed out, or the agent went offline first (/metrics)
@@ -138,12 +139,15 @@ class Relay:
             self._log.info("agent {agent} online", agent=name)
         return None
 
-    def agent_gone(self, peer: ControlPeer) -> None:
-        """A control connection closed; if it was the current one, the agent is offline."""
-        for state in self._agents.values():
-            if state.peer is peer:
-                break
-        else:
+    def agent_gone(self, agent: str, peer: ControlPeer) -> None:
+        """AGENT's control connection PEER closed; if it was the current one, AGENT is offline.
+
+        PEER may be an older connection already replaced by a newer one (closed with 4409), or
+        one that was refused: then nothing changes. The caller names the agent, so this is one
+        lookup rather than a search of every agent.
+        """
+        state = self._agents.get(agent)
+        if state is None or state.peer is not peer:
             return
         state.peer = None
         self._log.info("agent {agent} offline", agent=state.name)
@@ -182,7 +186,6 @@ class Relay:
         link_id = self._make_link_id()
         pending = PendingLink(link_id, agent, who.name, peer)
         pending.timer = self._clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
-        self._pending[link_id] = pending
         state.pending[link_id] = pending
         self._log.info(
             "link {link} from {client} to {agent}: dialing",
@@ -193,8 +196,11 @@ class Relay:
         state.peer.send_dial(link_id)
         return pending
 
+    def _find_pending(self, agent: str, link_id: str) -> PendingLink | None:
+        state = self._agents.get(agent)
+        return state.pending.get(link_id) if state is not None else None
+
     def _drop_pending(self, pending: PendingLink) -> None:
-        self._pending.pop(pending.link_id, None)
         state = self._agents.get(pending.agent)
         if state is not None:
             state.pending.pop(pending.link_id, None)
@@ -223,7 +229,7 @@ class Relay:
 
     def abandon_link(self, pending: PendingLink) -> None:
         """The client closed its link before the agent answered."""
-        if self._pending.get(pending.link_id) is not pending:
+        if self._find_pending(pending.agent, pending.link_id) is not pending:
             return
         self._drop_pending(pending)
         self._log.info(
@@ -240,8 +246,9 @@ class Relay:
                 "data connection of {agent} refused: {reason}", agent=agent, reason=refusal.reason
             )
             return refusal
-        pending = self._pending.get(link_id)
-        if pending is None or pending.agent != agent:
+        # Only AGENT's own table is searched: another agent cannot answer AGENT's dial.
+        pending = self._find_pending(agent, link_id)
+        if pending is None:
             self._log.info("data connection of {agent}: no such link waiting", agent=agent)
             return Refusal(CloseCode.OFFLINE, "no link with this id is waiting (expired or used)")
         self._drop_pending(pending)
@@ -314,8 +321,8 @@ class Relay:
 
     @property
     def pending_count(self) -> int:
-        """How many links wait for a dial answer."""
-        return len(self._pending)
+        """How many links wait for a dial answer (summed over agents, for /status and /metrics)."""
+        return sum(len(s.pending) for s in self._agents.values())
 
 
 def _iso(seconds: float) -> str:

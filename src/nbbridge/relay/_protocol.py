@@ -206,7 +206,7 @@ class ControlProtocol(RelayWebSocket):
         self._log.debug("agent {agent}: ignored a control message", agent=self.route.agent)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.relay.agent_gone(self)
+        self.relay.agent_gone(self.route.agent, self)
 
     def send_registered(self, name: str) -> None:
         """Only now may the agent say it is online: a refusal would come after the open."""
