@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -11,7 +12,7 @@ from nbbridge.hub._access import Refused
 from nbbridge.hub._config import AccessRule, HubConfig
 from nbbridge.hub._core import Hub, Member, Message
 from nbbridge.hub._routes import BadRoute, HubCloseCode, HubRoute, Role, parse_hub_path
-from nbbridge.hub._stats import snapshot
+from nbbridge.hub._stats import Counters, snapshot
 
 
 class FakePeer:
@@ -30,6 +31,22 @@ class FakePeer:
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+
+class WriteCounting(Counters):
+    """Counters that also count how often each of them is written."""
+
+    __slots__ = ("writes",)
+    writes: collections.Counter[str]
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "writes", collections.Counter())
+        super().__init__()
+        self.writes.clear()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.writes[name] += 1
+        super().__setattr__(name, value)
 
 
 def msg(data: bytes, is_binary: bool = True) -> Message:
@@ -59,6 +76,43 @@ class HubCoreTests(unittest.TestCase):
         self.assertEqual(a.topic.counters.messages_out, 2)
         self.assertEqual(self.hub.totals.messages_out, 2)
         self.assertEqual(b.counters.last_activity, 1000)
+
+    def test_a_message_to_many_readers_counts_once(self) -> None:
+        sender, _ = self.join("in/cam")
+        readers = [self.join("out/cam") for _ in range(4)]
+        slow, _ = readers[0]
+        self.hub.write_full_changed(slow, True)
+        topic = sender.topic
+        topic.counters = WriteCounting()
+        self.hub.totals = WriteCounting()
+        self.hub.publish(sender, msg(b"frame"))
+        for counters in (topic.counters, self.hub.totals):
+            self.assertEqual((counters.messages_in, counters.bytes_in), (1, 5))
+            # Every delivery is counted (3 sent now, 1 queued), in one update for the message.
+            self.assertEqual((counters.messages_out, counters.bytes_out), (3, 15))
+            self.assertEqual(counters.writes["messages_out"], 1)
+            self.assertEqual(counters.writes["bytes_out"], 1)
+        for reader, peer in readers[1:]:
+            self.assertEqual([m.frame for m in peer.sent], [b"frame"])
+            self.assertEqual((reader.counters.messages_out, reader.counters.bytes_out), (1, 5))
+        self.assertEqual((slow.counters.messages_out, len(slow.queue)), (0, 1))
+
+    def test_a_drain_counts_its_deliveries(self) -> None:
+        sender, _ = self.join("in/s")
+        reader, pr = self.join("out/s")
+        self.hub.write_full_changed(reader, True)
+        for size in (10, 20, 30):
+            self.hub.publish(sender, msg(b"x" * size))
+        self.clock.advance(5)
+        self.hub.write_full_changed(reader, False)
+        self.assertEqual(len(pr.sent), 3)
+        for counters in (reader.counters, reader.topic.counters, self.hub.totals):
+            self.assertEqual((counters.messages_out, counters.bytes_out), (3, 60))
+            self.assertEqual(counters.last_activity, 1005)
+        # Nothing to drain: no delivery, no activity.
+        self.clock.advance(5)
+        self.hub.write_full_changed(reader, False)
+        self.assertEqual(self.hub.totals.last_activity, 1005)
 
     def test_stream_in_to_out_and_out_ignored(self) -> None:
         reader, pr = self.join("out/cam")

@@ -215,6 +215,7 @@ class Hub:
                 c.ignored_bytes += size
             self._notify("ignored", member)
             return
+        sent = 0
         for reader in topic.readers:
             if reader is member or reader.left:
                 continue
@@ -222,12 +223,31 @@ class Hub:
                 self._enqueue(reader, message)
             else:
                 self._send(reader, message, now)
+                sent += 1
+        self._delivered(topic, sent, sent * size, now)
 
     def _send(self, reader: Member, message: Message, now: float) -> None:
+        """Write MESSAGE to READER and count it on READER's own counters.
+
+        The topic's and the hub's delivery counters are the caller's to update, once for all
+        it sent (`_delivered`): a fan-out to many readers then costs one update of them, not
+        one per reader.
+        """
         reader.peer.send(message)
-        size = message.size
-        for c in (reader.counters, reader.topic.counters, self.totals):
-            c.messages_out += 1
+        c = reader.counters
+        c.messages_out += 1
+        c.bytes_out += message.size
+        c.last_activity = now
+
+    def _delivered(self, topic: Topic, messages: int, size: int, now: float) -> None:
+        """Count MESSAGES deliveries of SIZE payload bytes in all on TOPIC and the totals.
+
+        Each delivery counts (one message to 100 readers is 100 out, as docs/hub.md says).
+        """
+        if not messages:
+            return
+        for c in (topic.counters, self.totals):
+            c.messages_out += messages
             c.bytes_out += size
             c.last_activity = now
 
@@ -269,11 +289,15 @@ class Hub:
             return
         now = self.clock.seconds()
         queue = member.queue
+        sent = sent_bytes = 0
         # Sending may fill the transport again (it then calls back with FULL): stop there.
         while queue and not member.full and not member.left:
             message = queue.popleft()
             member.queued_bytes -= message.size
             self._send(member, message, now)
+            sent += 1
+            sent_bytes += message.size
+        self._delivered(member.topic, sent, sent_bytes, now)
 
     # -- stats ---------------------------------------------------------------------------------
 
