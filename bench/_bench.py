@@ -22,6 +22,8 @@ from _procs import Child, cpu_seconds, machine_cpu, rss_kib, tcp_counters
 
 MiB = 1024 * 1024
 GB = 1e9
+#: Seconds of quiet after the throughput runs before "RSS after throughput" is read.
+SETTLE_SECONDS = 3.0
 
 
 class Settings:
@@ -184,6 +186,9 @@ class Bench:
             self.put(chain, "parallel_MBps", mbps)
             notes.append(f"{s.streams} streams {mbps:.0f} MB/s")
 
+        # Read at idle: nbbridge gives its heap's free memory back within ~2 s of going
+        # quiet (nbbridge._memory.IdleTrim); every chain gets the same pause.
+        time.sleep(SETTLE_SECONDS)
         after = {role: rss_kib(pid) for role, pid in chain.pids.items()}
         if after:
             self.put(chain, "rss_after_MiB", _mib(_sum(after.values())))

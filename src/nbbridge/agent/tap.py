@@ -7,7 +7,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 
-from nbbridge._memory import tune_malloc
+from nbbridge._memory import care_for_memory
 from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import load_authorized_keys
 
@@ -48,11 +48,10 @@ class Options(TunnelOptions):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor
     services = {s: clientFromString(reactor, e) for s, e in options["expose"]}
-    return Agent(
+    agent = Agent(
         reactor,
         options["relay_url"],
         options["name"],
@@ -62,3 +61,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         services,
         options["ca"],
     )
+    care_for_memory(agent, reactor)
+    return agent

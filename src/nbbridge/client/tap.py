@@ -8,7 +8,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 
-from nbbridge._memory import tune_malloc
+from nbbridge._memory import care_for_memory
 from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import parse_public_key
 from nbbridge.transport import endpoint_string
@@ -66,7 +66,6 @@ class _LinkService(Service):
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The forwards, sharing one link to the agent."""
-    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor
     link = AgentLink(
@@ -84,4 +83,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ForwardService(serverFromString(reactor, listen), service, link, reactor).setServiceParent(
             top
         )
+    care_for_memory(top, reactor)
     return top

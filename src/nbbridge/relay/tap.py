@@ -12,7 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from nbbridge._memory import tune_malloc
+from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret, token_digest
 from nbbridge.transport import endpoint_string
 
@@ -84,7 +84,6 @@ def _admin_sha256(options: Options) -> bytes | None:
 
 def makeService(options: Options, reactor: Any = None) -> RelayService:
     """Assemble the relay from OPTIONS; a bad option exits with one clear line."""
-    tune_malloc()
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -124,7 +123,7 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
             reactor.stop()
 
     relay = Relay(authority, limits, reactor)
-    return RelayService(
+    service = RelayService(
         relay,
         endpoint,
         reactor=reactor,
@@ -132,3 +131,5 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         admin_sha256=admin,
         on_listen_failure=listen_failed,
     )
+    care_for_memory(service, reactor)
+    return service
