@@ -28,6 +28,7 @@ from ._harness import RelayTestCase, make_config
 from ._ws import TestClient
 
 KEY = b"\x5a\xa5\x0f\xf0"
+PAYLOAD = os.urandom(60 * 1024)
 
 
 def raw_frame(
@@ -211,14 +212,23 @@ class ViolationTests(RelayTestCase):
 
 
 class StalledPeerTests(RelayTestCase):
-    """A peer that stops reading cannot keep a failed connection, or its partner, open."""
+    """A client that stops reading: what the relay then does with it and with its agent."""
 
-    async def test_violation_from_a_peer_that_does_not_read(self) -> None:
-        await self.start_relay(make_config())
+    async def _stall_client(
+        self, limits: dict[str, Any] | None = None, client_ping_timeout: float | None = None
+    ) -> tuple[Any, Any]:
+        """A spliced link whose client stopped reading while its agent sent 12 MB.
+
+        Returns once the relay holds bytes for the client it cannot deliver (and so has
+        stopped reading the agent).
+        """
+        await self.start_relay(make_config(limits))
         control = await self.agent()
         client, data = await self.link(control)
         link_end, _ = self.spliced_ends()
-        link_end.closeHandshakeTimeout = 0.5  # the relay's is 5 s; the test need not wait
+        link_end.closeHandshakeTimeout = 0.5  # the relay's is 5 s; the tests need not wait
+        if client_ping_timeout is not None:
+            link_end.autoPingTimeout = client_ping_timeout
         full: Deferred[None] = Deferred()
         write_full_changed = Splice.write_full_changed
 
@@ -228,12 +238,14 @@ class StalledPeerTests(RelayTestCase):
                 full.callback(None)
 
         self.patch(Splice, "write_full_changed", watch)
-        client.tcp.pauseProducing()  # the client stops reading...
-        payload = os.urandom(60 * 1024)
-        for _ in range(200):  # ...while its agent sends 12 MB
-            data.sendMessage(payload, isBinary=True)
-        await full  # the relay holds bytes for the client it cannot deliver
+        client.tcp.pauseProducing()
+        for _ in range(200):
+            data.sendMessage(PAYLOAD, isBinary=True)
+        await full
+        return client, data
 
+    async def test_violation_from_a_peer_that_does_not_read(self) -> None:
+        client, data = await self._stall_client()
         client.tcp.write(raw_frame(OP_BINARY, b"x", b0_extra=0x40))  # then breaks the protocol
         code, why = await data.closed
         self.assertEqual((code, why), (CloseCode.GOING_AWAY, "peer connection lost"))
@@ -241,3 +253,41 @@ class StalledPeerTests(RelayTestCase):
         await client.lost
         self.assertEqual(self.relay.status()["links"], 0)
         self.assertEqual(self.relay_side(LinkProtocol), [])
+
+    async def test_unread_agent_is_not_dropped_for_its_pongs(self) -> None:
+        # While the relay does not read the agent, the agent's pongs wait unread in the
+        # socket: that must not count as a dead peer.
+        received = bytearray()
+        done: Deferred[None] = Deferred()
+
+        def on_message(payload: bytes, is_binary: bool) -> None:
+            received.extend(payload)
+            if payload == b"last":
+                done.callback(None)
+
+        pings: Deferred[None] = Deferred()
+        seen: list[bytes] = []
+
+        # The client is slow, not dead: its own side gets a long ping timeout, so that only
+        # the agent's side (pinged every second, its pongs unread) is on trial here.
+        client, data = await self._stall_client(
+            {"ping_interval": 1.0, "ping_timeout": 1.0}, client_ping_timeout=60.0
+        )
+        client.on_message = on_message
+        on_ping = data.onPing
+
+        def count(ping: bytes) -> None:
+            on_ping(ping)
+            seen.append(ping)
+            if len(seen) == 3:
+                pings.callback(None)
+
+        data.onPing = count  # type: ignore[method-assign]
+        await pings  # three pings, each one's pong unread: well past the 1 s timeout
+        self.assertFalse(data.closed.called)
+
+        data.sendMessage(b"last", isBinary=True)
+        client.tcp.resumeProducing()
+        await done
+        self.assertEqual(bytes(received), PAYLOAD * 200 + b"last")
+        self.assertEqual(self.relay.status()["links"], 1)

@@ -157,6 +157,21 @@ class RelayWebSocket(WebSocketServerProtocol):
         if not self._holds and self._tcp is not None:
             self._tcp.resumeProducing()
 
+    def onAutoPingTimeout(self) -> None:
+        # A peer we chose not to read (its partner is full, or its agent has not dialed in)
+        # may well have answered: the pong waits unread in the socket. Ask again later rather
+        # than drop a healthy link behind a slow reader; a dead partner is found by its own
+        # pings, and ends the splice.
+        if not self._holds:
+            super().onAutoPingTimeout()
+            return
+        self.autoPingTimeoutCall = None
+        self.autoPingPending = None
+        self.autoPingPendingCall = self.factory._batched_timer.call_later(
+            self.autoPingInterval,  # type: ignore[attr-defined]
+            self._sendAutoPing,
+        )
+
     def close(self, code: int, reason: str) -> None:
         """Close with CODE and REASON (any code, 1001 included), and read the peer's reply."""
         if self._relay_close is None:
