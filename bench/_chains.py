@@ -298,7 +298,34 @@ class Websocat(Chain):
         self.port = client_port
 
 
-CHAINS: dict[str, type[Chain]] = {c.name: c for c in (Direct, Nbbridge, Websocat, NbbridgeNginx)}
+class TwistedFloor(Chain):
+    """Three bare Twisted TCP forwarders (``_forward.py``): the floor for a Twisted chain."""
+
+    name = "twisted"
+    title = "bare Twisted forwarders x3"
+
+    def start(self) -> None:
+        import nbbridge
+
+        env = dict(os.environ)
+        here = str(Path(nbbridge.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        script = str(Path(__file__).with_name("_forward.py"))
+        target = self.target_port
+        for role in ("agent", "relay", "client"):
+            port = free_port()
+            child = Child(
+                f"fwd-{role}", [sys.executable, script, str(port), str(target)], self.work, env
+            )
+            self.children[role] = child
+            child.wait_listening(port)
+            target = port
+        self.port = target
+
+
+CHAINS: dict[str, type[Chain]] = {
+    c.name: c for c in (Direct, Nbbridge, Websocat, NbbridgeNginx, TwistedFloor)
+}
 
 
 def _children_of(pid: int) -> list[int]:

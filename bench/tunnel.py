@@ -1,12 +1,14 @@
-"""Tunnel benchmark: nbbridge beside direct TCP, websocat and nbbridge behind nginx.
+"""Tunnel benchmark: nbbridge beside direct TCP, websocat, nbbridge behind nginx, bare Twisted.
 
     .venv/bin/python bench/tunnel.py [--quick] [--runs N] [--json out.json] [--only CHAIN]
                                      [--profile DIR] [--markdown bench/RESULTS.md]
 
 (with ``PYTHONPATH=src`` in a checkout without an editable install). Starts everything on
 127.0.0.1 in a temporary directory: one target process (sink + echo, ``_target.py``), then
-each chain's real processes (``_chains.py``), and measures per chain, ``--runs`` times,
-with the runs of the chains interleaved so that a noisy machine hurts them alike:
+each chain's real processes (``_chains.py``; "twisted" is three bare Twisted TCP forwarders,
+``_forward.py``, the floor for any three-process chain on Twisted), and measures per chain,
+``--runs`` times, with the runs of the chains interleaved so that a noisy machine hurts them
+alike:
 
 * single-stream throughput (1 GiB; 256 MiB with --quick) and 8 parallel streams, MB/s;
 * 100-byte round trips over one connection, p50 and p99 (after a warm-up);
@@ -112,7 +114,8 @@ def select_chains(only: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Benchmark the nbbridge tunnel against direct TCP, websocat and nginx.",
+        description="Benchmark the nbbridge tunnel against direct TCP, websocat, nginx and"
+        " bare Twisted forwarders.",
     )
     parser.add_argument("--quick", action="store_true", help="1 run, 256 MiB: under a minute")
     parser.add_argument("--runs", type=int, help="runs per chain (default 3; 1 with --quick)")
