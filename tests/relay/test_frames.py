@@ -291,3 +291,31 @@ class StalledPeerTests(RelayTestCase):
         await done
         self.assertEqual(bytes(received), PAYLOAD * 200 + b"last")
         self.assertEqual(self.relay.status()["links"], 1)
+
+    async def test_two_stalled_peers_are_both_dropped(self) -> None:
+        # Each end full of the other's bytes: the relay reads neither, and no pong can be
+        # excused, or two dead peers would hold the link for ever.
+        await self.start_relay(make_config({"ping_interval": 1.0, "ping_timeout": 1.0}))
+        control = await self.agent()
+        client, data = await self.link(control)
+        ended: Deferred[None] = Deferred()
+        end_closed = Splice.end_closed
+
+        def watch(splice: Splice, end: Any, code: int | None, reason: str | None) -> None:
+            end_closed(splice, end, code, reason)
+            if not ended.called:
+                ended.callback(None)
+
+        self.patch(Splice, "end_closed", watch)
+        client.tcp.pauseProducing()
+        data.tcp.pauseProducing()
+        for _ in range(200):
+            client.sendMessage(PAYLOAD, isBinary=True)
+            data.sendMessage(PAYLOAD, isBinary=True)
+        await ended
+        self.assertEqual(self.relay.status()["links"], 0)
+        # Reading again, both see their connection gone.
+        client.tcp.resumeProducing()
+        data.tcp.resumeProducing()
+        await client.lost
+        await data.lost

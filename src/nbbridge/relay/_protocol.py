@@ -34,7 +34,7 @@ from ._auth import Refusal
 from ._config import Limits
 from ._contract import CloseCode, Route, RouteKind, dial_message, parse_bearer, registered_message
 from ._core import PendingLink, Relay
-from ._splice import Splice
+from ._splice import PEER_FULL, Splice
 from ._tracking import TrackedConnection
 
 _CONTROL_MAX_MESSAGE = 64 * 1024
@@ -158,19 +158,20 @@ class RelayWebSocket(WebSocketServerProtocol):
             self._tcp.resumeProducing()
 
     def onAutoPingTimeout(self) -> None:
-        # A peer we chose not to read (its partner is full, or its agent has not dialed in)
-        # may well have answered: the pong waits unread in the socket. Ask again later rather
-        # than drop a healthy link behind a slow reader; a dead partner is found by its own
-        # pings, and ends the splice.
-        if not self._holds:
+        if not self.pong_excused():
             super().onAutoPingTimeout()
             return
+        # Ask again later rather than drop a healthy peer behind a slow one.
         self.autoPingTimeoutCall = None
         self.autoPingPending = None
         self.autoPingPendingCall = self.factory._batched_timer.call_later(
             self.autoPingInterval,  # type: ignore[attr-defined]
             self._sendAutoPing,
         )
+
+    def pong_excused(self) -> bool:
+        """Whether a missing pong may be the relay's own doing rather than a dead peer."""
+        return False
 
     def close(self, code: int, reason: str) -> None:
         """Close with CODE and REASON (any code, 1001 included), and read the peer's reply."""
@@ -277,6 +278,15 @@ class _SpliceProtocol(DataFrames, RelayWebSocket):  # type: ignore[misc]
 
     def message_too_big(self, error: MessageTooBig) -> None:
         self._fail(CloseCode.TOO_BIG, self._too_big(error.size, error.limit))
+
+    def pong_excused(self) -> bool:
+        # Not read because the partner is full, the peer's pong may wait unread in the
+        # socket. The partner itself is read and so judged by its own pings: if it is dead,
+        # the splice ends. If both ends are held (each full of the other's bytes), neither
+        # is excused, or two dead peers would hold the link for ever.
+        if self.splice is None or PEER_FULL not in self._holds:
+            return False
+        return not self.splice.partner(self).reading_paused
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.splice is not None:

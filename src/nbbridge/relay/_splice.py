@@ -33,6 +33,10 @@ class SpliceEnd(Protocol):
     def relay_close(self) -> tuple[int, str] | None:
         """The code and reason the relay closed this end with, if it did."""
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the relay stopped reading this end's transport."""
+
     def send(self, frame: bytes) -> None:
         """Write FRAME, one or more whole WebSocket frames."""
 
@@ -71,7 +75,8 @@ class Splice:
         self.agent = agent
         self.ended = False
 
-    def _other(self, end: SpliceEnd) -> SpliceEnd:
+    def partner(self, end: SpliceEnd) -> SpliceEnd:
+        """The other end of the splice than END."""
         return self.agent if end is self.client else self.client
 
     def start(self, early: list[tuple[bytes, int]]) -> None:
@@ -87,7 +92,7 @@ class Splice:
         """SOURCE sent SIZE bytes of payload, re-framed as FRAME: send it to the other end."""
         if self.ended:
             return
-        self._other(source).send(frame)
+        self.partner(source).send(frame)
         self._relay.carried(self.link, size)
 
     def write_full_changed(self, end: SpliceEnd, full: bool) -> None:
@@ -95,9 +100,9 @@ class Splice:
         if self.ended:
             return
         if full:
-            self._other(end).hold_reading(PEER_FULL)
+            self.partner(end).hold_reading(PEER_FULL)
         else:
-            self._other(end).release_reading(PEER_FULL)
+            self.partner(end).release_reading(PEER_FULL)
 
     def end_closed(self, end: SpliceEnd, code: int | None, reason: str | None) -> None:
         """END closed: close the other end the same way and end the link."""
@@ -108,4 +113,4 @@ class Splice:
         if end.relay_close is not None:
             code, reason = end.relay_close
         onward_code, onward_reason = onward_close(code, reason)
-        self._other(end).close(onward_code, onward_reason)
+        self.partner(end).close(onward_code, onward_reason)
