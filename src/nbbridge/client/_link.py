@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTCP, IReactorTime
 from twisted.logger import Logger
@@ -127,13 +127,13 @@ class AgentLink:
         if self._session is not None and self._session.is_open:
             return succeed(self._session)
         if self._stopped:
-            return Deferred.fromCoroutine(_raise(LinkDown("the client is stopping")))
+            return fail(LinkDown("the client is stopping"))
         self._wanted = True
         recently_refused = (
             self._last_final_at is not None and self.clock.seconds() - self._last_final_at < 1.0
         )
         if self._attempt is None and recently_refused:
-            return Deferred.fromCoroutine(_raise(LinkDown(self._last_error)))
+            return fail(LinkDown(self._last_error))
         d: Deferred[MuxSession] = Deferred(lambda d: self._waiters.remove(d))
         self._waiters.append(d)
         d.addTimeout(self._wait, self.clock, onTimeoutCancel=self._timed_out)
@@ -242,7 +242,3 @@ class AgentLink:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(error)
-
-
-async def _raise(error: Exception) -> MuxSession:
-    raise error
