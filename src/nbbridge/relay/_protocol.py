@@ -26,8 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nbbridge._tuning import tune, write_now
-from nbbridge.transport._frames import DataFrames
-from nbbridge.wire._masking import mask_in_place
+from nbbridge.transport._frames import DataFrames, xor_frame
 from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
 
 from ._auth import Refusal
@@ -266,10 +265,7 @@ class _SpliceProtocol(DataFrames, RelayWebSocket):  # type: ignore[misc]
         else:
             opcode = OP_CONTINUATION
         header = frame_header(opcode, len(piece), fin=last)
-        frame = bytearray(header)
-        frame += piece
-        mask_in_place(frame, len(header), key, offset)
-        self.received(bytes(frame), len(piece))
+        self.received(xor_frame(header, (piece,), key, offset), len(piece))
 
     def received(self, frame: bytes, size: int) -> None:
         """FRAME, carrying SIZE payload bytes, is ready for the other end."""

@@ -13,13 +13,31 @@ reads (`_SpliceProtocol.on_data_piece`). See `nbbridge.wire.websocket` for why.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
 
+from nbbridge.wire._masking import mask_in_place
 from nbbridge.wire.websocket import FrameReader, FrameViolation, MessageTooBig
 
 _READING = (WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSING)
+
+
+def xor_frame(
+    header: bytes, pieces: Iterable[bytes | memoryview], key: bytes, offset: int = 0
+) -> bytes:
+    """A whole frame: HEADER, then PIECES joined and XORed with the masking KEY.
+
+    The same pass masks a client's payload and unmasks a peer's (OFFSET: where the first
+    piece starts in its frame's payload). One copy of the payload into the frame, one XOR
+    pass, and the bytes Twisted's ``write`` requires.
+    """
+    frame = bytearray(header)
+    for piece in pieces:
+        frame += piece
+    mask_in_place(frame, len(header), key, offset)
+    return bytes(frame)
 
 
 class DataFrames:

@@ -20,10 +20,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbbridge._tuning import tune, write_now
-from nbbridge.wire._masking import mask_in_place
 from nbbridge.wire.websocket import OP_BINARY, frame_header
 
-from ._frames import DataFrames
+from ._frames import DataFrames, xor_frame
 
 
 class LinkClosed(Exception):
@@ -138,18 +137,13 @@ class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore
     def send_binary(self, pieces: list[bytes] | tuple[bytes, ...]) -> None:
         """Send PIECES, joined, as one binary message, masked with a fresh key as a client must.
 
-        The frame is built, masked in place and written in one piece: one copy of the
-        payload into the frame, one XOR pass, and the bytes Twisted's ``write`` requires.
+        The frame is built, masked and written in one piece (see `xor_frame`).
         """
         if self.state != self.STATE_OPEN:
             return
         key = os.urandom(4)
         header = frame_header(OP_BINARY, sum(map(len, pieces)), key=key)
-        frame = bytearray(header)
-        for piece in pieces:
-            frame += piece
-        mask_in_place(frame, len(header), key)
-        write_now(self.transport, bytes(frame))
+        write_now(self.transport, xor_frame(header, pieces, key))
 
     def on_data_piece(
         self, piece: memoryview, key: bytes, offset: int, first: bool, last: bool
