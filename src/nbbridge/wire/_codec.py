@@ -259,5 +259,8 @@ class FrameDecoder:
                 break
             frames.append(decode_body(kind, flags, channel, view[pos + HEADER_SIZE : stop]))
             pos = stop
-        self._buffer = bytearray(view[pos:])
+        if pos or not self._buffer:
+            # Keep only what is left; a buffer nothing was taken from is kept as it is (a
+            # large frame arriving in many reads is then not copied again on every read).
+            self._buffer = bytearray(view[pos:])
         return frames
