@@ -357,7 +357,6 @@ class Responder(_Session):
     ) -> None:
         super().__init__(static, rekey_interval, max_records)
         self._authorized = authorized
-        self._handshake_seen = False
 
     def _is_authorized(self, key: PublicKey) -> bool:
         if isinstance(self._authorized, AuthorizedKeys):
@@ -369,9 +368,8 @@ class Responder(_Session):
         return self._fail(HandshakeError(reason))
 
     def _handshake(self, body: bytes) -> Event:
-        if self._handshake_seen:
-            return self._fail(HandshakeError("protocol error: second handshake record"))
-        self._handshake_seen = True
+        # A second HANDSHAKE record never gets here: the first one either completed the
+        # handshake (and _handle_other refuses another) or failed the session.
         hs = HandshakeState(initiator=False, static=self._static.to_x25519(), prologue=PROLOGUE)
         try:
             hs.read_message(body)
