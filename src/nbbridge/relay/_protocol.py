@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nbbridge._tuning import tune, write_now
-from nbbridge.transport._frames import DataFrames, xor_frame
+from nbbridge.transport._frames import DataFrames, cancel_close_timer, xor_frame
 from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
 
 from ._auth import Refusal
@@ -124,11 +124,7 @@ class RelayWebSocket(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
-        # Autobahn leaves its close-handshake timer running when the TCP connection ends before
-        # the peer's close reply was read (after a 1007, say): nothing is left for it to do.
-        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-        if call is not None:
-            call.cancel()
+        cancel_close_timer(self)
 
     def onConnect(self, request: Any) -> None:
         # Keep only the token; it is checked in onOpen so that a refusal is a close code.

@@ -40,6 +40,18 @@ def xor_frame(
     return bytes(frame)
 
 
+def cancel_close_timer(protocol: Any) -> None:
+    """Cancel the Autobahn PROTOCOL's close-handshake timer: call once the TCP connection is gone.
+
+    Autobahn leaves the timer running when the connection ends before the peer's close reply
+    was read (after a 1007, say); nothing is left for it to do. (It is txaio's batched call:
+    no ``active()``, but Autobahn sets it to None once fired.)
+    """
+    timer, protocol.closeHandshakeTimeoutCall = protocol.closeHandshakeTimeoutCall, None
+    if timer is not None:
+        timer.cancel()
+
+
 class DataFrames:
     """Mixin for an Autobahn WebSocketProtocol subclass (list it first among the bases)."""
 

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from nbbridge._tuning import tune, write_now
 from nbbridge.wire.websocket import OP_BINARY, frame_header
 
-from ._frames import DataFrames, xor_frame
+from ._frames import DataFrames, cancel_close_timer, xor_frame
 
 
 class LinkClosed(Exception):
@@ -164,12 +164,7 @@ class StreamClientProtocol(DataFrames, WebSocketClientProtocol):  # type: ignore
             self.textReceived(payload.decode("utf-8", "replace"))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        # Autobahn leaves its close-handshake timer running when the TCP connection is
-        # already gone; nothing is left for it to do.
-        # (It is txaio's batched call: no active(), but Autobahn sets it to None once fired.)
-        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-        if timer is not None:
-            timer.cancel()
+        cancel_close_timer(self)
         if self.stream is not None:
             self.stream.disconnecting = True
         inner, self.inner = self.inner, None
