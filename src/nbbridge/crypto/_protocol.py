@@ -127,13 +127,10 @@ class SecureProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._cancel_timers()
-        self._wbuf.clear()
-        self._wlen = 0
+        self._drop_writes()
         error = self._role.connection_lost()
         if self._result is None:
-            if error is None or not isinstance(error, HandshakeError):
-                text = error.reason if error else "connection closed before the handshake finished"
-                error = HandshakeError(text)
+            error = error or HandshakeError("connection closed before the handshake finished")
             self._log.info("secure channel closed during the handshake: {reason}", reason=error)
             self._resolve(error)
         if self._inner_connected:
@@ -173,8 +170,7 @@ class SecureProtocol(Protocol):
             return
         self._closing = True
         self._cancel_timers()
-        self._wbuf.clear()
-        self._wlen = 0
+        self._drop_writes()
         below: Any = self._below()
         if hasattr(below, "abortConnection"):
             below.abortConnection()
@@ -222,8 +218,7 @@ class SecureProtocol(Protocol):
         if not self._wbuf or self._failed or self._lost:
             return
         data = self._wbuf[0] if len(self._wbuf) == 1 else b"".join(self._wbuf)
-        self._wbuf.clear()
-        self._wlen = 0
+        self._drop_writes()
         try:
             pieces = self._role.encrypt_pieces(data)
         except SecureChannelError as e:
@@ -254,22 +249,22 @@ class SecureProtocol(Protocol):
             return
         self._failed = True
         self._cancel_timers()
-        self._wbuf.clear()
-        self._wlen = 0
+        self._drop_writes()
         self._log.warn(
             "secure channel with {peer} failed: {reason}",
             peer=self._peer_text(),
             reason=error.reason,
         )
-        if self._result is None:
-            if not isinstance(error, HandshakeError):
-                error = HandshakeError(error.reason)
-            self._resolve(error)
+        self._resolve(error)
         if not self._lost:
             self._below().loseConnection()
         if self._inner_connected:
             self._inner_connected = False
             self._wrapped.connectionLost(Failure(error))
+
+    def _drop_writes(self) -> None:
+        self._wbuf.clear()
+        self._wlen = 0
 
     def _cancel_timers(self) -> None:
         for call in (self._flush_call, self._timeout_call):
@@ -278,8 +273,11 @@ class SecureProtocol(Protocol):
         self._flush_call = self._timeout_call = None
 
     def _resolve(self, result: PublicKey | SecureChannelError) -> None:
+        """Settle the handshake; if the channel ended first, its waiters get a HandshakeError."""
         if self._result is not None:
             return
+        if isinstance(result, SecureChannelError) and not isinstance(result, HandshakeError):
+            result = HandshakeError(result.reason)
         self._result = result
         waiters, self._waiters = self._waiters, []
         for d in waiters:
