@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from _procs import Child, command_version, free_port
+from _procs import Child, child_env, command_version, free_port
 
 BIN = Path(sys.executable).parent
 SERVICE = "bench"
@@ -126,15 +126,10 @@ class Nbbridge(Chain):
     behind_nginx = False
 
     def start(self) -> None:
-        import nbbridge
         from nbbridge.demo import write_tunnel_files
 
         work = self.work
-        env = dict(os.environ)
-        env.pop("NBBRIDGE_TOKEN", None)
-        # The processes run the nbbridge this script imported, not whatever copy is installed.
-        here = str(Path(nbbridge.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        env = child_env()
         agent_key = write_tunnel_files(work, agent="bench", client="bench")
         relay_port, forward_port = free_port(), free_port()
         twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
@@ -305,11 +300,7 @@ class TwistedFloor(Chain):
     title = "bare Twisted forwarders x3"
 
     def start(self) -> None:
-        import nbbridge
-
-        env = dict(os.environ)
-        here = str(Path(nbbridge.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        env = child_env()
         script = str(Path(__file__).with_name("_forward.py"))
         target = self.target_port
         for role in ("agent", "relay", "client"):

@@ -37,6 +37,20 @@ def listening(port: int) -> bool:
     return False
 
 
+def child_env() -> dict[str, str]:
+    """Our environment for a child, minus $NBBRIDGE_TOKEN, with this nbbridge on PYTHONPATH.
+
+    The processes run the nbbridge this script imported, not whatever copy is installed.
+    """
+    import nbbridge
+
+    env = dict(os.environ)
+    env.pop("NBBRIDGE_TOKEN", None)
+    here = str(Path(nbbridge.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class Child:
     """A child process whose output goes to a log file we can wait on."""
 

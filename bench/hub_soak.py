@@ -26,11 +26,7 @@ from __future__ import annotations
 import argparse
 import array
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,46 +36,26 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall, deferLater
+
+from _procs import Child, child_env, cpu_seconds, free_port, rss_kib
 
 reactor: Any = _reactor
 HEADER = struct.Struct("!Qd")  # message number, send time (time.time())
-SRC = Path(__file__).resolve().parent.parent / "src"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of PID in MiB, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds PID has used, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 class Relay:
     """`twistd -n --pidfile= nbbridge-relay` on a free loopback port, its log in WORKDIR."""
 
     def __init__(self, workdir: Path, queue_bytes: int) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         config = workdir / "relay.toml"
         largest = min(queue_bytes, 2 * 1024 * 1024)
         config.write_text(f"[hub]\nqueue_bytes = {queue_bytes}\nmax_message_size = {largest}\n")
         twistd = Path(sys.executable).parent / "twistd"
-        self.log_path = workdir / "relay.log"
-        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(
+        self.child = Child(
+            "relay",
             [
                 str(twistd),
                 "-n",
@@ -90,22 +66,22 @@ class Relay:
                 "--config",
                 str(config),
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
+            workdir,
+            child_env(),
         )
-        deadline = time.monotonic() + 60
-        while b"nbbridge relay listening on" not in self.log_path.read_bytes():
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"relay did not start:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+        self.child.wait_for("nbbridge relay listening on")
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.child.pid
+
+    def rss_mib(self) -> float:
+        kib = rss_kib(self.pid)
+        return float("nan") if kib is None else kib / 1024
+
+    def cpu_seconds(self) -> float:
+        seconds = cpu_seconds(self.pid)
+        return float("nan") if seconds is None else seconds
 
     def stats(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.port}/stats/json"
@@ -113,14 +89,7 @@ class Relay:
             return dict(json.load(response))
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
+        self.child.stop()
 
 
 class Receiver(WebSocketClientProtocol):
@@ -224,7 +193,7 @@ class Soak:
             self.unexpected_closes.append((code, reason))
 
     def sample_rss(self, label: str) -> None:
-        self.rss.append((label, rss_mib(self.relay.pid)))
+        self.rss.append((label, self.relay.rss_mib()))
         print(f"  relay RSS {label}: {self.rss[-1][1]:.1f} MiB", flush=True)
 
     async def run(self) -> None:
@@ -239,7 +208,7 @@ class Soak:
         start = time.monotonic()
         warm_end = start + args.warmup
         end = warm_end + args.minutes * 60
-        relay_cpu = {"start": cpu_seconds(self.relay.pid)}
+        relay_cpu = {"start": self.relay.cpu_seconds()}
         own_cpu = {"start": time.process_time()}
         next_minute = warm_end + 60
         done: Deferred[None] = Deferred()
@@ -252,7 +221,7 @@ class Soak:
             if not self.measuring and now >= warm_end:
                 self.measuring = True
                 self.sent_measured = 0
-                relay_cpu["warm"] = cpu_seconds(self.relay.pid)
+                relay_cpu["warm"] = self.relay.cpu_seconds()
                 own_cpu["warm"] = time.process_time()
                 self.measure_start = now
                 self.sample_rss("after warm-up")
@@ -276,10 +245,10 @@ class Soak:
         loop.start(self.TICK)
         await done
         measured = time.monotonic() - self.measure_start
-        relay_cpu["end"] = cpu_seconds(self.relay.pid)
+        relay_cpu["end"] = self.relay.cpu_seconds()
         own_cpu["end"] = time.process_time()
         # Let what is in flight arrive (bounded), then read the relay's own counters.
-        await _later(1.0)
+        await deferLater(reactor, 1.0)
         self.sample_rss("at end")
         self.report(measured, relay_cpu, own_cpu)
         self.stopping = True
@@ -287,7 +256,7 @@ class Soak:
             stalled.transport.resumeProducing()
         for protocol in [*self.receivers, *self.stalled, sender]:
             protocol.sendClose(1000)
-        await DeferredList([_later(2.0)])
+        await deferLater(reactor, 2.0)
 
     def report(self, measured: float, relay_cpu: dict[str, float], own: dict[str, float]) -> None:
         args = self.args
@@ -341,12 +310,6 @@ class Soak:
         )
         if self.unexpected_closes:
             print(f"  UNEXPECTED CLOSES     {self.unexpected_closes[:5]}")
-
-
-def _later(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 def main() -> None:
