@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from _chains import BIN
+from _procs import Child
 
 RATE = 200
 #: Leaf frames where the reactor thread waits for events rather than works.
@@ -25,13 +25,13 @@ _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)
 
 
 class Sampler:
-    """py-spy recording one process until stopped."""
+    """py-spy recording one process until stopped; its own output in OUT.pyspy.log."""
 
     def __init__(self, pid: int, out: Path) -> None:
         self.out = out
-        self._log = open(out.with_suffix(".pyspy.log"), "wb")  # noqa: SIM115
         self.started = time.monotonic()
-        self.popen = subprocess.Popen(
+        self._child = Child(
+            f"{out.stem}.pyspy",
             [
                 str(BIN / "py-spy"),
                 "record",
@@ -43,25 +43,15 @@ class Sampler:
                 "raw",
                 "--function",
                 "--output",
-                str(out),
+                str(out.resolve()),
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            out.parent,
         )
         self.duration = 0.0
 
     def stop(self) -> None:
         self.duration = time.monotonic() - self.started
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
+        self._child.stop(signal.SIGINT)
 
 
 def available() -> bool:
