@@ -290,11 +290,10 @@ class Channel:
         self._lose(Failure(SessionClosed(reason)))
 
     def _pause_producer(self, why: str) -> None:
-        if not self._producer_paused_for and self._producer is not None and self._streaming:
-            self._producer_paused_for |= {why}
+        was_paused = bool(self._producer_paused_for)
+        self._producer_paused_for |= {why}
+        if not was_paused and self._producer is not None and self._streaming:
             cast(IPushProducer, self._producer).pauseProducing()
-        else:
-            self._producer_paused_for |= {why}
 
     def _resume_producer(self, why: str) -> None:
         if why not in self._producer_paused_for:
@@ -360,11 +359,10 @@ class Channel:
             half = IHalfCloseableProtocol(self._protocol, None)
             if half is not None and not self._full_close:
                 half.readConnectionLost()
-                self._maybe_finish()
             else:
                 # A protocol without half-close sees the peer's CLOSE as the end, as with TCP.
                 self.loseConnection()
-                self._maybe_finish()
+            self._maybe_finish()
 
     def _consumed(self, n: int) -> None:
         self._unacked += n
