@@ -305,9 +305,7 @@ class MuxSession(Protocol):
             if self._closed_reason is not None:
                 channel._on_session_lost(self._closed_reason)
                 return
-            self.channels[cid] = channel
-            if self._paused:
-                channel._pause_producer("session")
+            self._add(channel)
             self._write(encode(OpenOk(cid, self._window)))
             channel._set_ready()
 
@@ -337,10 +335,14 @@ class MuxSession(Protocol):
             return
         service, metadata = self._open_requests.pop(cid)
         channel = Channel(self, cid, service, metadata, self._window, frame.window)
-        self.channels[cid] = channel
+        self._add(channel)
+        d.callback(channel)
+
+    def _add(self, channel: Channel) -> None:
+        """Put an open channel in the table, paused like the others if the session is."""
+        self.channels[channel.id] = channel
         if self._paused:
             channel._pause_producer("session")
-        d.callback(channel)
 
     def _on_reset(self, frame: Reset) -> None:
         cid = frame.channel
