@@ -66,15 +66,22 @@ class Authority:
                 found = Identity("client", name)
         return found
 
-    def check_agent(self, agent: str, token: str | None) -> Refusal | None:
-        """May TOKEN act as agent AGENT (control or data connection)?"""
-        if self.config is None:
-            return None
+    def _bearer(self, token: str | None) -> Identity | Refusal:
+        """The identity TOKEN proves, or why it proves none."""
         if token is None:
             return Refusal(CloseCode.BAD_TOKEN, "missing bearer token")
         who = self.identify(token)
         if who is None:
             return Refusal(CloseCode.BAD_TOKEN, "token not recognised")
+        return who
+
+    def check_agent(self, agent: str, token: str | None) -> Refusal | None:
+        """May TOKEN act as agent AGENT (control or data connection)?"""
+        if self.config is None:
+            return None
+        who = self._bearer(token)
+        if isinstance(who, Refusal):
+            return who
         if who.kind != "agent":
             return Refusal(CloseCode.NOT_PERMITTED, f"a client token cannot act as agent {agent!r}")
         if who.name != agent:
@@ -87,11 +94,9 @@ class Authority:
         """May TOKEN open a link to agent AGENT? Returns the client's identity if so."""
         if self.config is None:
             return ANYONE
-        if token is None:
-            return Refusal(CloseCode.BAD_TOKEN, "missing bearer token")
-        who = self.identify(token)
-        if who is None:
-            return Refusal(CloseCode.BAD_TOKEN, "token not recognised")
+        who = self._bearer(token)
+        if isinstance(who, Refusal):
+            return who
         if who.kind != "client":
             return Refusal(CloseCode.NOT_PERMITTED, "an agent token cannot open a client link")
         allowed = self.config.clients[who.name].agents
