@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -35,17 +35,6 @@ from ._support import Inner, Keys
 
 reactor: Any = _reactor
 TEN_MB = 10 * 1024 * 1024
-
-
-def async_test(
-    method: Callable[[Any], Coroutine[Any, Any, None]],
-) -> Callable[[Any], Deferred[None]]:
-    def run(self: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(method(self))
-
-    run.__name__ = method.__name__
-    run.__doc__ = method.__doc__
-    return run
 
 
 def port_number(port: IListeningPort) -> int:
@@ -128,7 +117,6 @@ class LoopbackTests(TestCase):
         """tearDown: every connection closed and the port shut before the next test."""
         return Deferred.fromCoroutine(self._wait_closed(channel, port))
 
-    @async_test
     async def test_ten_megabytes_round_trip(self) -> None:
         keys = Keys()
         port = await self.start_agent(keys)
@@ -148,7 +136,6 @@ class LoopbackTests(TestCase):
         assert isinstance(peer, IPv4Address)
         self.assertEqual(peer.host, "127.0.0.1")
 
-    @async_test
     async def test_rekey_crossing(self) -> None:
         """A small rekey interval: many rekeys each way during one transfer."""
         keys = Keys()
@@ -166,12 +153,8 @@ class LoopbackTests(TestCase):
         self.assertGreaterEqual(channel._role._sent, 16)
 
     async def next_turn(self) -> None:
-        d: Deferred[None] = Deferred()
-        clock: IReactorTime = reactor
-        clock.callLater(0, d.callback, None)
-        await d
+        await deferLater(reactor, 0, lambda: None)
 
-    @async_test
     async def test_unauthorized_client(self) -> None:
         keys = Keys()
         port = await self.start_agent(keys, authorized=lambda key: False)
@@ -189,7 +172,6 @@ class LoopbackTests(TestCase):
         self.assertFalse(inner.made.called)
         self.assertFalse(self.factory.inners[0].made.called)
 
-    @async_test
     async def test_wrong_pinned_key(self) -> None:
         keys = Keys()
         port = await self.start_agent(keys)
@@ -203,7 +185,6 @@ class LoopbackTests(TestCase):
         await channel.closed
         self.assertFalse(inner.made.called)
 
-    @async_test
     async def test_agent_side_close(self) -> None:
         keys = Keys()
         port = await self.start_agent(keys)
@@ -266,7 +247,6 @@ class MisbehavingClientTests(TestCase):
         assert client.transport is not None
         client.transport.write(data)
 
-    @async_test
     async def test_tampered(self) -> None:
         client, inner = await self.agent_and_client()
         wire = bytearray(client.session.encrypt(b"hello agent"))
@@ -275,7 +255,6 @@ class MisbehavingClientTests(TestCase):
         await self.assert_ended(client, inner, AUTH_FAILED)
         self.assertEqual(bytes(inner.received), b"")
 
-    @async_test
     async def test_replayed(self) -> None:
         client, inner = await self.agent_and_client()
         wire = client.session.encrypt(b"once")
@@ -283,14 +262,12 @@ class MisbehavingClientTests(TestCase):
         await self.assert_ended(client, inner, AUTH_FAILED)
         self.assertEqual(bytes(inner.received), b"once")
 
-    @async_test
     async def test_reordered(self) -> None:
         client, inner = await self.agent_and_client()
         first, second = client.session.encrypt(b"first"), client.session.encrypt(b"second")
         self.send(client, second + first)
         await self.assert_ended(client, inner, AUTH_FAILED)
 
-    @async_test
     async def test_truncated(self) -> None:
         client, inner = await self.agent_and_client()
         self.send(client, client.session.encrypt(b"a whole sentence")[:-4])
@@ -298,7 +275,6 @@ class MisbehavingClientTests(TestCase):
         client.transport.loseConnection()
         await self.assert_ended(client, inner, TRUNCATED)
 
-    @async_test
     async def test_oversize_record(self) -> None:
         client, inner = await self.agent_and_client()
         self.send(client, struct.pack(">IB", MAX_RECORD_LENGTH + 1, TRANSPORT))
