@@ -253,44 +253,21 @@ class Websocat(Chain):
     def start(self) -> None:
         ws = websocat_path()
         assert ws is not None
-        middle_port, server_port, client_port = free_port(), free_port(), free_port()
-        server = Child(
-            "ws-server",
-            [
-                ws,
-                *WEBSOCAT_FLAGS,
-                f"ws-l:127.0.0.1:{server_port}",
-                f"tcp:127.0.0.1:{self.target_port}",
-            ],
-            self.work,
-        )
-        self.children["agent"] = server
-        server.wait_listening(server_port)
-        middle = Child(
-            "ws-middle",
-            [
-                ws,
-                *WEBSOCAT_FLAGS,
-                f"ws-l:127.0.0.1:{middle_port}",
-                f"ws://127.0.0.1:{server_port}/",
-            ],
-            self.work,
-        )
-        self.children["relay"] = middle
-        middle.wait_listening(middle_port)
-        client = Child(
-            "ws-client",
-            [
-                ws,
-                *WEBSOCAT_FLAGS,
-                f"tcp-l:127.0.0.1:{client_port}",
-                f"ws://127.0.0.1:{middle_port}/",
-            ],
-            self.work,
-        )
-        self.children["client"] = client
-        client.wait_listening(client_port)
-        self.port = client_port
+        # Built from the target outwards: each listens and dials the one built before it.
+        onward = f"tcp:127.0.0.1:{self.target_port}"
+        for role, name, listen in (
+            ("agent", "ws-server", "ws-l"),
+            ("relay", "ws-middle", "ws-l"),
+            ("client", "ws-client", "tcp-l"),
+        ):
+            port = free_port()
+            child = Child(
+                name, [ws, *WEBSOCAT_FLAGS, f"{listen}:127.0.0.1:{port}", onward], self.work
+            )
+            self.children[role] = child
+            child.wait_listening(port)
+            onward = f"ws://127.0.0.1:{port}/"
+        self.port = port
 
 
 class TwistedFloor(Chain):
