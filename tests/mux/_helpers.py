@@ -6,12 +6,15 @@ import hashlib
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from nbbridge.mux import Acceptor, MuxSession
 from tests._loopback import Collector
@@ -35,6 +38,7 @@ def lost_reason(test: TestCase, collector: Collector) -> Failure:
     return collector.reason
 
 
+@implementer(IHalfCloseableProtocol)
 class HalfCloseEcho(Protocol):
     """Echoes, and closes its writing side when the peer closes its own (like `cat`)."""
 
@@ -48,6 +52,7 @@ class HalfCloseEcho(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
+@implementer(IHalfCloseableProtocol)
 class HashSink(Protocol):
     """Hashes everything it receives; replies with the digest once the peer half-closes."""
 
@@ -67,22 +72,11 @@ class HashSink(Protocol):
         pass
 
 
-def half_closeable(cls: type[Protocol]) -> type[Protocol]:
-    from twisted.internet.interfaces import IHalfCloseableProtocol
-    from zope.interface import classImplements
-
-    classImplements(cls, IHalfCloseableProtocol)
-    return cls
-
-
-half_closeable(HalfCloseEcho)
-half_closeable(HashSink)
-
-
 def tcp_endpoint(port: int) -> TCP4ClientEndpoint:
     return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
 
 
+@implementer(IStreamClientEndpoint)
 class StringEndpoint:
     """An in-memory 'service': connect() puts the protocol on a StringTransport.
 
@@ -91,22 +85,11 @@ class StringEndpoint:
     """
 
     def __init__(self) -> None:
-        from twisted.internet.testing import StringTransport
-
-        self._transport_class = StringTransport
         self.connections: list[tuple[Protocol, Any]] = []
 
     def connect(self, factory: Factory) -> Deferred[Protocol]:
-        from twisted.internet.defer import succeed
-
         protocol = factory.buildProtocol(None)
-        transport = self._transport_class()
+        transport = StringTransport()
         protocol.makeConnection(transport)
         self.connections.append((protocol, transport))
         return succeed(protocol)
-
-
-from twisted.internet.interfaces import IStreamClientEndpoint  # noqa: E402
-from zope.interface import classImplements  # noqa: E402
-
-classImplements(StringEndpoint, IStreamClientEndpoint)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from nbbridge.mux import (
     Channel,
@@ -350,6 +353,7 @@ class CloseTests(TestCase):
         self.failureResultOf(a.open("s"), SessionClosed)
 
 
+@implementer(IHalfCloseableProtocol)
 class HalfCollector(Collector):
     read_closed = False
 
@@ -360,15 +364,7 @@ class HalfCollector(Collector):
         pass
 
 
-from twisted.internet.interfaces import IHalfCloseableProtocol  # noqa: E402
-from zope.interface import classImplements  # noqa: E402
-
-classImplements(HalfCollector, IHalfCloseableProtocol)
-
-
-def _done():  # type: ignore[no-untyped-def]
-    from twisted.python.failure import Failure
-
+def _done() -> Failure:
     return Failure(ConnectionDone())
 
 
