@@ -131,28 +131,29 @@ def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
             raise fail(key, "must be a table")
         return value
 
-    agents: dict[str, bytes] = {}
-    for name, entry in table("agents").items():
-        key = f"agents.{name}"
+    def named_entry(kind: str, name: str, entry: Any, keys: set[str]) -> bytes:
+        """Check the table [agents.NAME] or [clients.NAME] (KIND), whose keys may be KEYS.
+
+        Returns the digest of its token.
+        """
+        key = f"{kind}s.{name}"
         if not valid_name(name):
-            raise fail(key, "invalid agent name (letters, digits, '.', '_', '-'; max 64)")
+            raise fail(key, f"invalid {kind} name (letters, digits, '.', '_', '-'; max 64)")
         if not isinstance(entry, dict):
             raise fail(key, "must be a table")
-        for extra in entry.keys() - {"token_sha256"}:
+        for extra in entry.keys() - keys:
             raise fail(f"{key}.{extra}", "unknown key")
-        agents[name] = token_hash(key, entry)
+        return token_hash(key, entry)
+
+    agents: dict[str, bytes] = {}
+    for name, entry in table("agents").items():
+        agents[name] = named_entry("agent", name, entry, {"token_sha256"})
 
     clients: dict[str, ClientEntry] = {}
     for name, entry in table("clients").items():
-        key = f"clients.{name}"
-        if not valid_name(name):
-            raise fail(key, "invalid client name (letters, digits, '.', '_', '-'; max 64)")
-        if not isinstance(entry, dict):
-            raise fail(key, "must be a table")
-        for extra in entry.keys() - {"token_sha256", "agents"}:
-            raise fail(f"{key}.{extra}", "unknown key")
-        digest = token_hash(key, entry)
-        clients[name] = ClientEntry(digest, _client_agents(fail, f"{key}.agents", entry, agents))
+        digest = named_entry("client", name, entry, {"token_sha256", "agents"})
+        key = f"clients.{name}.agents"
+        clients[name] = ClientEntry(digest, _client_agents(fail, key, entry, agents))
 
     hub = parse_hub_config(fail, table("hub"))
     return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")), hub)
