@@ -287,8 +287,6 @@ class _Session:
 class Initiator(_Session):
     """The side that knows whom it calls (the client): it pins the responder's key."""
 
-    is_initiator: Final = True
-
     def __init__(
         self,
         static: PrivateKey,
@@ -344,8 +342,6 @@ class Initiator(_Session):
 
 class Responder(_Session):
     """The side that accepts calls (the agent): it admits only authorized initiators."""
-
-    is_initiator: Final = False
 
     def __init__(
         self,
