@@ -7,6 +7,7 @@ after a truncated stream, but a reset (or at least an error with fewer bytes).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -79,6 +80,24 @@ class FaultTestCase(TunnelTestCase):
         # No data past the cut was invented: what arrived is the source's stream, in order.
         self.assertEqual(flows.down.received_hash.digest(), _pattern_digest(flows.down.received))
 
+    async def relay_gone_and_back(self, take_down: Callable[[], Awaitable[None]]) -> None:
+        """The in-process relay is taken down mid-transfer and started again on its port."""
+        services = await self.serve_all()
+        await self.start_relay()
+        await self.start_agent(services)
+        client = await self.start_client(forward=["echo", "source", "sink"])
+        flows = await self.transfers(client)
+        port = self.relay_port
+
+        mark = self.logs.mark()
+        await take_down()
+        await self.assert_cut(flows)
+
+        await self.start_relay(port)
+        self.assertEqual(self.relay_port, port)
+        await self.wait_agent_online(since=mark)
+        await self.assert_back(client, since=mark)
+
     async def assert_back(self, client: Client, since: int) -> None:
         """Agent and client reconnected by themselves, and new connections work."""
         # Both retry with backoff (with jitter); a slow machine may need a few rounds.
@@ -102,21 +121,7 @@ def _pattern_digest(n: int) -> bytes:
 class RelayDiesTests(FaultTestCase):
     async def test_relay_dies_in_process(self) -> None:
         """The relay's port closes and its connections drop; it comes back on the same port."""
-        services = await self.serve_all()
-        await self.start_relay()
-        await self.start_agent(services)
-        client = await self.start_client(forward=["echo", "source", "sink"])
-        flows = await self.transfers(client)
-        port = self.relay_port
-
-        mark = self.logs.mark()
-        await self.kill_relay()
-        await self.assert_cut(flows)
-
-        await self.start_relay(port)
-        self.assertEqual(self.relay_port, port)
-        await self.wait_agent_online(since=mark)
-        await self.assert_back(client, since=mark)
+        await self.relay_gone_and_back(self.kill_relay)
 
     async def test_relay_process_killed(self) -> None:
         """``twistd nbbridge-relay`` gets SIGKILL mid-transfer, and is started again."""
@@ -192,20 +197,7 @@ class RelayRestartTests(FaultTestCase):
     """The relay is stopped as an operator would (1001 to everyone) and started again."""
 
     async def test_relay_restarts_gracefully(self) -> None:
-        services = await self.serve_all()
-        await self.start_relay()
-        await self.start_agent(services)
-        client = await self.start_client(forward=["echo", "source", "sink"])
-        flows = await self.transfers(client)
-        port = self.relay_port
-
-        mark = self.logs.mark()
-        await self.stop_relay()
-        await self.assert_cut(flows)
-
-        await self.start_relay(port)
-        await self.wait_agent_online(since=mark)
-        await self.assert_back(client, since=mark)
+        await self.relay_gone_and_back(self.stop_relay)
 
     async def test_client_writes_while_the_relay_closes_its_link(self) -> None:
         """The client has data for a link whose close the relay started: it is dropped quietly.
