@@ -341,19 +341,25 @@ class ViolationTests(SynchronousTestCase):
     def test_close_frame_with_a_one_byte_body(self) -> None:
         self.assert_violation(frame(OP_CLOSE, b"\x03"), "1-byte body")
 
+    def assert_too_big(self, data: bytes, *, masked: bool = False, prefix: bytes = b"") -> Recorder:
+        """DATA takes a message to 101 bytes, past a limit of 100: MessageTooBig (1009)."""
+        recorder, error = self.assert_violation(
+            data,
+            "message of 101 bytes or more exceeds the limit of 100 bytes",
+            masked=masked,
+            prefix=prefix,
+            code=1009,
+            max_message=100,
+            kind=MessageTooBig,
+        )
+        assert isinstance(error, MessageTooBig)
+        self.assertEqual((error.size, error.limit), (101, 100))
+        return recorder
+
     def test_single_frame_over_the_limit(self) -> None:
         for masked in (False, True):
             key = KEY if masked else b""
-            _, error = self.assert_violation(
-                frame(OP_BINARY, b"x" * 101, key=key),
-                "message of 101 bytes or more exceeds the limit of 100 bytes",
-                masked=masked,
-                code=1009,
-                max_message=100,
-                kind=MessageTooBig,
-            )
-            assert isinstance(error, MessageTooBig)
-            self.assertEqual((error.size, error.limit), (101, 100))
+            self.assert_too_big(frame(OP_BINARY, b"x" * 101, key=key), masked=masked)
             # Only the header is needed to know: the payload need not have arrived.
             reader, recorder = reader_for(masked=masked, max_message=100)
             with self.assertRaises(MessageTooBig):
@@ -368,16 +374,7 @@ class ViolationTests(SynchronousTestCase):
         """
         prefix = frame(OP_BINARY, b"a" * 60, fin=False) + frame(OP_PING, b"p")
         prefix += frame(OP_CONTINUATION, b"b" * 30, fin=False)
-        recorder, error = self.assert_violation(
-            frame(OP_CONTINUATION, b"c" * 11),
-            "message of 101 bytes or more exceeds the limit of 100 bytes",
-            prefix=prefix,
-            code=1009,
-            max_message=100,
-            kind=MessageTooBig,
-        )
-        assert isinstance(error, MessageTooBig)
-        self.assertEqual((error.size, error.limit), (101, 100))
+        recorder = self.assert_too_big(frame(OP_CONTINUATION, b"c" * 11), prefix=prefix)
         self.assertEqual(recorder.pieces, [b"a" * 60, b"b" * 30])
         self.assertNotIn(b"c" * 11, b"".join(recorder.pieces))
 
