@@ -11,6 +11,8 @@ from nbbridge.hub._routes import BadRoute
 from nbbridge.relay import hash_token
 from nbbridge.relay._config import ConfigError, load_config, parse_config
 
+from ..relay._harness import FileTestCase
+
 GOOD = f"""
 [hub]
 prefix = "/lab/hub/"
@@ -32,13 +34,7 @@ read = ["*"]
 """
 
 
-class HubConfigTests(unittest.TestCase):
-    def write(self, text: str) -> str:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
+class HubConfigTests(FileTestCase):
     def test_good_file(self) -> None:
         config = load_config(self.write(GOOD)).hub
         self.assertEqual(config.prefix, "/lab/hub")

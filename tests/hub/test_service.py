@@ -15,6 +15,7 @@ from twisted.web.client import HTTPConnectionPool
 from nbbridge.relay import hash_token
 from nbbridge.relay.tap import Options, makeService
 
+from ..relay._harness import FileTestCase
 from ..relay._ws import Connector
 from ..relay.test_tap import SRC, _Twistd
 from ._schema import DOCUMENT, check
@@ -36,13 +37,7 @@ send = ["camera"]
 """
 
 
-class MakeServiceTests(unittest.TestCase):
-    def write(self, text: str) -> str:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
+class MakeServiceTests(FileTestCase):
     def test_hub_section(self) -> None:
         options = Options()
         options.parseOptions(["--config", self.write(CONFIG)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -50,6 +51,19 @@ def make_config(limits: dict[str, Any] | None = None) -> RelayConfig:
         },
         "test.toml",
     )
+
+
+class FileTestCase(unittest.TestCase):
+    """A test case that writes files (a relay.toml, say) under its own temporary path."""
+
+    def write(self, text: str, mode: int | None = None) -> str:
+        """A new file holding TEXT (with permissions MODE, if given); returns its path."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        if mode is not None:
+            os.chmod(path, mode)
+        return path
 
 
 def write_buffered(protocol: Any) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.trial import unittest
-
 from nbbridge._secrets import token_digest
 from nbbridge.relay import hash_token
 from nbbridge.relay._auth import Authority, Identity, check_admin
 from nbbridge.relay._config import ConfigError, Limits, load_config, parse_config
+
+from ._harness import FileTestCase
 
 GOOD = """
 [agents.gpu]
@@ -30,13 +30,7 @@ dial_timeout = 2.5
 """
 
 
-class ConfigTests(unittest.TestCase):
-    def write(self, text: str) -> str:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
+class ConfigTests(FileTestCase):
     def test_good_file(self) -> None:
         path = self.write(
             GOOD.format(gpu=hash_token("g"), laptop=hash_token("l"), ops=hash_token("o").upper())

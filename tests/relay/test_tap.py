@@ -26,6 +26,8 @@ from nbbridge.relay import hash_token, tap
 from nbbridge.relay._service import RelayService
 from nbbridge.relay.tap import Options, makeService
 
+from ._harness import FileTestCase
+
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 
@@ -35,13 +37,9 @@ def make(*argv: str) -> RelayService:
     return makeService(options, reactor=reactor)
 
 
-class OptionsTests(unittest.TestCase):
-    def write(self, text: str, mode: int = 0o600) -> str:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, mode)
-        return path
+class OptionsTests(FileTestCase):
+    def write(self, text: str, mode: int | None = 0o600) -> str:
+        return super().write(text, mode)
 
     def assertExit(self, argv: list[str], expected: str) -> str:
         with self.assertRaises(SystemExit) as caught:
