@@ -1,6 +1,8 @@
-"""Shared test pieces: a recording inner protocol and key sets."""
+"""Shared test pieces: a recording inner protocol, key sets, and a record splitter."""
 
 from __future__ import annotations
+
+import struct
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -49,3 +51,13 @@ class Keys:
         self.agent = PrivateKey.generate()
         self.stranger = PrivateKey.generate()
         self.authorized = AuthorizedKeys.from_keys([(self.client.public_key, "test client")])
+
+
+def split_records(data: bytes) -> list[bytes]:
+    """Cut a byte stream into whole records (header included)."""
+    out = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        out.append(data[: 4 + length])
+        data = data[4 + length :]
+    return out

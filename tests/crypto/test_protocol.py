@@ -28,16 +28,12 @@ from nbbridge.crypto import (
 )
 from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED
 
-from ._support import Inner, Keys
+from ._support import Inner, Keys, split_records
 
 
 def record_lengths(data: bytes) -> list[int]:
-    lengths = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        lengths.append(length)
-        data = data[4 + length :]
-    return lengths
+    """The length field of each record in DATA."""
+    return [len(record) - 4 for record in split_records(data)]
 
 
 class Harness:

@@ -25,15 +25,7 @@ from nbbridge.crypto import (
 )
 from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED, Event, record
 
-
-def split_records(data: bytes) -> list[bytes]:
-    """Cut a byte stream into whole records (header included)."""
-    out = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        out.append(data[: 4 + length])
-        data = data[4 + length :]
-    return out
+from ._support import split_records
 
 
 class Pair:
