@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from nbbridge.agent.tap import Options, makeService
 from nbbridge.crypto import PrivateKey, write_private_key
+from nbbridge.demo import write_secret
 
 
 class AgentOptionsTests(TestCase):
@@ -20,10 +22,7 @@ class AgentOptionsTests(TestCase):
         self.authorized = os.path.join(self.dir, "authorized_keys")
         with open(self.authorized, "w") as f:
             f.write(f"# laptops\n{PrivateKey.generate().public_key.to_text()} laptop\n")
-        self.token = os.path.join(self.dir, "token")
-        with open(self.token, "w") as f:
-            f.write("s3cret\n")
-        os.chmod(self.token, 0o600)
+        self.token = str(write_secret(Path(self.dir, "token"), "s3cret"))
 
     def args(self, *extra: str) -> list[str]:
         return [

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from nbbridge.client.tap import Options, makeService
 from nbbridge.crypto import PrivateKey, write_private_key
+from nbbridge.demo import write_secret
 
 
 class ClientOptionsTests(TestCase):
@@ -18,10 +20,7 @@ class ClientOptionsTests(TestCase):
         self.key = os.path.join(self.dir, "client.key")
         write_private_key(self.key, PrivateKey.generate())
         self.agent_key = PrivateKey.generate().public_key.to_text()
-        self.token = os.path.join(self.dir, "token")
-        with open(self.token, "w") as f:
-            f.write("s3cret\n")
-        os.chmod(self.token, 0o600)
+        self.token = str(write_secret(Path(self.dir, "token"), "s3cret"))
 
     def args(self, *extra: str) -> list[str]:
         return [

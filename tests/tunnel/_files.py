@@ -7,22 +7,15 @@ only ``cpu``. The authorized-keys file admits the key ``client`` only. Token fil
 
 from __future__ import annotations
 
-import os
 import secrets
+from pathlib import Path
 
 import attrs
 from twisted.python.filepath import FilePath
 
 from nbbridge.crypto import PrivateKey, write_private_key
+from nbbridge.demo import write_secret
 from nbbridge.relay import hash_token
-
-
-def write_secret(path: FilePath, text: str) -> str:
-    """Write TEXT to a new file of mode 0600, as a user keeps a token."""
-    fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return path.path
 
 
 @attrs.define
@@ -46,7 +39,9 @@ class Files:
             name: secrets.token_urlsafe(24)
             for name in ("gpu", "cpu", "laptop", "phone", "stranger", "admin")
         }
-        token_files = {n: write_secret(root.child(f"{n}.token"), t) for n, t in tokens.items()}
+        token_files = {
+            n: str(write_secret(Path(root.child(f"{n}.token").path), t)) for n, t in tokens.items()
+        }
         keys = {n: PrivateKey.generate() for n in ("agent", "client", "stranger", "impostor")}
         key_files = {}
         for name, key in keys.items():
