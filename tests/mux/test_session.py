@@ -14,6 +14,7 @@ from zope.interface import implementer
 from nbbridge.mux import (
     Channel,
     ChannelEndpoint,
+    ChannelOpenFailed,
     ChannelReset,
     MuxSession,
     OpenRequest,
@@ -81,7 +82,10 @@ class OpenTests(TestCase):
         _a, b, pump = session_pair(None)
         d = b.open("anything")
         pump.flush()
-        self.failureResultOf(d).trap(Exception)
+        error = self.failureResultOf(d, ChannelOpenFailed).value
+        self.assertEqual(
+            (error.code, error.reason), (Reason.REFUSED, "this side accepts no channels")
+        )
 
     def test_acceptor_sees_request(self) -> None:
         seen: list[OpenRequest] = []
