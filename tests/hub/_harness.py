@@ -9,6 +9,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 
 from nbbridge.hub._core import Hub, Member
@@ -31,9 +32,12 @@ def seq_of(payload: bytes) -> int:
 class HubTestCase(RelayTestCase):
     """Starts a relay whose relay.toml has HUB as its [hub] section."""
 
-    async def start_hub(self, hub: dict[str, Any] | None = None) -> Connector:
+    async def start_hub(
+        self, hub: dict[str, Any] | None = None, clock: IReactorTime | None = None
+    ) -> Connector:
+        """The relay, with CLOCK (default: the reactor) as its and its hub's time."""
         config = parse_config({"hub": hub or {}}, "test.toml")
-        connector = await self.start_relay(config)
+        connector = await self.start_relay(config, clock=clock)
         self.hub: Hub = self.service.connections.wrappedFactory.hub.hub
         return connector
 

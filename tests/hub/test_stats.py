@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 
 from nbbridge import __version__
 from nbbridge.hub import HubCloseCode
@@ -55,7 +56,8 @@ class StatsDocumentTests(HubTestCase):
         self.assertEqual(doc["tunnel"]["agents_online"], 0)
 
     async def test_stream(self) -> None:
-        await self.start_hub({"stats_interval": 0.05, "rate_window": 0.5})
+        clock = Clock()
+        await self.start_hub({"stats_interval": 0.05, "rate_window": 0.5}, clock)
         viewer = await self.join("/stats/ws")
         payload, is_binary = await viewer.messages.get()
         self.assertFalse(is_binary)
@@ -65,8 +67,10 @@ class StatsDocumentTests(HubTestCase):
         self.assertEqual(first["interval"], 0.05)
 
         await self.traffic()
-        # Documents keep coming every interval; wait for one with traffic and a rate.
-        for _ in range(400):
+        # A document every interval: step the hub's time (past one interval and one rate
+        # sample each step, so one document per step) until one shows the traffic and a rate.
+        for _ in range(20):
+            clock.advance(0.2)
             payload, _ = await viewer.messages.get()
             doc = json.loads(payload)
             check(self, doc, DOCUMENT)

@@ -160,7 +160,7 @@ class HubRuntime:
 
     _log = Logger()
 
-    def __init__(self, hub: Hub, stream: StatsStreamFactory, reactor: IReactorTime) -> None:
+    def __init__(self, hub: Hub, stream: StatsStreamFactory, clock: IReactorTime) -> None:
         self.hub = hub
         self.stream = stream
         self._jobs = [
@@ -168,7 +168,7 @@ class HubRuntime:
             (self._job(stream.broadcast, "stats broadcast"), hub.config.stats_interval),
         ]
         self._loops: list[LoopingCall] = []
-        self._reactor = reactor
+        self._clock = clock
 
     def _job(self, work: Callable[[], None], what: str) -> Callable[[], None]:
         def run() -> None:
@@ -186,7 +186,7 @@ class HubRuntime:
             return
         for work, interval in self._jobs:
             loop = LoopingCall(work)
-            loop.clock = self._reactor
+            loop.clock = self._clock
             loop.start(interval, now=False)
             self._loops.append(loop)
 
@@ -228,9 +228,13 @@ def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
 
 
 def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
-    """Put the hub's routes, /stats and /metrics on ROOT; RELAY is the relay core."""
+    """Put the hub's routes, /stats and /metrics on ROOT; RELAY is the relay core.
+
+    The hub keeps the relay core's time (``relay.clock``): its time stamps, rate samples and
+    stats broadcasts. REACTOR runs the hub's WebSockets.
+    """
     config = hub_config_of(relay)
-    hub = Hub(config, reactor)
+    hub = Hub(config, relay.clock)
     tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
 
     def document() -> bytes:
@@ -244,4 +248,4 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
         _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, relay, reactor)))
     root.putChild(b"stats", StatsPage(document, allowed, stream))
     root.putChild(b"metrics", MetricsResource(make_registry(hub, tunnel), allowed))
-    return HubRuntime(hub, stream, reactor)
+    return HubRuntime(hub, stream, relay.clock)

@@ -102,7 +102,8 @@ class Relay:
     ) -> None:
         self.authority = authority
         self.limits = limits
-        self._clock = clock
+        #: the relay's time (the hub beside it keeps the same)
+        self.clock = clock
         self._make_link_id = make_link_id
         self._agents: dict[str, AgentState] = {}
         self._links = 0
@@ -126,7 +127,7 @@ class Relay:
             return Refusal(CloseCode.LIMIT, reason)
         if state is None:
             state = self._agents[name] = AgentState(name)
-        old, state.peer, state.since = state.peer, peer, self._clock.seconds()
+        old, state.peer, state.since = state.peer, peer, self.clock.seconds()
         peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
@@ -185,7 +186,7 @@ class Relay:
             return Refusal(CloseCode.LIMIT, reason)
         link_id = self._make_link_id()
         pending = PendingLink(link_id, agent, who.name, peer)
-        pending.timer = self._clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
+        pending.timer = self.clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
         state.pending[link_id] = pending
         self._log.info(
             "link {link} from {client} to {agent}: dialing",
