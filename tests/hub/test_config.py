@@ -59,9 +59,30 @@ class HubConfigTests(FileTestCase):
         config = parse_config({}, "t").hub
         self.assertEqual(config, HubConfig())
         self.assertEqual(config.prefix, "/hub")
-        self.assertEqual(config.queue_bytes, 4 * 1024 * 1024)
+        self.assertEqual(config.queue_bytes, 1024 * 1024)
         self.assertEqual(config.access, ())
-        self.assertTrue(config.stats_allowed(None))
+        # No stats token configured: nobody holds it; anonymous requests see the totals only.
+        self.assertFalse(config.stats_allowed(None))
+        self.assertFalse(config.stats_allowed("anything"))
+        self.assertEqual(config.stats_view(None), "totals")
+
+    def test_limits_and_stats_view(self) -> None:
+        config = parse_config(
+            {
+                "hub": {
+                    "max_queued_bytes": 8 << 20,
+                    "max_members_per_topic": 5,
+                    "max_members_per_address": 2,
+                    "stats_anonymous": "none",
+                    "stats_token_sha256": hash_token("stats"),
+                }
+            },
+            "t",
+        ).hub
+        self.assertEqual(config.max_queued_bytes, 8 << 20)
+        self.assertEqual((config.max_members_per_topic, config.max_members_per_address), (5, 2))
+        self.assertEqual((config.stats_view(None), config.stats_view("x")), ("none", "none"))
+        self.assertEqual(config.stats_view("stats"), "full")
 
     def test_errors_name_file_and_key(self) -> None:
         h = hash_token("a")
@@ -74,6 +95,13 @@ class HubConfigTests(FileTestCase):
             ({"queue_bytes": "4M"}, "hub.queue_bytes: must be an integer"),
             ({"queue_bytes": 10}, "hub.queue_bytes: must be between"),
             ({"queue_bytes": 2048, "max_message_size": 4096}, "must not exceed hub.queue_bytes"),
+            (
+                {"queue_bytes": 4096, "max_message_size": 16, "max_queued_bytes": 2048},
+                "hub.queue_bytes: must not exceed hub.max_queued_bytes",
+            ),
+            ({"max_members_per_topic": 0}, "hub.max_members_per_topic: must be between"),
+            ({"max_members_per_address": True}, "hub.max_members_per_address: must be an integer"),
+            ({"stats_anonymous": "all"}, 'hub.stats_anonymous: must be "totals", "none" or "full"'),
             ({"stats_interval": 0}, "hub.stats_interval: must be between"),
             ({"enabled": "yes"}, "hub.enabled: must be true or false"),
             ({"stats_token_sha256": "xyz"}, "hub.stats_token_sha256: must be 64 hex digits"),

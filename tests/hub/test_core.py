@@ -237,6 +237,100 @@ class HubCoreTests(unittest.TestCase):
         self.assertEqual(events, [("joined", a.id), ("left", a.id)])
 
 
+class HubLimitTests(unittest.TestCase):
+    """The hub-wide queue budget and the member limits: each refusal names its limit."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def hub(self, **limits: int) -> Hub:
+        return Hub(HubConfig(queue_bytes=100, max_message_size=50, **limits), self.clock)
+
+    def join(self, hub: Hub, path: str, remote: str = "127.0.0.1:1") -> Member:
+        member = hub.join(parse_hub_path(path.split("/")), None, FakePeer(), remote)
+        assert isinstance(member, Member), member
+        return member
+
+    def refused(self, hub: Hub, path: str, remote: str = "127.0.0.1:1") -> Refused:
+        refusal = hub.join(parse_hub_path(path.split("/")), None, FakePeer(), remote)
+        assert isinstance(refusal, Refused), refusal
+        self.assertEqual((refusal.code, refusal.kind), (HubCloseCode.LIMIT, "limit"))
+        return refusal
+
+    def test_defaults_are_safe_for_a_public_relay(self) -> None:
+        config = HubConfig()
+        # What never-reading members can make the hub queue, in all, whatever their number.
+        self.assertEqual(config.max_queued_bytes, 64 * 1024 * 1024)
+        self.assertEqual((config.queue_bytes, config.max_message_size), (1 << 20, 1 << 20))
+        self.assertEqual((config.max_members, config.max_topics), (1000, 1000))
+        self.assertEqual(config.max_members_per_topic, 256)
+        self.assertEqual(config.max_members_per_address, 64)
+        self.assertEqual(config.stats_anonymous, "totals")
+
+    def test_queue_budget_refuses_new_members_until_drained(self) -> None:
+        hub = self.hub(max_queued_bytes=160)
+        sender = self.join(hub, "in/cam")
+        readers = [self.join(hub, "out/cam") for _ in range(2)]
+        for reader in readers:
+            hub.write_full_changed(reader, True)
+        for _ in range(2):
+            hub.publish(sender, msg(b"x" * 40))
+        self.assertEqual(hub.queued_bytes, 160)
+        refusal = self.refused(hub, "out/cam")
+        self.assertEqual(
+            refusal.reason,
+            "hub limit max_queued_bytes reached: 160 bytes queued for slow receivers "
+            "(budget 160); try again later",
+        )
+        self.refused(hub, "other")
+        self.assertEqual(hub.refused["limit"], 2)
+        hub.write_full_changed(readers[0], False)
+        self.assertEqual(hub.queued_bytes, 80)
+        self.join(hub, "out/cam")
+
+    def test_queue_budget_bounds_what_never_reading_members_pin(self) -> None:
+        # Each reader's cap (100) times the readers (10) is far above the budget (200).
+        hub = self.hub(max_queued_bytes=200)
+        sender = self.join(hub, "in/cam")
+        readers = [self.join(hub, "out/cam") for _ in range(10)]
+        room = [self.join(hub, "room") for _ in range(3)]
+        for member in readers + room[1:]:
+            hub.write_full_changed(member, True)
+        for i in range(20):
+            hub.publish(sender, msg(bytes([i]) * 30))
+            hub.publish(room[0], msg(bytes([i]) * 30))
+            self.assertLessEqual(hub.queued_bytes, 200)
+            self.assertEqual(hub.queued_bytes, sum(m.queued_bytes for m in hub.members()))
+        self.assertGreater(hub.totals.dropped, 0)
+        # Two-way members cannot lose messages: past the budget they are closed, saying why.
+        closed = [m.peer.closed for m in room[1:]]
+        self.assertTrue(all(c is not None and c[0] == HubCloseCode.LIMIT for c in closed), closed)
+        self.assertTrue(any("max_queued_bytes 200" in c[1] for c in closed if c), closed)
+
+    def test_member_limits_name_the_limit(self) -> None:
+        hub = self.hub(max_members=5, max_members_per_topic=2, max_members_per_address=3)
+        self.join(hub, "a", "10.0.0.1:1")
+        self.join(hub, "a", "10.0.0.1:2")
+        self.assertEqual(
+            self.refused(hub, "a", "10.0.0.2:1").reason,
+            "hub limit max_members_per_topic reached: at most 2 connections per topic",
+        )
+        self.join(hub, "b", "10.0.0.1:3")
+        self.assertEqual(
+            self.refused(hub, "c", "10.0.0.1:4").reason,
+            "hub limit max_members_per_address reached: at most 3 connections from one address",
+        )
+        self.join(hub, "c", "[::1]:4")
+        self.join(hub, "c", "[::1]:5")
+        self.assertEqual(
+            self.refused(hub, "d", "10.0.0.3:1").reason,
+            "hub limit max_members reached: at most 5 connections",
+        )
+        # Leaving frees the address's slot.
+        hub.leave(next(m for m in hub.members() if m.remote == "10.0.0.1:3"))
+        self.join(hub, "b", "10.0.0.1:6")
+
+
 class RateTests(unittest.TestCase):
     def test_rates_over_the_window(self) -> None:
         clock = Clock()

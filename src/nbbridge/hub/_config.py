@@ -3,12 +3,16 @@
 ```toml
 [hub]
 prefix = "/hub"                 # topics are ws(s)://RELAY/hub/<topic>
-queue_bytes = 4194304           # per-receiver queue cap (bytes) while its connection is full
-max_message_size = 2097152      # bytes; not above queue_bytes
-max_topics = 10000
-max_members = 10000             # hub connections in all
+queue_bytes = 1048576           # per-receiver queue cap (bytes) while its connection is full
+max_queued_bytes = 67108864     # all receivers' queues together; new members refused at it
+max_message_size = 1048576      # bytes; not above queue_bytes
+max_topics = 1000
+max_members = 1000              # hub connections in all
+max_members_per_topic = 256
+max_members_per_address = 64    # hub connections from one IP address
 stats_interval = 5.0            # seconds between /stats/ws updates (and the page's refresh)
-stats_token_sha256 = "<hex>"    # optional: /stats/json, /stats/ws and /metrics need this token
+stats_token_sha256 = "<hex>"    # /stats/json, /stats/ws and /metrics in full need this token
+stats_anonymous = "totals"      # what they show without it: "totals", "none" or "full"
 
 [hub.tokens.camera]             # a token the access rules can name
 token_sha256 = "<hex>"
@@ -28,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 import hmac
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -42,6 +46,9 @@ ANY_TOKEN = "*"
 RESERVED_PREFIXES = frozenset({"v1", "status", "stats", "metrics"})
 
 Fail = Callable[[str, str], Exception]
+#: What a stats request sees: everything; totals only (no topic, token or address); nothing.
+StatsView = Literal["full", "totals", "none"]
+STATS_VIEWS: tuple[StatsView, ...] = ("full", "totals", "none")
 
 
 @attrs.frozen
@@ -62,14 +69,21 @@ class HubConfig:
 
     enabled: bool = True
     prefix: str = "/hub"
-    queue_bytes: int = 4 * 1024 * 1024
-    max_message_size: int = 2 * 1024 * 1024
-    max_topics: int = 10_000
-    max_members: int = 10_000
+    # Defaults fit a public relay: at most max_queued_bytes queued in all (64 MiB), whatever
+    # the members do, plus each member's transport buffer.
+    queue_bytes: int = 1024 * 1024
+    max_queued_bytes: int = 64 * 1024 * 1024
+    max_message_size: int = 1024 * 1024
+    max_topics: int = 1000
+    max_members: int = 1000
+    max_members_per_topic: int = 256
+    max_members_per_address: int = 64
     stats_interval: float = 5.0
     #: rates are measured over this many seconds
     rate_window: float = 5.0
     stats_token_sha256: bytes | None = attrs.field(default=None, repr=False)
+    #: what /stats/json, /stats/ws and /metrics show a request without the stats token
+    stats_anonymous: StatsView = "totals"
     tokens: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
     access: tuple[AccessRule, ...] = ()
 
@@ -89,23 +103,37 @@ class HubConfig:
         return found
 
     def stats_allowed(self, token: str | None) -> bool:
-        """Whether TOKEN may read the stats (always, when no stats token is configured)."""
-        if self.stats_token_sha256 is None:
-            return True
-        if token is None:
+        """Whether TOKEN is the stats token (never, when none is configured)."""
+        if self.stats_token_sha256 is None or token is None:
             return False
         digest = token_digest(token)
         return hmac.compare_digest(digest, self.stats_token_sha256)
 
+    def stats_view(self, token: str | None) -> StatsView:
+        """What a stats request with TOKEN (or None) may see: "full", "totals" or "none"."""
+        return "full" if self.stats_allowed(token) else self.stats_anonymous
+
 
 _INTS = {
     "queue_bytes": (1024, 1024**3),
+    "max_queued_bytes": (1024, 64 * 1024**3),
     "max_message_size": (16, 64 * 1024 * 1024),
     "max_topics": (1, 10_000_000),
     "max_members": (1, 10_000_000),
+    "max_members_per_topic": (1, 10_000_000),
+    "max_members_per_address": (1, 10_000_000),
 }
 _FLOATS = {"stats_interval": (0.01, 3600.0), "rate_window": (0.1, 3600.0)}
-_KNOWN = {*_INTS, *_FLOATS, "enabled", "prefix", "stats_token_sha256", "tokens", "access"}
+_KNOWN = {
+    *_INTS,
+    *_FLOATS,
+    "enabled",
+    "prefix",
+    "stats_token_sha256",
+    "stats_anonymous",
+    "tokens",
+    "access",
+}
 
 
 def parse_hub_config(fail: Fail, table: Mapping[str, Any]) -> HubConfig:
@@ -137,12 +165,18 @@ def parse_hub_config(fail: Fail, table: Mapping[str, Any]) -> HubConfig:
             values[name] = _prefix(fail, key, value)
         elif name == "stats_token_sha256":
             values[name] = _digest(fail, key, value)
+        elif name == "stats_anonymous":
+            if value not in STATS_VIEWS:
+                raise fail(key, 'must be "totals", "none" or "full"')
+            values[name] = value
     tokens = _tokens(fail, table.get("tokens", {}))
     values["tokens"] = tokens
     values["access"] = _rules(fail, table.get("access", []), tokens)
     config = HubConfig(**values)
     if config.max_message_size > config.queue_bytes:
         raise fail("hub.max_message_size", "must not exceed hub.queue_bytes")
+    if config.queue_bytes > config.max_queued_bytes:
+        raise fail("hub.queue_bytes", "must not exceed hub.max_queued_bytes")
     return config
 
 

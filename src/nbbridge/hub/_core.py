@@ -2,10 +2,12 @@
 
 A message goes straight to each receiver's connection while that connection's transport takes
 data. When a receiver's transport says it is full (its producer was paused), the hub queues for
-it, up to `queue_bytes`. Beyond the cap a one-way stream reader (`out`) loses its oldest queued
-messages (counted as drops) and a two-way member is closed with 4429 "too slow". A sender is
-never paused for a receiver, so one slow receiver never slows the sender or anyone else, and
-the hub's memory stays under `queue_bytes` per receiver (plus one transport buffer each).
+it, up to `queue_bytes`, and all receivers' queues together up to `max_queued_bytes`. Beyond
+either cap a one-way stream reader (`out`) loses its oldest queued messages (counted as drops)
+and a two-way member is closed with 4429 "too slow". A sender is never paused for a receiver,
+so one slow receiver never slows the sender or anyone else, and what the hub queues stays under
+`max_queued_bytes` in all (plus one transport buffer per member). Once the queues reach that
+budget, new members are refused (4429, naming the limit) until they drain.
 
 The core never touches a transport or the reactor: connections are `MemberPeer`s and time comes
 from an injected `IReactorTime`.
@@ -87,6 +89,12 @@ class Topic:
 Observer = Callable[[str, Member], None]
 
 
+def address_of(remote: str) -> str:
+    """The host part of a `host:port` or `[v6]:port` REMOTE (what per-address limits count)."""
+    host, sep, _port = remote.rpartition(":")
+    return host if sep else remote
+
+
 class Hub:
     """Topics and members, and what happens to each message."""
 
@@ -102,6 +110,9 @@ class Hub:
         self.slow_closes = 0
         self.refused: collections.Counter[str] = collections.Counter()
         self.member_count = 0
+        #: bytes queued for every receiver together (bounded by max_queued_bytes)
+        self.queued_bytes = 0
+        self._per_address: collections.Counter[str] = collections.Counter()
         self._next_id = 1
         self._observers: list[Observer] = []
 
@@ -129,7 +140,7 @@ class Hub:
         self, route: HubRoute | BadRoute, token: str | None, peer: MemberPeer, remote: str
     ) -> Member | Refused:
         """A connection opened on ROUTE: refuse it, or make it a member of its topic."""
-        refusal = self._check(route, token)
+        refusal = self._check(route, token, address_of(remote))
         if isinstance(refusal, Refused):
             self.refused[refusal.kind] += 1
             self._log.info(
@@ -151,6 +162,7 @@ class Hub:
         topic.members[member.id] = member
         topic._rebuild()
         self.member_count += 1
+        self._per_address[address_of(remote)] += 1
         self._log.info(
             "hub: {remote} joined {topic} as {role} (#{id})",
             remote=remote,
@@ -161,18 +173,40 @@ class Hub:
         self._notify("joined", member)
         return member
 
-    def _check(self, route: HubRoute | BadRoute, token: str | None) -> Refused | str | None:
+    def _check(
+        self, route: HubRoute | BadRoute, token: str | None, address: str
+    ) -> Refused | str | None:
         if isinstance(route, BadRoute):
             return Refused(HubCloseCode.BAD_TOPIC, route.reason, "bad_topic")
-        if self.member_count >= self.config.max_members:
-            reason = f"the hub serves at most {self.config.max_members} connections"
-            return Refused(HubCloseCode.LIMIT, reason, "limit")
-        if (route.kind, route.topic) not in self.topics and len(
-            self.topics
-        ) >= self.config.max_topics:
-            reason = f"the hub serves at most {self.config.max_topics} topics"
-            return Refused(HubCloseCode.LIMIT, reason, "limit")
+        limit = self._limit_reached(route, address)
+        if limit is not None:
+            return Refused(HubCloseCode.LIMIT, limit, "limit")
         return check_access(self.config, route, token)
+
+    def _limit_reached(self, route: HubRoute, address: str) -> str | None:
+        """Which hub limit a new member on ROUTE from ADDRESS would pass, as a close reason."""
+        config = self.config
+        topic = self.topics.get((route.kind, route.topic))
+        if self.queued_bytes >= config.max_queued_bytes:
+            return (
+                f"hub limit max_queued_bytes reached: {self.queued_bytes} bytes queued for slow "
+                f"receivers (budget {config.max_queued_bytes}); try again later"
+            )
+        if self.member_count >= config.max_members:
+            return f"hub limit max_members reached: at most {config.max_members} connections"
+        if self._per_address[address] >= config.max_members_per_address:
+            return (
+                f"hub limit max_members_per_address reached: at most "
+                f"{config.max_members_per_address} connections from one address"
+            )
+        if topic is None and len(self.topics) >= config.max_topics:
+            return f"hub limit max_topics reached: at most {config.max_topics} topics"
+        if topic is not None and len(topic.members) >= config.max_members_per_topic:
+            return (
+                f"hub limit max_members_per_topic reached: at most "
+                f"{config.max_members_per_topic} connections per topic"
+            )
+        return None
 
     def leave(self, member: Member) -> None:
         """MEMBER's connection closed (or is being closed): take it off its topic."""
@@ -180,11 +214,16 @@ class Hub:
             return
         member.left = True
         member.queue.clear()
+        self.queued_bytes -= member.queued_bytes
         member.queued_bytes = 0
         topic = member.topic
         del topic.members[member.id]
         topic._rebuild()
         self.member_count -= 1
+        address = address_of(member.remote)
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
         if not topic.members:
             del self.topics[(topic.kind, topic.name)]
         self._log.info(
@@ -251,18 +290,28 @@ class Hub:
             c.bytes_out += size
             c.last_activity = now
 
+    def _over(self, reader: Member) -> bool:
+        """Whether READER's queue is over its own cap, or all queues over the hub's budget."""
+        return (
+            reader.queued_bytes > self.config.queue_bytes
+            or self.queued_bytes > self.config.max_queued_bytes
+        )
+
     def _enqueue(self, reader: Member, message: Message) -> None:
         reader.queue.append(message)
         reader.queued_bytes += message.size
-        cap = self.config.queue_bytes
-        if reader.queued_bytes <= cap:
+        self.queued_bytes += message.size
+        if not self._over(reader):
             reader.peak_queued_bytes = max(reader.peak_queued_bytes, reader.queued_bytes)
             return
+        cap = self.config.queue_bytes
         if reader.route.role is Role.OUT:
-            # A stream reader wants the newest data (video): the oldest goes first.
-            while reader.queued_bytes > cap:
+            # A stream reader wants the newest data (video): the oldest goes first. Over the
+            # hub's budget, the reader whose queue grew sheds (possibly this very message).
+            while reader.queue and self._over(reader):
                 old = reader.queue.popleft()
                 reader.queued_bytes -= old.size
+                self.queued_bytes -= old.size
                 for c in (reader.counters, reader.topic.counters, self.totals):
                     c.dropped += 1
                     c.dropped_bytes += old.size
@@ -270,7 +319,13 @@ class Hub:
             reader.peak_queued_bytes = max(reader.peak_queued_bytes, reader.queued_bytes)
             return
         # A two-way member would miss part of a conversation: better to tell it plainly.
-        reason = f"too slow: {reader.queued_bytes} bytes queued (cap {cap})"
+        if reader.queued_bytes > cap:
+            reason = f"too slow: {reader.queued_bytes} bytes queued (cap {cap})"
+        else:
+            reason = (
+                f"too slow: {reader.queued_bytes} bytes queued while the hub's queues are full "
+                f"(max_queued_bytes {self.config.max_queued_bytes})"
+            )
         self._log.info(
             "hub: closing #{id} on {topic}: {reason}",
             id=reader.id,
@@ -294,6 +349,7 @@ class Hub:
         while queue and not member.full and not member.left:
             message = queue.popleft()
             member.queued_bytes -= message.size
+            self.queued_bytes -= message.size
             self._send(member, message, now)
             sent += 1
             sent_bytes += message.size

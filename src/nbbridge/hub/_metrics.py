@@ -97,7 +97,7 @@ class HubCollector:
         yield GaugeMetricFamily(
             "nbbridge_hub_queued_bytes",
             "Bytes queued in the hub for receivers whose connection is full.",
-            value=sum(m.queued_bytes for m in hub.members()),
+            value=hub.queued_bytes,
         )
         yield from self._topic_metrics()
 

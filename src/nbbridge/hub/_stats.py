@@ -124,7 +124,7 @@ def snapshot(hub: Hub, tunnel: dict[str, Any] | None = None) -> dict[str, Any]:
         "totals": {
             "topics": len(hub.topics),
             "members": hub.member_count,
-            "queued_bytes": sum(m.queued_bytes for m in hub.members()),
+            "queued_bytes": hub.queued_bytes,
             "slow_closes": hub.slow_closes,
             "refused": dict(hub.refused),
             **hub.totals.figures(now),
