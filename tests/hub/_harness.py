@@ -7,8 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
+from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
 
@@ -49,6 +51,17 @@ class HubTestCase(RelayTestCase):
         """A WebSocket on PATH, open (and, unless refused, a member of its topic)."""
         return await self.connector.connect(path, token)
 
+    async def join_with(self, path: str, headers: dict[str, str]) -> TestClient:
+        """A WebSocket on PATH whose handshake carries HEADERS (a cookie, say), open."""
+        factory = WebSocketClientFactory(self.connector.url(path), headers=headers, reactor=reactor)
+        factory.protocol = TestClient
+        factory.setProtocolOptions(autoFragmentSize=0, failByDrop=False)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.connector.port)
+        client: TestClient = await endpoint.connect(factory)
+        self.connector.clients.append(client)
+        await client.opened
+        return client
+
     def when(
         self, event: str, predicate: Callable[[Member], bool] = lambda m: True
     ) -> Deferred[Member]:
@@ -75,6 +88,22 @@ class HubTestCase(RelayTestCase):
         self.addCleanup(pool.closeCachedConnections)
         response = await treq.get(
             self.http_url + path, headers=headers or {}, pool=pool, allow_redirects=False
+        )
+        body = await response.content()
+        headers_out = {
+            k.decode("latin-1").lower(): [v.decode("latin-1") for v in vs]
+            for k, vs in response.headers.getAllRawHeaders()
+        }
+        return response.code, headers_out, body
+
+    async def http_post(
+        self, path: str, form: dict[str, str]
+    ) -> tuple[int, dict[str, list[str]], bytes]:
+        """POST FORM (urlencoded) to PATH; the answer as it came (redirects not followed)."""
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        response = await treq.post(
+            self.http_url + path, data=form, pool=pool, allow_redirects=False
         )
         body = await response.content()
         headers_out = {

@@ -58,6 +58,7 @@ DOCUMENT: dict[str, Any] = {
     "interval": NUMBER,
     "window": NUMBER,
     "prefix": str,
+    "view": str,
     "totals": {
         "topics": int,
         "members": int,

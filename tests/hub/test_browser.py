@@ -112,7 +112,9 @@ class StatsPageBrowserTests(HubTestCase):
             await capture.ended
 
     async def test_page_shows_topics_and_counts(self) -> None:
-        await self.start_hub()
+        # A browser here cannot sign in (no form posts from the command line): this relay
+        # shows everything to anyone, as a relay on loopback may.
+        await self.start_hub({"stats_anonymous": "full"})
         a, b = await self.join("/hub/lab/cam1"), await self.join("/hub/lab/cam1")
         reader = await self.join("/hub/out/video")
         sender = await self.join("/hub/in/video")
@@ -144,3 +146,22 @@ class StatsPageBrowserTests(HubTestCase):
         with open(shot, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         self.assertGreater(os.path.getsize(shot), 10_000)
+
+    async def test_page_offers_sign_in_and_shows_totals_only(self) -> None:
+        await self.start_hub()
+        for _ in range(2):
+            await self.join("/hub/lab/private-name")
+        dom = (await self.chromium("--dump-dom", f"{self.http_url}/stats")).out.decode("utf-8")
+        cells = _Cells()
+        cells.feed(dom)
+        self.assertEqual(cells.rows, {})
+        self.assertNotIn("lab/private-name", dom)
+        self.assertNotIn("127.0.0.1", dom)
+        self.assertRegex(dom, r'<form id="sign-in" method="post" action="stats/login">')
+        self.assertRegex(dom, r'<form id="sign-out" [^>]*hidden')
+        self.assertIn("totals only", dom)
+        self.assertRegex(
+            dom,
+            r'data-field="members"><div class="label">connections</div>'
+            r'<div class="value">2</div>',
+        )

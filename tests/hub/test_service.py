@@ -9,6 +9,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
@@ -21,12 +22,14 @@ from ..relay.test_tap import SRC, _Twistd
 from ._schema import DOCUMENT, check
 
 CAMERA = "camera-token-0123456789"
+STATS = "stats-token-0123456789"
 CONFIG = f"""
 [hub]
 prefix = "/lab/streams"
 queue_bytes = 1048576
 max_message_size = 65536
 stats_interval = 1
+stats_token_sha256 = "{hash_token(STATS)}"
 
 [hub.tokens.camera]
 token_sha256 = "{hash_token(CAMERA)}"
@@ -58,6 +61,26 @@ class MakeServiceTests(FileTestCase):
             message,
             f"nbbridge-relay: {path}: hub.prefix: /metrics is one of the relay's own routes",
         )
+
+
+def protocol_sees(protocol: _Twistd, text: bytes) -> Deferred[bytes]:
+    """Fires with the first line of PROTOCOL's output from now on that holds TEXT."""
+    seen: Deferred[bytes] = Deferred()
+    start = len(protocol.output)
+    received = protocol.outReceived
+
+    def out(data: bytes) -> None:
+        received(data)
+        if seen.called:
+            return
+        for line in protocol.output[start:].splitlines(keepends=True):
+            if text in line and line.endswith(b"\n"):
+                protocol.outReceived = received  # type: ignore[method-assign]
+                seen.callback(line)
+                return
+
+    protocol.outReceived = out  # type: ignore[method-assign]
+    return seen
 
 
 class TwistdHubTests(unittest.TestCase):
@@ -100,14 +123,32 @@ class TwistdHubTests(unittest.TestCase):
         pool = HTTPConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         base = f"http://127.0.0.1:{port}"
-        doc = json.loads(await (await treq.get(base + "/stats/json", pool=pool)).content())
+        bearer = {"Authorization": f"Bearer {STATS}"}
+        response = await treq.get(base + "/stats/json", headers=bearer, pool=pool)
+        doc = json.loads(await response.content())
         check(self, doc, DOCUMENT)
         [topic] = doc["topics"]
         self.assertEqual((topic["name"], topic["messages_out"]), ("cam1", 1))
         self.assertEqual(doc["prefix"], "/lab/streams")
-        metrics = await (await treq.get(base + "/metrics", pool=pool)).content()
+        metrics = await (await treq.get(base + "/metrics", headers=bearer, pool=pool)).content()
         self.assertIn(b"nbbridge_hub_delivered_messages_total 1.0", metrics)
         self.assertIn(b'nbbridge_hub_refused_connections_total{reason="bad_token"} 1.0', metrics)
+
+        # Issue 16: `/stats?token=...` was written to the relay's access log as it came.
+        logged = protocol_sees(protocol, b'"GET /stats?token=')
+        await (await treq.get(f"{base}/stats?token={STATS}", pool=pool)).content()
+        await treq.get(f"{base}/stats/json?token={STATS}&x=1", pool=pool)
+        line = await logged
+        self.assertIn(b'"GET /stats?token=REDACTED HTTP/1.1" 303', line)
+        reader.close()
+        await reader.lost
+        await connector.connect(f"/lab/streams/out/cam1?token={CAMERA}")
+        # Every log line so far, up to the next request's: no token in any of them.
+        logged = protocol_sees(protocol, b'"GET /status')
+        await (await treq.get(f"{base}/status", pool=pool)).content()
+        await logged
+        for secret in (STATS, CAMERA):
+            self.assertNotIn(secret.encode(), protocol.output + protocol.errors)
 
     async def _reap(self, protocol: _Twistd, transport: Any) -> None:
         if not protocol.ended.called:

@@ -20,6 +20,10 @@ from ._schema import DOCUMENT, check
 STATS_TOKEN = "stats-token-0123456789"
 
 
+BEARER = {"Authorization": f"Bearer {STATS_TOKEN}"}
+WITH_TOKEN = {"stats_token_sha256": hash_token(STATS_TOKEN)}
+
+
 class StatsDocumentTests(HubTestCase):
     async def traffic(self) -> None:
         a, b = await self.join("/hub/lab/x"), await self.join("/hub/lab/x")
@@ -31,15 +35,20 @@ class StatsDocumentTests(HubTestCase):
         await b.messages.get()
         await reader.messages.get()
 
+    @property
+    def documents(self) -> Any:
+        return self.service.connections.wrappedFactory.hub.documents
+
     async def test_json_document(self) -> None:
-        await self.start_hub()
+        await self.start_hub(WITH_TOKEN)
         await self.traffic()
-        code, headers, body = await self.http_get("/stats/json")
+        code, headers, body = await self.http_get("/stats/json", BEARER)
         self.assertEqual(code, 200)
         self.assertEqual(headers["content-type"], ["application/json"])
         doc = json.loads(body)
         check(self, doc, DOCUMENT)
         self.assertEqual(doc["type"], "nbbridge-hub-stats")
+        self.assertEqual(doc["view"], "full")
         self.assertEqual(doc["version"], __version__)
         self.assertEqual(doc["interval"], 5.0)
         self.assertEqual((doc["totals"]["topics"], doc["totals"]["members"]), (2, 4))
@@ -57,8 +66,8 @@ class StatsDocumentTests(HubTestCase):
 
     async def test_stream(self) -> None:
         clock = Clock()
-        await self.start_hub({"stats_interval": 0.05, "rate_window": 0.5}, clock)
-        viewer = await self.join("/stats/ws")
+        await self.start_hub({"stats_interval": 0.05, "rate_window": 0.5, **WITH_TOKEN}, clock)
+        viewer = await self.join("/stats/ws", STATS_TOKEN)
         payload, is_binary = await viewer.messages.get()
         self.assertFalse(is_binary)
         first = json.loads(payload)
@@ -81,6 +90,75 @@ class StatsDocumentTests(HubTestCase):
             self.fail(f"no stats document showed the traffic: {totals}")
         self.assertGreater(doc["time"], first["time"])
         self.assertEqual(totals["ignored"], 1)
+        self.assertEqual(len(doc["topics"]), 2)
+
+    async def test_stream_of_documents_over_4_kib(self) -> None:
+        # Issue 16: the 4 KiB limit on what viewers send was applied to what they were sent;
+        # a handful of members made the document bigger, and no viewer got anything.
+        clock = Clock()
+        await self.start_hub({"stats_interval": 1.0, **WITH_TOKEN}, clock)
+        for i in range(12):
+            await self.join(f"/hub/lab/instrument-with-a-long-name-{i:03d}")
+        viewers = [await self.join("/stats/ws", STATS_TOKEN) for _ in range(3)]
+        for viewer in viewers:
+            payload, _ = await viewer.messages.get()
+            self.assertGreater(len(payload), 4096)
+            self.assertEqual(json.loads(payload)["totals"]["members"], 12)
+        await self.join("/hub/lab/one-more")
+        clock.advance(1.0)
+        for viewer in viewers:
+            payload, _ = await viewer.messages.get()
+            self.assertEqual(json.loads(payload)["totals"]["members"], 13)
+
+    async def test_one_failing_viewer_stops_no_other(self) -> None:
+        clock = Clock()
+        await self.start_hub({"stats_interval": 1.0, **WITH_TOKEN}, clock)
+        viewers = [await self.join("/stats/ws", STATS_TOKEN) for _ in range(3)]
+        for viewer in viewers:
+            await viewer.messages.get()
+        stream = self.service.connections.wrappedFactory.hub.stream
+        relay_side = sorted(stream.subscribers, key=lambda p: p.remote)
+
+        def broken(document: Any) -> None:
+            raise RuntimeError("this viewer's connection broke")
+
+        relay_side[0].push = broken
+        failing = relay_side[0].remote
+        clock.advance(1.0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        got = []
+        for viewer in viewers:
+            local = viewer.transport.getHost()
+            if f"{local.host}:{local.port}" == failing:
+                await viewer.lost
+            else:
+                got.append(json.loads((await viewer.messages.get())[0]))
+        self.assertEqual(len(got), 2)
+        self.assertNotIn(relay_side[0], stream.subscribers)
+        # The next interval still reaches the others.
+        clock.advance(1.0)
+        for viewer in viewers:
+            if viewer.lost.called:
+                continue
+            check(self, json.loads((await viewer.messages.get())[0]), DOCUMENT)
+
+    async def test_document_is_built_once_per_interval(self) -> None:
+        clock = Clock()
+        await self.start_hub({"stats_interval": 5.0, **WITH_TOKEN}, clock)
+        await self.join("/hub/room")
+        bodies = [(await self.http_get("/stats/json", BEARER))[2] for _ in range(3)]
+        # A member joining within the interval shows only in the next interval's document.
+        await self.join("/hub/room")
+        bodies.append((await self.http_get("/stats/json", BEARER))[2])
+        anonymous = json.loads((await self.http_get("/stats/json"))[2])
+        self.assertEqual(len(set(bodies)), 1)
+        self.assertEqual(json.loads(bodies[0])["totals"]["members"], 1)
+        self.assertEqual(anonymous["totals"]["members"], 1)
+        self.assertEqual(self.documents.builds, 1)
+        clock.advance(5.0)
+        doc = json.loads((await self.http_get("/stats/json", BEARER))[2])
+        self.assertEqual(doc["totals"]["members"], 2)
+        self.assertEqual(self.documents.builds, 2)
 
     async def test_page_and_files(self) -> None:
         await self.start_hub()
@@ -88,11 +166,14 @@ class StatsDocumentTests(HubTestCase):
         self.assertEqual(code, 200)
         self.assertEqual(headers["content-type"], ["text/html; charset=utf-8"])
         self.assertIn(b'src="stats/app.js"', body)
+        self.assertIn(b'action="stats/login"', body)
         self.assertIn("default-src 'none'", headers["content-security-policy"][0])
+        self.assertIn("form-action 'self'", headers["content-security-policy"][0])
         self.assertNotIn(b"http://", body.replace(b"http://www.w3.org", b""))
         code, headers, body = await self.http_get("/stats/app.js")
         self.assertEqual((code, headers["content-type"]), (200, ["text/javascript; charset=utf-8"]))
         self.assertIn(b"stats/json", body)
+        self.assertNotIn(b"Authorization", body)
         code, headers, _ = await self.http_get("/stats/app.css")
         self.assertEqual((code, headers["content-type"]), (200, ["text/css; charset=utf-8"]))
         code, headers, _ = await self.http_get("/stats/")
@@ -100,17 +181,75 @@ class StatsDocumentTests(HubTestCase):
         code, _, _ = await self.http_get("/stats/nothing")
         self.assertEqual(code, 404)
 
-    async def test_stats_token(self) -> None:
-        await self.start_hub({"stats_token_sha256": hash_token(STATS_TOKEN)})
+
+class StatsAccessTests(HubTestCase):
+    """Issue 16: anonymous stats named protected topics and every member's address."""
+
+    async def members(self) -> None:
+        await self.join("/hub/secret/lab", "lab-token-0123456789")
+        await self.join("/hub/out/open-cam")
+
+    async def start(self, **hub: Any) -> None:
+        await self.start_hub(
+            {
+                "tokens": {"lab": {"token_sha256": hash_token("lab-token-0123456789")}},
+                "access": [{"topics": "secret/*", "send": ["lab"], "read": ["lab"]}],
+                **hub,
+            }
+        )
+        await self.members()
+
+    def assert_no_names(self, body: bytes) -> None:
+        for secret in (b"secret/lab", b"open-cam", b"127.0.0.1"):
+            self.assertNotIn(secret, body)
+
+    async def test_anonymous_sees_totals_only_by_default(self) -> None:
+        await self.start()
+        code, _, body = await self.http_get("/stats/json")
+        self.assertEqual(code, 200)
+        doc = json.loads(body)
+        check(self, doc, DOCUMENT)
+        self.assertEqual((doc["view"], doc["topics"]), ("totals", []))
+        self.assertEqual((doc["totals"]["members"], doc["totals"]["topics"]), (2, 2))
+        self.assert_no_names(body)
+
+        code, _, body = await self.http_get("/metrics")
+        self.assertEqual(code, 200)
+        self.assert_no_names(body)
+        m = metrics(body)
+        self.assertNotIn("nbbridge_hub_topic_members", m)
+        self.assertEqual(m["nbbridge_hub_members"][(("role", "both"),)], 1)
+
+        viewer = await self.join("/stats/ws")
+        payload, _ = await viewer.messages.get()
+        self.assertEqual(json.loads(payload)["view"], "totals")
+        self.assert_no_names(payload)
+
+    async def test_token_in_a_header_sees_everything(self) -> None:
+        await self.start(**WITH_TOKEN)
+        code, _, body = await self.http_get("/stats/json", BEARER)
+        self.assertEqual(code, 200)
+        names = sorted(t["name"] for t in json.loads(body)["topics"])
+        self.assertEqual(names, ["open-cam", "secret/lab"])
+        self.assertIn(b"127.0.0.1", body)
+        code, _, body = await self.http_get("/metrics", BEARER)
+        self.assertEqual(code, 200)
+        self.assertIn(b'topic="secret/lab"', body)
+        viewer = await self.join("/stats/ws", STATS_TOKEN)
+        self.assertEqual(len(json.loads((await viewer.messages.get())[0])["topics"]), 2)
+        # A wrong token is no better than none.
+        code, _, body = await self.http_get("/stats/json", {"Authorization": "Bearer wrong"})
+        self.assertEqual(json.loads(body)["view"], "totals")
+
+    async def test_stats_anonymous_none(self) -> None:
+        await self.start(stats_anonymous="none", **WITH_TOKEN)
         for path in ("/stats/json", "/metrics"):
             code, _, body = await self.http_get(path)
             self.assertEqual(code, 401, path)
             self.assertIn(b"stats token", body)
-            code, _, _ = await self.http_get(path, {"Authorization": f"Bearer {STATS_TOKEN}"})
+            code, _, _ = await self.http_get(path, BEARER)
             self.assertEqual(code, 200, path)
-        code, _, _ = await self.http_get(f"/stats/json?token={STATS_TOKEN}")
-        self.assertEqual(code, 200)
-        # The page itself holds no figures: it loads, and asks for the token.
+        # The page itself holds no figures: it loads, and offers its sign-in form.
         code, _, _ = await self.http_get("/stats")
         self.assertEqual(code, 200)
         viewer = await self.join("/stats/ws")
@@ -118,6 +257,43 @@ class StatsDocumentTests(HubTestCase):
         self.assertEqual((code, reason), (HubCloseCode.BAD_TOKEN, "the stats need the stats token"))
         viewer = await self.join("/stats/ws", STATS_TOKEN)
         check(self, json.loads((await viewer.messages.get())[0]), DOCUMENT)
+
+    async def test_tokens_in_urls_are_refused(self) -> None:
+        await self.start(**WITH_TOKEN)
+        for path in ("/stats/json", "/metrics"):
+            code, _, body = await self.http_get(f"{path}?token={STATS_TOKEN}")
+            self.assertEqual(code, 400, path)
+            self.assertIn(b"tokens in URLs are not accepted", body)
+            self.assertNotIn(STATS_TOKEN.encode(), body)
+        # An old /stats?token= link: back to the clean URL, no cookie, no figures.
+        code, headers, _ = await self.http_get(f"/stats?token={STATS_TOKEN}")
+        self.assertEqual((code, headers["location"]), (303, ["stats"]))
+        self.assertNotIn("set-cookie", headers)
+        viewer = await self.join(f"/stats/ws?token={STATS_TOKEN}")
+        self.assertEqual(json.loads((await viewer.messages.get())[0])["view"], "totals")
+
+    async def test_sign_in_sets_a_cookie_for_the_page(self) -> None:
+        await self.start(**WITH_TOKEN)
+        code, headers, _ = await self.http_post("/stats/login", {"token": "not-the-token"})
+        self.assertEqual((code, headers["location"]), (303, ["../stats#sign-in-refused"]))
+        self.assertNotIn("set-cookie", headers)
+
+        code, headers, _ = await self.http_post("/stats/login", {"token": STATS_TOKEN})
+        self.assertEqual((code, headers["location"]), (303, ["../stats"]))
+        [cookie] = headers["set-cookie"]
+        attributes = [a.strip() for a in cookie.split(";")]
+        self.assertEqual(attributes[0], f"nbbridge_stats={STATS_TOKEN}")
+        self.assertEqual(sorted(attributes[1:]), ["HttpOnly", "Path=/stats", "SameSite=Strict"])
+        jar = {"Cookie": attributes[0]}
+        code, _, body = await self.http_get("/stats/json", jar)
+        self.assertEqual(json.loads(body)["view"], "full")
+        self.assertIn(b"secret/lab", body)
+        viewer = await self.join_with("/stats/ws", jar)
+        self.assertEqual(json.loads((await viewer.messages.get())[0])["view"], "full")
+        code, headers, _ = await self.http_post("/stats/logout", {})
+        self.assertEqual(code, 303)
+        self.assertIn("Max-Age=0", headers["set-cookie"][0])
+        self.assertEqual((await self.http_get("/stats/login"))[0], 405)
 
 
 def metrics(body: bytes) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -136,7 +312,7 @@ class MetricsTests(HubTestCase):
             {
                 "agents": {"gpu": {"token_sha256": hash_token(AGENT_TOKEN)}},
                 "clients": {"laptop": {"token_sha256": hash_token(CLIENT_TOKEN), "agents": ["*"]}},
-                "hub": {},
+                "hub": WITH_TOKEN,
             },
             "test.toml",
         )
@@ -144,7 +320,7 @@ class MetricsTests(HubTestCase):
         self.hub = self.service.connections.wrappedFactory.hub.hub
 
     async def scrape(self) -> dict[str, Any]:
-        code, headers, body = await self.http_get("/metrics")
+        code, headers, body = await self.http_get("/metrics", BEARER)
         self.assertEqual(code, 200)
         self.assertTrue(headers["content-type"][0].startswith("text/plain; version="))
         return metrics(body)
@@ -204,7 +380,7 @@ class MetricsTests(HubTestCase):
     async def test_openmetrics(self) -> None:
         await self.start()
         code, headers, body = await self.http_get(
-            "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+            "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0", **BEARER}
         )
         self.assertEqual(code, 200)
         self.assertTrue(headers["content-type"][0].startswith("application/openmetrics-text"))

@@ -3,12 +3,13 @@
 One `CollectorRegistry` per relay (never prometheus-client's global one), holding a collector
 that reads the hub's and the relay core's own counters when Prometheus scrapes: nothing is
 updated per message for Prometheus' sake. Per-topic series carry `topic` and `kind` labels;
-their number is bounded by `[hub] max_topics`.
+their number is bounded by `[hub] max_topics`. They name topics, so only a scrape with the
+stats token gets them; without it, `[hub] stats_anonymous` decides (totals only, by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -28,9 +29,10 @@ TunnelFigures = Callable[[], dict[str, Any]]
 class HubCollector:
     """Yields the hub's and the tunnel's metrics from their live counters."""
 
-    def __init__(self, hub: Hub, tunnel: TunnelFigures | None) -> None:
+    def __init__(self, hub: Hub, tunnel: TunnelFigures | None, per_topic: bool = True) -> None:
         self._hub = hub
         self._tunnel = tunnel
+        self._per_topic = per_topic
 
     def collect(self) -> Iterator[Metric]:
         yield from self._hub_metrics()
@@ -99,7 +101,8 @@ class HubCollector:
             "Bytes queued in the hub for receivers whose connection is full.",
             value=hub.queued_bytes,
         )
-        yield from self._topic_metrics()
+        if self._per_topic:
+            yield from self._topic_metrics()
 
     def _topic_metrics(self) -> Iterator[Metric]:
         labels = ["topic", "kind"]
@@ -171,10 +174,15 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
     return CounterMetricFamily(name, documentation, value=value)
 
 
-def make_registry(hub: Hub, tunnel: TunnelFigures | None) -> CollectorRegistry:
-    """This relay's own registry: the hub and tunnel collector, and the process' own metrics."""
+def make_registry(
+    hub: Hub, tunnel: TunnelFigures | None, *, per_topic: bool = True
+) -> CollectorRegistry:
+    """This relay's own registry: the hub and tunnel collector, and the process' own metrics.
+
+    PER_TOPIC: with the series that name topics (for scrapes with the stats token).
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(hub, tunnel))  # type: ignore[arg-type]
+    registry.register(HubCollector(hub, tunnel, per_topic))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
     return registry
 
@@ -184,18 +192,33 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry, allowed: Callable[[Request], bool]) -> None:
+    def __init__(
+        self,
+        registries: Mapping[str, CollectorRegistry],
+        view: Callable[[Request], str],
+        token_in_url: Callable[[Request], bool],
+    ) -> None:
+        """REGISTRIES by view ("full", "totals"); VIEW(request) says which one it may see."""
         super().__init__()
-        self._registry = registry
-        self._allowed = allowed
+        self._registries = registries
+        self._view = view
+        self._token_in_url = token_in_url
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
-        if not self._allowed(request):
+        if self._token_in_url(request):
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return (
+                b"tokens in URLs are not accepted (URLs are written to access logs): "
+                b"send Authorization: Bearer <token>\n"
+            )
+        registry = self._registries.get(self._view(request))
+        if registry is None:
             request.setResponseCode(401)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"the metrics need the stats token (Authorization: Bearer)\n"
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
         request.setHeader(b"content-type", content_type.encode("ascii"))
-        return encoder(self._registry)
+        return encoder(registry)

@@ -16,15 +16,19 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..relay._contract import parse_bearer
 from ..relay._protocol import RelayWebSocket, set_server_options
 from ._access import Refused
-from ._config import HubConfig
+from ._config import HubConfig, StatsView
 from ._core import Hub, Member, Message
 from ._routes import BadRoute, HubCloseCode, HubRoute
+from ._stats_access import stats_token
+from ._stats_cache import StatsDocuments
 
-#: Nothing a stats viewer sends matters; anything bigger than this closes it.
+#: Nothing a stats viewer sends matters; anything bigger than this closes it. (Incoming only:
+#: the documents the relay sends grow with the hub and are sent as prepared frames.)
 _STATS_MAX_MESSAGE = 4096
 
 
@@ -142,18 +146,32 @@ class HubFactory(WebSocketServerFactory):
 
 
 class StatsStreamProtocol(_HubWebSocket):
-    """`/stats/ws`: the stats document as a JSON text message now and every interval."""
+    """`/stats/ws`: the stats document as a JSON text message now and every interval.
+
+    The stats token comes from `Authorization: Bearer` or the page's cookie, never the URL.
+    """
+
+    #: what this viewer may see; set in onOpen
+    view: StatsView = "none"
 
     @property
     def stream(self) -> StatsStreamFactory:
         return cast(StatsStreamFactory, self.factory)
 
+    def onConnect(self, request: Any) -> None:
+        super().onConnect(request)
+        self._token = stats_token(
+            hub_token(request.headers.get("authorization"), None), request.headers.get("cookie")
+        )
+
     def onOpen(self) -> None:
-        if not self.stream.config.stats_allowed(self.take_token()):
+        view = self.stream.config.stats_view(self.take_token())
+        if view == "none":
             self.close(HubCloseCode.BAD_TOKEN, "the stats need the stats token")
             return
+        self.view = view
         self.stream.subscribers.add(self)
-        self.push(self.stream.document())
+        self.push(self.stream.prepared(view))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         # Viewers have nothing to say; ignore rather than fail.
@@ -162,32 +180,48 @@ class StatsStreamProtocol(_HubWebSocket):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.stream.subscribers.discard(self)
 
-    def push(self, document: bytes) -> None:
-        """Send DOCUMENT unless the viewer has not read the previous ones (then skip this one)."""
+    def push(self, document: Any) -> None:
+        """Send the prepared DOCUMENT unless the viewer has not read the previous ones (skip)."""
         if self.state == WebSocketProtocol.STATE_OPEN and not self.write_full:
-            self.sendMessage(document, isBinary=False)
+            # A prepared frame: the 4 KiB limit on what viewers send never applies to it.
+            self.sendPreparedMessage(document)
 
 
 class StatsStreamFactory(WebSocketServerFactory):
-    """Builds stats viewers; `broadcast` sends one document to all of them."""
+    """Builds stats viewers; `broadcast` sends this interval's document to all of them."""
 
-    def __init__(self, config: HubConfig, document: Any, relay: Any, reactor: IReactorTime) -> None:
+    _log = Logger()
+
+    def __init__(
+        self, config: HubConfig, documents: StatsDocuments, relay: Any, reactor: IReactorTime
+    ) -> None:
         super().__init__(server="nbbridge-relay", reactor=reactor)
         self.protocol = _VIEWER
         self.config = config
-        #: () -> bytes: the current stats document as JSON
-        self.document = document
+        self.documents = documents
         self.relay = relay
         self.subscribers: set[StatsStreamProtocol] = set()
         set_server_options(self, relay.limits, _STATS_MAX_MESSAGE, utf8=True)
 
+    def prepared(self, view: StatsView) -> Any:
+        """This interval's document in VIEW, framed once for every viewer of that view."""
+        return self.prepareMessage(self.documents.get(view), False, doNotCompress=True)
+
     def broadcast(self) -> None:
-        """Send the current document to every viewer (built once, only if someone watches)."""
-        if not self.subscribers:
-            return
-        document = self.document()
-        for viewer in list(self.subscribers):
-            viewer.push(document)
+        """Send the current document to every viewer (built once, only if someone watches).
+
+        A viewer that fails is closed and logged; the others still get the document.
+        """
+        viewers = list(self.subscribers)
+        # Built and framed once per view in use; a failure here is the broadcast job's to log.
+        frames = {view: self.prepared(view) for view in {v.view for v in viewers}}
+        for viewer in viewers:
+            try:
+                viewer.push(frames[viewer.view])
+            except Exception:
+                self._log.failure("stats viewer {remote} failed; closing it", remote=viewer.remote)
+                self.subscribers.discard(viewer)
+                viewer.dropConnection(abort=True)
 
 
 _MEMBER: type[RelayWebSocket] = HubMemberProtocol

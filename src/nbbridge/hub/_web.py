@@ -5,7 +5,12 @@
 * `<prefix>/...`   topic WebSockets (`HubRoutes`)
 * `GET /stats`     the live page (HTML + JS + CSS from package data: `/stats/app.js`, ...)
 * `GET /stats/json` the stats document once; `/stats/ws` streams it every `stats_interval`
+* `POST /stats/login`, `POST /stats/logout`: the stats token as a cookie, for the page
 * `GET /metrics`   Prometheus
+
+The stats token comes from `Authorization: Bearer` or the page's cookie; without it, requests
+see the view `[hub] stats_anonymous` names (totals only, by default). A `?token=` in a stats
+URL is refused: it would be written to access logs.
 
 `mount_hub` puts them on the relay's root resource and returns a `HubRuntime`, which the Site
 starts and stops with its listener (rate sampling, stats broadcast).
@@ -27,17 +32,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
-from ._config import HubConfig
+from ._config import HubConfig, StatsView
 from ._core import Hub
 from ._metrics import MetricsResource, TunnelFigures, make_registry
 from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory, hub_token
 from ._routes import BadRoute, HubRoute, parse_hub_path
 from ._stats import snapshot
+from ._stats_access import StatsLogin, StatsLogout, stats_token
+from ._stats_cache import StatsDocuments
 
 #: The page's security policy: only its own scripts, styles and connections.
 _CSP = (
     b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    b"img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+    b"img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 _STATIC = {
     b"app.js": ("app.js", b"text/javascript; charset=utf-8"),
@@ -49,14 +56,31 @@ def _static(name: str) -> bytes:
     return resources.files("nbbridge.hub").joinpath("static", name).read_bytes()
 
 
-def request_token(request: Request) -> str | None:
-    """The hub token of an HTTP REQUEST: `Authorization: Bearer`, else its `?token=` query."""
+def request_stats_token(request: Request) -> str | None:
+    """The stats token of an HTTP REQUEST: `Authorization: Bearer`, else the page's cookie."""
     header = request.getHeader(b"authorization")
-    values = request.args.get(b"token") if request.args else None
-    return hub_token(
-        header.decode("latin-1") if header is not None else None,
-        bytes(values[0]).decode("utf-8", "replace") if values else None,
+    cookie = request.getHeader(b"cookie")
+    return stats_token(
+        hub_token(header.decode("latin-1") if header is not None else None, None),
+        cookie.decode("latin-1") if cookie is not None else None,
     )
+
+
+def stats_view(config: HubConfig, request: Request) -> StatsView:
+    """What REQUEST may see of the stats."""
+    return config.stats_view(request_stats_token(request))
+
+
+def token_in_url(request: Request) -> bool:
+    """Whether REQUEST carries `?token=` (refused on stats routes: URLs end up in logs)."""
+    return b"token" in (request.args or {})
+
+
+#: The answer to a stats request with `?token=` in its URL.
+TOKEN_IN_URL = (
+    b"tokens in URLs are not accepted (URLs are written to access logs): send "
+    b"Authorization: Bearer <token>, or sign in on the /stats page\n"
+)
 
 
 @attrs.frozen
@@ -115,43 +139,53 @@ class _StaticFile(Resource):
 
 
 class StatsJson(Resource):
-    """`GET /stats/json`: the stats document once."""
+    """`GET /stats/json`: this interval's stats document, in the view the request may see."""
 
     isLeaf = True
 
-    def __init__(self, document: Callable[[], bytes], allowed: Callable[[Request], bool]) -> None:
+    def __init__(self, documents: StatsDocuments, config: HubConfig) -> None:
         super().__init__()
-        self._document = document
-        self._allowed = allowed
+        self._documents = documents
+        self._config = config
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        if not self._allowed(request):
+        if token_in_url(request):
+            request.setResponseCode(400)
+            return json.dumps({"error": TOKEN_IN_URL.decode().strip()}).encode() + b"\n"
+        view = stats_view(self._config, request)
+        if view == "none":
             request.setResponseCode(401)
             return b'{"error": "the stats need the stats token"}\n'
-        return self._document()
+        return self._documents.get(view)
 
 
 class StatsPage(Resource):
-    """`GET /stats`: the page; its files, `json` and `ws` are children."""
+    """`GET /stats`: the page; its files, `json`, `ws`, `login` and `logout` are children."""
 
     def __init__(
-        self,
-        document: Callable[[], bytes],
-        allowed: Callable[[Request], bool],
-        stream: StatsStreamFactory,
+        self, documents: StatsDocuments, config: HubConfig, stream: StatsStreamFactory
     ) -> None:
         super().__init__()
         self._page = _StaticFile(_static("index.html"), b"text/html; charset=utf-8")
         for name, (filename, content_type) in _STATIC.items():
             self.putChild(name, _StaticFile(_static(filename), content_type))
-        self.putChild(b"json", StatsJson(document, allowed))
+        self.putChild(b"json", StatsJson(documents, config))
         self.putChild(b"ws", WebSocketResource(stream))
+        self.putChild(b"login", StatsLogin(config))
+        self.putChild(b"logout", StatsLogout())
         # The page links its files relatively to /stats; /stats/ would break that.
         self.putChild(b"", Redirect(b"../stats"))
 
     def render_GET(self, request: Request) -> bytes:
+        if token_in_url(request):
+            # An old /stats?token= link: drop the token from the address bar and history;
+            # the page then offers its sign-in form.
+            request.setResponseCode(303)
+            request.setHeader(b"location", b"stats")
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
         return self._page.render_GET(request)
 
 
@@ -163,6 +197,7 @@ class HubRuntime:
     def __init__(self, hub: Hub, stream: StatsStreamFactory, clock: IReactorTime) -> None:
         self.hub = hub
         self.stream = stream
+        self.documents = stream.documents
         self._jobs = [
             (self._job(hub.sample, "rate sample"), hub.config.rate_window / 5),
             (self._job(stream.broadcast, "stats broadcast"), hub.config.stats_interval),
@@ -184,6 +219,8 @@ class HubRuntime:
         """Start sampling and broadcasting (when the Site starts listening)."""
         if self._loops:
             return
+        # The document's intervals start with the broadcasts: each broadcast builds it afresh.
+        self.documents.start()
         for work, interval in self._jobs:
             loop = LoopingCall(work)
             loop.clock = self._clock
@@ -237,15 +274,17 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
     hub = Hub(config, relay.clock)
     tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
 
-    def document() -> bytes:
-        return json.dumps(snapshot(hub, tunnel())).encode("utf-8")
-
-    def allowed(request: Request) -> bool:
-        return config.stats_allowed(request_token(request))
-
-    stream = StatsStreamFactory(config, document, relay, reactor)
+    documents = StatsDocuments(lambda: snapshot(hub, tunnel()), relay.clock, config.stats_interval)
+    stream = StatsStreamFactory(config, documents, relay, reactor)
     if config.enabled:
         _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, relay, reactor)))
-    root.putChild(b"stats", StatsPage(document, allowed, stream))
-    root.putChild(b"metrics", MetricsResource(make_registry(hub, tunnel), allowed))
+    root.putChild(b"stats", StatsPage(documents, config, stream))
+    registries = {
+        "full": make_registry(hub, tunnel, per_topic=True),
+        "totals": make_registry(hub, tunnel, per_topic=False),
+    }
+    root.putChild(
+        b"metrics",
+        MetricsResource(registries, lambda request: stats_view(config, request), token_in_url),
+    )
     return HubRuntime(hub, stream, relay.clock)

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
+from ..hub._stats_access import access_log_line
 from ..hub._web import HubRuntime, mount_hub
 from ._auth import check_admin
 from ._contract import Route, RouteKind, parse_bearer, parse_route
@@ -157,6 +158,8 @@ def build_site(
     root.putChild(b"status", StatusResource(relay, admin_sha256))
     root.putChild(b"v1", WebSocketRoutes(factories))
     hub = mount_hub(root, relay, reactor)
-    site = RelaySite(root, hub, requestFactory=BoundedRequest, reactor=reactor)
+    site = RelaySite(
+        root, hub, requestFactory=BoundedRequest, reactor=reactor, logFormatter=access_log_line
+    )
     site.displayTracebacks = False
     return site

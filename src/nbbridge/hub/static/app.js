@@ -1,5 +1,7 @@
 // The hub's stats page: fetches stats/json every `interval` seconds and draws it.
 // Plain DOM and SVG, no libraries and no build step. Text goes in with textContent only.
+// The stats token travels in an HttpOnly cookie set by the sign-in form (POST stats/login):
+// this script never sees it, and it never appears in a URL.
 (function () {
   "use strict";
 
@@ -7,7 +9,6 @@
   var POINTS = 60;
   var COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
                 "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
-  var token = new URLSearchParams(window.location.search).get("token");
   var history = {};  // topic key -> [bytes/s, ...], newest last
   var colorOf = {};
   var nextColor = 0;
@@ -213,24 +214,39 @@
     status.className = isError ? "error" : "muted";
   }
 
+  function showSignIn(signedIn) {
+    document.getElementById("sign-in").hidden = signedIn;
+    document.getElementById("sign-out").hidden = !signedIn;
+  }
+
+  var refused = window.location.hash === "#sign-in-refused";
+  if (refused) { history.replaceState(null, "", window.location.pathname); }
+
   function refresh() {
     var interval = 5;
-    var headers = token ? { "Authorization": "Bearer " + token } : {};
-    fetch("stats/json", { headers: headers, cache: "no-store" })
+    fetch("stats/json", { credentials: "same-origin", cache: "no-store" })
       .then(function (response) {
         if (response.status === 401) {
-          throw new Error("these stats need the stats token: open this page as /stats?token=…");
+          showSignIn(false);
+          throw new Error("these stats need the stats token: sign in");
         }
         if (!response.ok) { throw new Error("the relay answered " + response.status); }
         return response.json();
       })
       .then(function (doc) {
         interval = doc.interval || interval;
+        showSignIn(doc.view === "full");
         renderSummary(doc);
         renderTopics(doc);
         renderChart(doc);
+        if (refused) {
+          setStatus("stats token not recognised", true);
+          refused = false;
+          return;
+        }
         setStatus("updated " + clock(doc.time) + ", every " + interval + " s; rates over the last " +
-          doc.window + " s · relay " + doc.version, false);
+          doc.window + " s · relay " + doc.version +
+          (doc.view === "full" ? "" : " · totals only"), false);
       })
       .catch(function (error) { setStatus(String(error.message || error), true); })
       .then(function () { window.setTimeout(refresh, interval * 1000); });
