@@ -207,5 +207,74 @@ class SlowReceiverTests(HubTestCase):
         self.assertRegex(reason, r"^too slow: \d+ bytes queued \(cap 1048576\)$")
 
 
+class QueueBudgetTests(HubTestCase):
+    """Issue 16: readers that never read each pinned their own queue, without a hub-wide bound."""
+
+    async def test_never_reading_readers_fill_the_budget_then_joins_are_refused(self) -> None:
+        budget = 4 * 2 * SIZE
+        await self.start_hub(
+            {"queue_bytes": 2 * SIZE, "max_message_size": SIZE, "max_queued_bytes": budget}
+        )
+        stalled = [await self.join("/hub/out/cam") for _ in range(4)]
+        for client in stalled:
+            client.tcp.pauseProducing()
+        members = set(self.member("/hub/out/cam"))
+        sender = await self.join("/hub/in/cam")
+        # Send until every stalled reader has lost a message: each queue is then at its cap.
+        dropped_by: set[Member] = set()
+        all_full: Deferred[None] = Deferred()
+
+        def on_drop(name: str, member: Member) -> None:
+            if name == "dropped" and member in members:
+                dropped_by.add(member)
+                if dropped_by == members and not all_full.called:
+                    all_full.callback(None)
+
+        self.addCleanup(self.hub.add_observer(on_drop))
+        sent = 0
+
+        def pump() -> None:
+            nonlocal sent
+            if all_full.called:
+                return
+            for _ in range(8):
+                sender.sendMessage(message(sent, SIZE), isBinary=True)
+                sent += 1
+            reactor.callLater(0, pump)
+
+        pump()
+        await all_full
+        self.assertEqual(self.hub.queued_bytes, budget)
+        late = await self.join("/hub/out/cam")
+        code, reason = await late.closed
+        self.assertEqual(code, HubCloseCode.LIMIT)
+        self.assertEqual(
+            reason,
+            f"hub limit max_queued_bytes reached: {budget} bytes queued for slow receivers "
+            f"(budget {budget}); try again later",
+        )
+        self.assertEqual(self.hub.refused["limit"], 1)
+        # Readers that read again get the newest messages, last one last: their queues are
+        # empty then, and the hub takes members again.
+        last = sent - 1
+        caught_up: list[Deferred[None]] = []
+        for client in stalled:
+            done: Deferred[None] = Deferred()
+            caught_up.append(done)
+
+            def got(payload: bytes, is_binary: bool, done: Deferred[None] = done) -> None:
+                if seq_of(payload) == last and not done.called:
+                    done.callback(None)
+
+            client.on_message = got
+            client.tcp.resumeProducing()
+        for done in caught_up:
+            await done
+        self.assertEqual(self.hub.queued_bytes, 0)
+        joined = self.when("joined")
+        await self.join("/hub/out/cam")
+        await joined
+
+
 class TLSSlowReceiverTests(OverTLS, SlowReceiverTests):
     """The same over wss://: the hub hears a full TLS transport just as a TCP one."""
