@@ -320,8 +320,8 @@ class HubLimitTests(unittest.TestCase):
             self.refused(hub, "c", "10.0.0.1:4").reason,
             "hub limit max_members_per_address reached: at most 3 connections from one address",
         )
-        self.join(hub, "c", "[::1]:4")
-        self.join(hub, "c", "[::1]:5")
+        self.join(hub, "c", "[2001:db8::1]:4")
+        self.join(hub, "c", "[2001:db8::1]:5")
         self.assertEqual(
             self.refused(hub, "d", "10.0.0.3:1").reason,
             "hub limit max_members reached: at most 5 connections",
@@ -329,6 +329,16 @@ class HubLimitTests(unittest.TestCase):
         # Leaving frees the address's slot.
         hub.leave(next(m for m in hub.members() if m.remote == "10.0.0.1:3"))
         self.join(hub, "b", "10.0.0.1:6")
+
+    def test_loopback_is_not_counted_per_address(self) -> None:
+        # A reverse proxy on the relay's host connects every client from loopback.
+        hub = self.hub(max_members_per_address=2)
+        for port in range(5):
+            self.join(hub, f"t{port}", f"127.0.0.1:{port}")
+            self.join(hub, f"t{port}", f"[::1]:{port}")
+        self.join(hub, "t", "192.0.2.1:1")
+        self.join(hub, "t", "192.0.2.1:2")
+        self.refused(hub, "t", "192.0.2.1:3")
 
 
 class RateTests(unittest.TestCase):

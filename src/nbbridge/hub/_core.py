@@ -16,6 +16,7 @@ from an injected `IReactorTime`.
 from __future__ import annotations
 
 import collections
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -89,10 +90,20 @@ class Topic:
 Observer = Callable[[str, Member], None]
 
 
-def address_of(remote: str) -> str:
-    """The host part of a `host:port` or `[v6]:port` REMOTE (what per-address limits count)."""
+def address_of(remote: str) -> str | None:
+    """The host part of a `host:port` or `[v6]:port` REMOTE, as `max_members_per_address` counts.
+
+    None for a loopback address: that is a reverse proxy on the relay's host (every client
+    behind it would share one count) or a local tool. Limit clients per address at the proxy.
+    """
     host, sep, _port = remote.rpartition(":")
-    return host if sep else remote
+    host = host if sep else remote
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 class Hub:
@@ -112,7 +123,7 @@ class Hub:
         self.member_count = 0
         #: bytes queued for every receiver together (bounded by max_queued_bytes)
         self.queued_bytes = 0
-        self._per_address: collections.Counter[str] = collections.Counter()
+        self._per_address: collections.Counter[str | None] = collections.Counter()
         self._next_id = 1
         self._observers: list[Observer] = []
 
@@ -162,7 +173,9 @@ class Hub:
         topic.members[member.id] = member
         topic._rebuild()
         self.member_count += 1
-        self._per_address[address_of(remote)] += 1
+        address = address_of(remote)
+        if address is not None:
+            self._per_address[address] += 1
         self._log.info(
             "hub: {remote} joined {topic} as {role} (#{id})",
             remote=remote,
@@ -174,7 +187,7 @@ class Hub:
         return member
 
     def _check(
-        self, route: HubRoute | BadRoute, token: str | None, address: str
+        self, route: HubRoute | BadRoute, token: str | None, address: str | None
     ) -> Refused | str | None:
         if isinstance(route, BadRoute):
             return Refused(HubCloseCode.BAD_TOPIC, route.reason, "bad_topic")
@@ -183,7 +196,7 @@ class Hub:
             return Refused(HubCloseCode.LIMIT, limit, "limit")
         return check_access(self.config, route, token)
 
-    def _limit_reached(self, route: HubRoute, address: str) -> str | None:
+    def _limit_reached(self, route: HubRoute, address: str | None) -> str | None:
         """Which hub limit a new member on ROUTE from ADDRESS would pass, as a close reason."""
         config = self.config
         topic = self.topics.get((route.kind, route.topic))
@@ -194,7 +207,7 @@ class Hub:
             )
         if self.member_count >= config.max_members:
             return f"hub limit max_members reached: at most {config.max_members} connections"
-        if self._per_address[address] >= config.max_members_per_address:
+        if address is not None and self._per_address[address] >= config.max_members_per_address:
             return (
                 f"hub limit max_members_per_address reached: at most "
                 f"{config.max_members_per_address} connections from one address"
@@ -221,9 +234,10 @@ class Hub:
         topic._rebuild()
         self.member_count -= 1
         address = address_of(member.remote)
-        self._per_address[address] -= 1
-        if self._per_address[address] <= 0:
-            del self._per_address[address]
+        if address is not None:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
         if not topic.members:
             del self.topics[(topic.kind, topic.name)]
         self._log.info(
