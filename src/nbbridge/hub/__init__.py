@@ -5,11 +5,13 @@ Served by `nbbridge-relay` on its own port (docs/hub.md is the user's guide):
 * `ws(s)://RELAY/hub/<topic>`      two-way: each message goes to every other member
 * `ws(s)://RELAY/hub/in/<topic>`   one-way stream, sending side
 * `ws(s)://RELAY/hub/out/<topic>`  one-way stream, reading side (what it sends is dropped)
-* `GET /stats` (page), `GET /stats/json`, `ws(s)://RELAY/stats/ws` (JSON every 5 s)
-* `GET /metrics` (Prometheus)
+* `GET /stats` (page, with a sign-in form), `GET /stats/json`, `ws(s)://RELAY/stats/ws` (JSON
+  every 5 s), `GET /metrics` (Prometheus): in full with the stats token (a bearer header or
+  the page's cookie, never the URL), totals only without it (`[hub] stats_anonymous`)
 
 Close codes (`HubCloseCode`): 4400 bad topic name, 4401 token missing or not recognised,
-4403 token not permitted, 4413 message too big, 4429 too slow or a hub limit reached.
+4403 token not permitted, 4413 message too big, 4429 too slow or a hub limit reached (the
+reason names the limit: max_queued_bytes, max_members, max_members_per_address, ...).
 
 Only pure modules are imported here: the relay's config reads `nbbridge.hub._config`.
 """
