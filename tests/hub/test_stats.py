@@ -9,9 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from nbbridge import __version__
+from nbbridge.contract import control_path, link_path
 from nbbridge.hub import HubCloseCode
-from nbbridge.relay import control_path, hash_token, link_path
+from nbbridge.relay import hash_token
 from nbbridge.relay._config import parse_config
+from nbbridge.relay.tap import SECTIONS
 
 from ..relay._harness import AGENT_TOKEN, CLIENT_TOKEN
 from ._harness import HubTestCase, collect
@@ -139,9 +141,10 @@ class MetricsTests(HubTestCase):
                 "hub": {},
             },
             "test.toml",
+            SECTIONS,
         )
         await self.start_relay(config)
-        self.hub = self.service.connections.wrappedFactory.hub.hub
+        self.hub = self.service.connections.wrappedFactory.extensions["hub"].hub
 
     async def scrape(self) -> dict[str, Any]:
         code, headers, body = await self.http_get("/metrics")

@@ -9,9 +9,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from nbbridge.mux import ChannelEndpoint, ForwardingFactory
-
-from ._link import AgentLink
+from nbbridge.mux import ForwardingFactory
+from nbbridge.tunnel import AgentLink
 
 #: Services whose forward is opened in a browser rather than with a TCP client.
 _WEB_SERVICES = {"jupyter", "http", "web", "lab", "notebook"}
@@ -41,7 +40,7 @@ class ForwardService(Service):
         self._endpoint = endpoint
         self._reactor = reactor
         self.service_name = service
-        self._factory = ForwardingFactory(ChannelEndpoint(link.session, service), label=service)
+        self._factory = ForwardingFactory(link.endpoint(service), label=service)
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 

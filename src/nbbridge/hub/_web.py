@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
-import attrs
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -27,10 +26,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
+from nbbridge.websocket import RouteBinding
+
 from ._config import HubConfig
 from ._core import Hub
 from ._metrics import MetricsResource, TunnelFigures, make_registry
-from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory, hub_token
+from ._protocol import (
+    Heartbeat,
+    HubFactory,
+    HubMemberProtocol,
+    StatsStreamFactory,
+    hub_token,
+)
 from ._routes import BadRoute, HubRoute, parse_hub_path
 from ._stats import snapshot
 
@@ -59,19 +66,6 @@ def request_token(request: Request) -> str | None:
     )
 
 
-@attrs.frozen
-class _MemberBinding:
-    """What `WebSocketResource` sees as its factory: a protocol that knows its route."""
-
-    factory: HubFactory
-    route: HubRoute | BadRoute
-
-    def buildProtocol(self, addr: Any) -> HubMemberProtocol:
-        protocol = cast(HubMemberProtocol, self.factory.buildProtocol(addr))
-        protocol.binding = self.route
-        return protocol
-
-
 class HubRoutes(Resource):
     """`<prefix>/<topic>`, `<prefix>/in/<topic>`, `<prefix>/out/<topic>` (WebSocket only).
 
@@ -93,7 +87,8 @@ class HubRoutes(Resource):
             route = BadRoute("topic name is not UTF-8")
         else:
             route = parse_hub_path(segments)
-        return WebSocketResource(_MemberBinding(self._factory, route)).render(request)
+        binding: RouteBinding[HubMemberProtocol] = RouteBinding(self._factory, route, "binding")
+        return WebSocketResource(binding).render(request)
 
 
 class _StaticFile(Resource):
@@ -210,12 +205,6 @@ def tunnel_figures(relay: Any) -> dict[str, Any]:
     }
 
 
-def hub_config_of(relay: Any) -> HubConfig:
-    """The `[hub]` section of the relay's config, or the defaults."""
-    config = relay.authority.config
-    return config.hub if config is not None else HubConfig()
-
-
 def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
     parent = root
     for segment in segments[:-1]:
@@ -227,14 +216,16 @@ def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
     parent.putChild(segments[-1], child)
 
 
-def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
-    """Put the hub's routes, /stats and /metrics on ROOT; RELAY is the relay core.
+def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConfig) -> HubRuntime:
+    """Put the hub's routes, /stats and /metrics on ROOT, configured by CONFIG (``[hub]``).
 
-    The hub keeps the relay core's time (``relay.clock``): its time stamps, rate samples and
-    stats broadcasts. REACTOR runs the hub's WebSockets.
+    RELAY is the relay core, read only through what it shows of itself: ``status()``,
+    ``pending_count``, ``dial_failures``, ``limits`` (heartbeats) and ``clock``. The hub keeps
+    the relay core's time: its time stamps, rate samples and stats broadcasts. REACTOR runs
+    the hub's WebSockets.
     """
-    config = hub_config_of(relay)
     hub = Hub(config, relay.clock)
+    heartbeat = Heartbeat(relay.limits.ping_interval, relay.limits.ping_timeout)
     tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
 
     def document() -> bytes:
@@ -243,9 +234,9 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
     def allowed(request: Request) -> bool:
         return config.stats_allowed(request_token(request))
 
-    stream = StatsStreamFactory(config, document, relay, reactor)
+    stream = StatsStreamFactory(config, document, heartbeat, reactor)
     if config.enabled:
-        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, relay, reactor)))
+        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, heartbeat, reactor)))
     root.putChild(b"stats", StatsPage(document, allowed, stream))
     root.putChild(b"metrics", MetricsResource(make_registry(hub, tunnel), allowed))
     return HubRuntime(hub, stream, relay.clock)
