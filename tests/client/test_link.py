@@ -93,3 +93,19 @@ class AgentLinkTests(TestCase):
         self.assertIs(self.successResultOf(first), session)
         self.assertIs(self.successResultOf(link.session()), session)
         self.assertEqual(len(link.attempts), 1)
+
+    def test_stopping_the_service_fails_waiters(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [lambda: Deferred()])
+        link.startService()
+        d = link.session()
+        self.assertIsNone(self.successResultOf(link.stopService()))
+        clock.advance(0)
+        self.assertIn("stopping", str(self.failureResultOf(d, LinkDown).value))
+        self.assertIn("stopping", str(self.failureResultOf(link.session(), LinkDown).value))
+
+    def test_endpoint_opens_channels_on_the_session(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [])
+        endpoint = link.endpoint("jupyter")
+        self.assertEqual(endpoint.service, "jupyter")
