@@ -15,7 +15,8 @@ import sys
 from twisted.internet import reactor
 from twisted.protocols import portforward
 
-from nbbridge._tuning import tune, write_now
+from nbbridge._internals import write_now
+from nbbridge._tuning import tune
 
 
 class _Client(portforward.ProxyClient):

@@ -113,3 +113,20 @@ class CareForMemoryTests(SynchronousTestCase):
         service = MultiService()
         care_for_memory(service, Clock())
         self.assertEqual(list(service), [])
+
+
+class EntryPointTests(SynchronousTestCase):
+    """glibc is tuned by twistd's entry point for the daemon, never by makeService itself."""
+
+    def test_only_the_twistd_entry_point_tunes_malloc(self) -> None:
+        from nbbridge.relay import tap
+        from twisted.plugins import nbbridge_plugins
+
+        calls: list[int] = []
+        self.patch(_memory, "tune_malloc", lambda: calls.append(1) or True)
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+        tap.makeService(options)
+        self.assertEqual(calls, [])
+        nbbridge_plugins.nbbridgeRelay.makeService(options)
+        self.assertEqual(calls, [1])

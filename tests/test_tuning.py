@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from nbbridge._tuning import write_now
+from nbbridge._internals import write_now
 
 
 class _Sink(Protocol):

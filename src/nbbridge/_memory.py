@@ -121,12 +121,13 @@ class IdleTrim(TimerService):
 
 
 def care_for_memory(service: MultiService, clock: IReactorTime | None = None) -> None:
-    """Set glibc's thresholds now, and give free heap back whenever SERVICE's process idles.
+    """Give free heap back whenever SERVICE's process idles (a child service of SERVICE).
 
-    Call it from a daemon's ``makeService``: the trimming runs only while SERVICE runs.
-    Does nothing on other C libraries.
+    Call it from a daemon's ``makeService``: the trimming runs only while SERVICE runs. The
+    process-wide thresholds (`tune_malloc`) are set by twistd's entry point, not here, so that
+    building a service in a test or in another program changes nothing process-wide. Does
+    nothing on other C libraries.
     """
-    tune_malloc()
     libc = _glibc()
     if libc is not None:
         IdleTrim(lambda: libc.malloc_trim(0), clock=clock).setServiceParent(service)

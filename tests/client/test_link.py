@@ -9,11 +9,11 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from nbbridge.client._link import AgentLink, LinkDown
 from nbbridge.crypto import PrivateKey
 from nbbridge.mux import MuxSession
 from nbbridge.transport import parse_relay_url
-from nbbridge.transport._wsstream import LinkClosed
+from nbbridge.tunnel import AgentLink, LinkDown
+from nbbridge.websocket import LinkClosed
 
 
 class FakeLink(AgentLink):
@@ -54,7 +54,9 @@ class AgentLinkTests(TestCase):
     def test_offline_agent_fails_at_once(self) -> None:
         clock = Clock()
         link = FakeLink(clock, [lambda: fail(LinkClosed(4404, "agent 'gpu' is offline"))])
-        f = self.failureResultOf(link.session(), LinkDown)
+        d = link.session()
+        clock.advance(0)  # waiters hear on a later turn
+        f = self.failureResultOf(d, LinkDown)
         self.assertIn("4404", str(f.value))
         self.assertIn("offline", str(f.value))
 
@@ -67,6 +69,7 @@ class AgentLinkTests(TestCase):
         clock.advance(2)  # the retry after the refusal
         self.assertNoResult(d)
         later.callback(session)
+        clock.advance(0)  # waiters hear on a later turn
         self.assertIs(self.successResultOf(d), session)
 
     def test_backoff_grows_and_is_capped_at_60_seconds(self) -> None:
@@ -85,6 +88,24 @@ class AgentLinkTests(TestCase):
         session = MuxSession(initiator=True)
         session._connected = True  # as after connectionMade
         link = FakeLink(clock, [lambda: succeed(session)])
-        self.assertIs(self.successResultOf(link.session()), session)
+        first = link.session()
+        clock.advance(0)  # waiters hear on a later turn
+        self.assertIs(self.successResultOf(first), session)
         self.assertIs(self.successResultOf(link.session()), session)
         self.assertEqual(len(link.attempts), 1)
+
+    def test_stopping_the_service_fails_waiters(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [lambda: Deferred()])
+        link.startService()
+        d = link.session()
+        self.assertIsNone(self.successResultOf(link.stopService()))
+        clock.advance(0)
+        self.assertIn("stopping", str(self.failureResultOf(d, LinkDown).value))
+        self.assertIn("stopping", str(self.failureResultOf(link.session(), LinkDown).value))
+
+    def test_endpoint_opens_channels_on_the_session(self) -> None:
+        clock = Clock()
+        link = FakeLink(clock, [])
+        endpoint = link.endpoint("jupyter")
+        self.assertEqual(endpoint.service, "jupyter")

@@ -49,7 +49,7 @@ class ClientOptionsTests(TestCase):
         kinds = sorted(type(child).__name__ for child in service)
         # the link, two forwards, and giving memory back when idle (on glibc)
         self.assertEqual(
-            [k for k in kinds if k != "IdleTrim"], ["ForwardService"] * 2 + ["_LinkService"]
+            [k for k in kinds if k != "IdleTrim"], ["AgentLink"] + ["ForwardService"] * 2
         )
 
     def test_needs_a_forward(self) -> None:

@@ -16,6 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from nbbridge.hub._core import Hub, Member
 from nbbridge.relay._config import parse_config
+from nbbridge.relay.tap import SECTIONS
 
 from ..relay._harness import RelayTestCase
 from ..relay._ws import Connector, TestClient
@@ -38,9 +39,9 @@ class HubTestCase(RelayTestCase):
         self, hub: dict[str, Any] | None = None, clock: IReactorTime | None = None
     ) -> Connector:
         """The relay, with CLOCK (default: the reactor) as its and its hub's time."""
-        config = parse_config({"hub": hub or {}}, "test.toml")
+        config = parse_config({"hub": hub or {}}, "test.toml", SECTIONS)
         connector = await self.start_relay(config, clock=clock)
-        self.hub: Hub = self.service.connections.wrappedFactory.hub.hub
+        self.hub: Hub = self.service.connections.wrappedFactory.extensions["hub"].hub
         return connector
 
     @property

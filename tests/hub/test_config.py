@@ -10,6 +10,7 @@ from nbbridge.hub import HubConfig, HubRoute, Role, hub_path, parse_hub_path, va
 from nbbridge.hub._routes import BadRoute
 from nbbridge.relay import hash_token
 from nbbridge.relay._config import ConfigError, load_config, parse_config
+from nbbridge.relay.tap import SECTIONS
 
 from ..relay._harness import FileTestCase
 
@@ -36,7 +37,7 @@ read = ["*"]
 
 class HubConfigTests(FileTestCase):
     def test_good_file(self) -> None:
-        config = load_config(self.write(GOOD)).hub
+        config = load_config(self.write(GOOD), SECTIONS).sections["hub"]
         self.assertEqual(config.prefix, "/lab/hub")
         self.assertEqual(config.prefix_segments, [b"lab", b"hub"])
         self.assertEqual((config.queue_bytes, config.max_message_size), (1048576, 65536))
@@ -56,7 +57,7 @@ class HubConfigTests(FileTestCase):
         self.assertNotIn(hash_token("cam"), repr(config))
 
     def test_defaults(self) -> None:
-        config = parse_config({}, "t").hub
+        config = parse_config({}, "t", SECTIONS).sections["hub"]
         self.assertEqual(config, HubConfig())
         self.assertEqual(config.prefix, "/hub")
         self.assertEqual(config.queue_bytes, 1024 * 1024)
@@ -78,7 +79,8 @@ class HubConfigTests(FileTestCase):
                 }
             },
             "t",
-        ).hub
+            SECTIONS,
+        ).sections["hub"]
         self.assertEqual(config.max_queued_bytes, 8 << 20)
         self.assertEqual((config.max_members_per_topic, config.max_members_per_address), (5, 2))
         self.assertEqual((config.stats_view(None), config.stats_view("x")), ("none", "none"))
@@ -121,12 +123,12 @@ class HubConfigTests(FileTestCase):
         ]
         for hub, expected in cases:
             with self.assertRaises(ConfigError) as caught:
-                parse_config({"hub": hub}, "t.toml")
+                parse_config({"hub": hub}, "t.toml", SECTIONS)
             message = str(caught.exception)
             self.assertIn(expected, message, hub)
             self.assertNotIn("\n", message)
         with self.assertRaises(ConfigError) as caught:
-            parse_config({"hubs": {}}, "t.toml")
+            parse_config({"hubs": {}}, "t.toml", SECTIONS)
         self.assertIn("[hub]", str(caught.exception))
 
 

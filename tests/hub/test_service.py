@@ -45,7 +45,7 @@ class MakeServiceTests(FileTestCase):
         options = Options()
         options.parseOptions(["--config", self.write(CONFIG)])
         service = makeService(options, reactor=reactor)
-        hub = service.connections.wrappedFactory.hub.hub
+        hub = service.connections.wrappedFactory.extensions["hub"].hub
         self.assertEqual(hub.config.prefix, "/lab/streams")
         self.assertEqual(hub.config.queue_bytes, 1048576)
         self.assertEqual(hub.config.token_name(CAMERA), "camera")

@@ -9,9 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from nbbridge import __version__
+from nbbridge.contract import control_path, link_path
 from nbbridge.hub import HubCloseCode
-from nbbridge.relay import control_path, hash_token, link_path
+from nbbridge.relay import hash_token
 from nbbridge.relay._config import parse_config
+from nbbridge.relay.tap import SECTIONS
 
 from ..relay._harness import AGENT_TOKEN, CLIENT_TOKEN
 from ._harness import HubTestCase, collect
@@ -37,7 +39,7 @@ class StatsDocumentTests(HubTestCase):
 
     @property
     def documents(self) -> Any:
-        return self.service.connections.wrappedFactory.hub.documents
+        return self.service.connections.wrappedFactory.extensions["hub"].documents
 
     async def test_json_document(self) -> None:
         await self.start_hub(WITH_TOKEN)
@@ -116,7 +118,7 @@ class StatsDocumentTests(HubTestCase):
         viewers = [await self.join("/stats/ws", STATS_TOKEN) for _ in range(3)]
         for viewer in viewers:
             await viewer.messages.get()
-        stream = self.service.connections.wrappedFactory.hub.stream
+        stream = self.service.connections.wrappedFactory.extensions["hub"].stream
         relay_side = sorted(stream.subscribers, key=lambda p: p.remote)
 
         def broken(document: Any) -> None:
@@ -315,9 +317,10 @@ class MetricsTests(HubTestCase):
                 "hub": WITH_TOKEN,
             },
             "test.toml",
+            SECTIONS,
         )
         await self.start_relay(config)
-        self.hub = self.service.connections.wrappedFactory.hub.hub
+        self.hub = self.service.connections.wrappedFactory.extensions["hub"].hub
 
     async def scrape(self) -> dict[str, Any]:
         code, headers, body = await self.http_get("/metrics", BEARER)

@@ -12,19 +12,14 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.trial import unittest
 
 from nbbridge._secrets import token_digest
-from nbbridge.relay import (
-    Registered,
-    control_path,
-    data_path,
-    hash_token,
-    link_path,
-    parse_control_message,
-)
+from nbbridge.contract import Registered, control_path, data_path, link_path, parse_control_message
+from nbbridge.relay import hash_token
 from nbbridge.relay._auth import Authority
 from nbbridge.relay._config import Limits, RelayConfig, parse_config
 from nbbridge.relay._core import Relay
 from nbbridge.relay._protocol import DataProtocol, LinkProtocol, RelayWebSocket
 from nbbridge.relay._service import RelayService
+from nbbridge.relay.tap import mounts
 
 from ._ws import Connector, TestClient
 
@@ -104,6 +99,7 @@ class RelayTestCase(unittest.TestCase):
             reactor=reactor,
             secure=ca_pem is not None,
             admin_sha256=token_digest(admin_token) if admin_token else None,
+            mounts=mounts(config),
         )
         self.service.startService()
         port = await self.service.when_listening()

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from nbbridge.relay import bearer_headers
+from nbbridge.contract import bearer_headers
 
 
 class HandshakeFailed(Exception):

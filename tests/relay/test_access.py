@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
-from nbbridge.relay import CloseCode, control_path, data_path, link_path, parse_control_message
+from nbbridge.contract import CloseCode, control_path, data_path, link_path, parse_control_message
 
 from ._harness import (
     AGENT_TOKEN,

@@ -6,7 +6,7 @@ import json
 
 from twisted.trial import unittest
 
-from nbbridge.relay import (
+from nbbridge.contract import (
     CloseCode,
     Dial,
     Route,
@@ -16,14 +16,14 @@ from nbbridge.relay import (
     data_path,
     dial_message,
     link_path,
+    parse_bearer,
     parse_control_message,
     parse_route,
 )
-from nbbridge.relay._contract import parse_bearer
 from nbbridge.relay._listen import loopback_problem, uses_tls
-from nbbridge.relay._protocol import truncate_reason
 from nbbridge.relay._splice import onward_close
 from nbbridge.transport import endpoint_string
+from nbbridge.websocket import truncate_reason
 
 LINK = "abcdefghijklmnopqrstuvwxyz012345"
 
@@ -61,10 +61,30 @@ class RouteTests(unittest.TestCase):
             data_path("gpu", "x/y")
 
     def test_dial_message(self) -> None:
-        text = dial_message(LINK)
-        self.assertEqual(json.loads(text), {"op": "dial", "link": LINK})
-        self.assertEqual(parse_control_message(text), Dial(LINK))
-        self.assertEqual(parse_control_message(text.encode()), Dial(LINK))
+        url = data_path("gpu", LINK)
+        text = dial_message(LINK, url)
+        self.assertEqual(json.loads(text), {"op": "dial", "link": LINK, "url": url})
+        self.assertEqual(parse_control_message(text), Dial(LINK, url))
+        self.assertEqual(parse_control_message(text.encode()), Dial(LINK, url))
+
+    def test_dial_urls(self) -> None:
+        """A dial names the data route of its own link: as a path, or at another relay."""
+        for url in (
+            f"/v1/agents/gpu/data/{LINK}",
+            f"wss://relay2.example.com/v1/agents/gpu/data/{LINK}",
+            f"wss://example.com/nbb/v1/agents/gpu/data/{LINK}",
+        ):
+            self.assertEqual(parse_control_message(dial_message(LINK, url)).url, url)
+        for url in (
+            f"/v1/agents/gpu/data/{LINK}x",
+            f"/v1/agents/gpu/link/{LINK}",
+            f"https://relay2.example.com/v1/agents/gpu/data/{LINK}",
+            f"//relay2.example.com/v1/agents/gpu/data/{LINK}",
+            f"/v1/agents/gpu/data/{LINK}?token=x",
+            "/",
+        ):
+            with self.assertRaises(ValueError, msg=url):
+                parse_control_message(dial_message(LINK, url))
 
     def test_bad_control_messages(self) -> None:
         for payload, problem in [
@@ -74,6 +94,7 @@ class RouteTests(unittest.TestCase):
             ('{"op": "hello"}', "unknown control op"),
             ('{"op": "dial"}', "valid link id"),
             ('{"op": "dial", "link": "../../x"}', "valid link id"),
+            ('{"op": "dial", "link": "%s"}' % ("a" * 32), "data URL"),
         ]:
             with self.assertRaises(ValueError) as caught:
                 parse_control_message(payload)

@@ -8,7 +8,7 @@ import attrs
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from nbbridge.relay import CloseCode
+from nbbridge.contract import CloseCode
 from nbbridge.relay._auth import Authority, Refusal
 from nbbridge.relay._config import Limits
 from nbbridge.relay._core import ActiveLink, PendingLink, Relay, new_link_id
@@ -32,7 +32,9 @@ class FakeControl:
     def send_registered(self, name: str) -> None:
         self.registered = name
 
-    def send_dial(self, link_id: str) -> None:
+    def send_dial(self, link_id: str, url: str) -> None:
+        # The dial names the data route of its own link (no --advertise-url: a path).
+        assert url.endswith(f"/data/{link_id}") and url.startswith("/v1/agents/"), url
         self.dials.append(link_id)
 
     def close(self, code: int, reason: str) -> None:
@@ -274,7 +276,7 @@ class FakeEnd:
     """One end of a splice, recording what the splice does to it."""
 
     write_full: bool = False
-    relay_close: tuple[int, str] | None = None
+    server_close: tuple[int, str] | None = None
     sent: list[bytes] = attrs.Factory(list)
     holds: set[str] = attrs.Factory(set)
     closed: tuple[int, str] | None = None
@@ -334,7 +336,7 @@ class SpliceUnitTests(unittest.TestCase):
         self.splice.forward(self.client, b"\x82\x04late", 4)
         self.assertEqual(self.agent.sent, [])
 
-    def test_relay_close_wins(self) -> None:
-        self.agent.relay_close = (CloseCode.TOO_BIG, "too big")
+    def test_server_close_wins(self) -> None:
+        self.agent.server_close = (CloseCode.TOO_BIG, "too big")
         self.splice.end_closed(self.agent, 1000, "")
         self.assertEqual(self.client.closed, (CloseCode.TOO_BIG, "too big"))

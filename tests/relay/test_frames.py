@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from nbbridge.relay import CloseCode
+from nbbridge.contract import CloseCode
 from nbbridge.relay._protocol import DataProtocol, LinkProtocol
 from nbbridge.relay._splice import Splice
 from nbbridge.wire._masking import mask_in_place

@@ -13,13 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from nbbridge._tuning import BUFFER_SIZE
-from nbbridge.relay import (
-    CloseCode,
-    control_path,
-    data_path,
-    link_path,
-    parse_control_message,
-)
+from nbbridge.contract import CloseCode, control_path, data_path, link_path, parse_control_message
 from nbbridge.relay._config import Limits
 from nbbridge.relay._protocol import ControlProtocol
 
@@ -248,6 +242,7 @@ class ControlTests(RelayTestCase):
         message = json.loads(payload)
         self.assertEqual(message["op"], "dial")
         self.assertEqual(len(message["link"]), 32)
+        self.assertEqual(message["url"], f"/v1/agents/gpu/data/{message['link']}")
         self.assertTrue(self.relay.is_online("gpu"))
         self.assertEqual(control_path("gpu"), "/v1/agents/gpu/control")
 

@@ -33,9 +33,9 @@ from nbbridge.agent import tap as agent_tap
 from nbbridge.agent._agent import Agent
 from nbbridge.client import tap as client_tap
 from nbbridge.client._forward import ForwardService
-from nbbridge.client._link import AgentLink
 from nbbridge.relay import tap as relay_tap
 from nbbridge.relay._service import RelayService
+from nbbridge.tunnel import AgentLink
 
 from . import _tcp
 from ._autobahn import cancel_stale_close_timeouts
@@ -294,7 +294,7 @@ class TunnelTestCase(unittest.TestCase):
         service = client_tap.makeService(options, reactor)
         service.startService()
         forwards = [s for s in service if isinstance(s, ForwardService)]  # type: ignore[attr-defined]
-        links = [s.link for s in service if hasattr(s, "link")]  # type: ignore[attr-defined]
+        links = [s for s in service if isinstance(s, AgentLink)]
         ports = {}
         for forward_service in forwards:
             port = await forward_service.listening

@@ -19,7 +19,8 @@ WAIT_TIMEOUT = 30.0
 #: Where each part logs from (the start of each event's namespace).
 RELAY = "nbbridge.relay"
 AGENT = "nbbridge.agent"
-CLIENT = "nbbridge.client"
+#: the client daemon, and the tunnel-client API it runs its link with
+CLIENT = ("nbbridge.client", "nbbridge.tunnel")
 MUX = "nbbridge.mux"
 CRYPTO = "nbbridge.crypto"
 
@@ -33,7 +34,7 @@ def text_of(event: LogEvent) -> str:
     return formatEvent(event)
 
 
-def matches(event: LogEvent, text: str, namespace: str | None) -> bool:
+def matches(event: LogEvent, text: str, namespace: str | tuple[str, ...] | None) -> bool:
     """Whether EVENT's message contains TEXT, and it was logged under NAMESPACE (a prefix)."""
     if namespace is not None and not str(event.get("log_namespace", "")).startswith(namespace):
         return False
@@ -68,14 +69,16 @@ class LogCapture:
         """A position in the log; pass it as ``since`` to look only at what comes after."""
         return len(self.events)
 
-    def lines(self, text: str = "", namespace: str | None = None, since: int = 0) -> list[str]:
+    def lines(
+        self, text: str = "", namespace: str | tuple[str, ...] | None = None, since: int = 0
+    ) -> list[str]:
         """Messages logged since SINCE under NAMESPACE that contain TEXT."""
         return [text_of(e) for e in self.events[since:] if matches(e, text, namespace)]
 
     def wait_for(
         self,
         text: str,
-        namespace: str | None = None,
+        namespace: str | tuple[str, ...] | None = None,
         since: int | None = None,
         timeout: float = WAIT_TIMEOUT,
     ) -> Deferred[LogEvent]:

@@ -2,27 +2,43 @@
 
 Each data link carries the responder side of a Noise session (only clients whose keys are in
 the authorized-keys file get through) and a mux session whose acceptor opens channels only to
-the services this agent exposes: it is never an open proxy.
+the services this agent exposes: it is never an open proxy. The acceptor is pluggable
+(`nbbridge.mux.Acceptor`): a fixed `ServiceMap` from `--expose`, or one that adds instances
+at run time.
+
+Routes and control messages come from `nbbridge.contract`. A dial names the URL to dial
+back to; the agent accepts only its own relay's origin (scale-out across relays will add an
+allow-list), checks the link id against the contract, and bounds how many dials it answers
+at once, so a confused or hostile relay cannot make it open connections without limit.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nbbridge.contract import (
+    Dial,
+    Registered,
+    bearer_headers,
+    control_path,
+    parse_control_message,
+)
 from nbbridge.crypto import AuthorizedKeys, PrivateKey, PublicKey, Responder, SecureProtocol
-from nbbridge.mux import MuxSession, ServiceMap
+from nbbridge.mux import Acceptor, MuxSession
 from nbbridge.transport import RelayURL, client_endpoint, websocket_client_factory
-from nbbridge.transport._wsstream import StreamClientProtocol, bind
+from nbbridge.websocket import StreamClientProtocol, bind
+
+#: Data connections the agent opens at once, before their client is authenticated.
+MAX_PENDING_DIALS = 16
 
 
 class _ControlProtocol(StreamClientProtocol):
@@ -34,17 +50,14 @@ class _ControlProtocol(StreamClientProtocol):
     def textReceived(self, text: str) -> None:
         agent: Agent = self.owner
         try:
-            message = json.loads(text)
-            op = message["op"]
-        except (ValueError, KeyError, TypeError):
-            self._log.warn("relay sent a malformed control message; ignored")
+            message = parse_control_message(text)
+        except ValueError as e:
+            self._log.warn("relay sent an unusable control message ({why}); ignored", why=e)
             return
-        if op == "dial" and isinstance(message.get("link"), str):
-            agent.dial(message["link"])
-        elif op == "registered":
+        if isinstance(message, Dial):
+            agent.dial(message)
+        elif isinstance(message, Registered):
             agent.control_up(self)
-        else:
-            self._log.info("relay sent control message {op!r}; ignored", op=op)
 
     def closed(self, code: int | None, reason: str) -> None:
         agent: Agent = self.owner
@@ -68,12 +81,15 @@ class _DataProtocol(StreamClientProtocol):
 
     def _secured(self, client: PublicKey) -> None:
         agent: Agent = self.owner
+        agent.dial_done(self)
         self._log.info("client {client} connected", client=agent.describe_client(client))
 
     def _refused(self, failure: Failure) -> None:
+        self.owner.dial_done(self)
         self._log.warn("link refused: {why}", why=failure.getErrorMessage())
 
     def closed(self, code: int | None, reason: str) -> None:
+        self.owner.dial_done(self)
         self.owner.links.discard(self)
 
 
@@ -90,8 +106,10 @@ class Agent(MultiService):
         token: str,
         key: PrivateKey,
         authorized: AuthorizedKeys,
-        services: Mapping[str, IStreamClientEndpoint],
+        acceptor: Acceptor,
         ca_file: str | None = None,
+        *,
+        max_pending_dials: int = MAX_PENDING_DIALS,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -100,13 +118,16 @@ class Agent(MultiService):
         self.agent_name = name
         self.key = key
         self.authorized = authorized
-        self.acceptor = ServiceMap(dict(services))
+        self.acceptor = acceptor
         self.links: set[_DataProtocol] = set()
+        #: data connections dialled and not yet authenticated (or failed)
+        self._dialling: set[object] = set()
+        self._max_pending_dials = max_pending_dials
         self._token = token
         self._ca_file = ca_file
         self.online = False
         self._stopping = False
-        factory = self._factory(f"/v1/agents/{name}/control", _ControlProtocol, text=True)
+        factory = self._factory(relay.url_for(control_path(name)), _ControlProtocol, text=True)
         self.control = ClientService(
             client_endpoint(reactor, relay, ca_file),
             factory,
@@ -115,9 +136,9 @@ class Agent(MultiService):
         )
         self.control.setServiceParent(self)
 
-    def _factory(self, route: str, protocol: type[StreamClientProtocol], text: bool) -> Any:
-        headers = {"Authorization": f"Bearer {self._token}"}
-        factory = websocket_client_factory(self.relay.url_for(route), headers, protocol, text=text)
+    def _factory(self, url: str, protocol: type[StreamClientProtocol], text: bool) -> Any:
+        headers = bearer_headers(self._token)
+        factory = websocket_client_factory(url, headers, protocol, text=text, reactor=self.reactor)
         return bind(factory, self)
 
     def is_authorized(self, client: PublicKey) -> bool:
@@ -134,7 +155,7 @@ class Agent(MultiService):
             "agent {name} online at {relay}, exposing {services}",
             name=self.agent_name,
             relay=self.relay.netloc,
-            services=", ".join(sorted(self.acceptor.services)) or "nothing",
+            services=", ".join(sorted(getattr(self.acceptor, "services", ()))) or "nothing",
         )
 
     def control_down(self, code: int | None, reason: str) -> None:
@@ -148,15 +169,44 @@ class Agent(MultiService):
             )
         self.online = False
 
-    def dial(self, link_id: str) -> None:
+    def dial(self, dial: Dial) -> None:
         """The relay has a client for us: open the data connection it asked for."""
-        route = f"/v1/agents/{self.agent_name}/data/{link_id}"
-        factory = self._factory(route, _DataProtocol, text=False)
-        factory.link_id = link_id
+        url = self.dial_url(dial)
+        if url is None:
+            self._log.warn("relay asked for a data connection to another origin or agent; refused")
+            return
+        if len(self._dialling) >= self._max_pending_dials:
+            self._log.warn(
+                "{n} data connections are still being set up; dial refused", n=len(self._dialling)
+            )
+            return
+        factory = self._factory(url, _DataProtocol, text=False)
+        factory.link_id = dial.link_id
+        token = object()
+        self._dialling.add(token)
+        factory.dialling = token
         d = client_endpoint(self.reactor, self.relay, self._ca_file).connect(factory)
-        d.addErrback(
-            lambda f: self._log.warn("cannot open data link: {why}", why=f.getErrorMessage())
-        )
+
+        def failed(f: Failure) -> None:
+            self._dialling.discard(token)
+            self._log.warn("cannot open data link: {why}", why=f.getErrorMessage())
+
+        d.addErrback(failed)
+
+    def dial_url(self, dial: Dial) -> str | None:
+        """The absolute URL DIAL names, or None unless it is this agent's route at its relay."""
+        # A path is a route of the relay URL we use (which may have a path of its own).
+        url = dial.url if urlsplit(dial.url).scheme else self.relay.url_for(dial.url)
+        ours, theirs = urlsplit(self.relay.url_for("/")), urlsplit(url)
+        if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+            return None
+        if not theirs.path.endswith(f"/v1/agents/{self.agent_name}/data/{dial.link_id}"):
+            return None
+        return url
+
+    def dial_done(self, link: _DataProtocol) -> None:
+        """LINK's client is authenticated, refused, or gone: it no longer counts as pending."""
+        self._dialling.discard(link.factory.dialling)
 
     def stopService(self) -> Deferred[None]:
         self._stopping = True

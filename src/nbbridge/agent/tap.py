@@ -8,8 +8,9 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import clientFromString
 
 from nbbridge._memory import care_for_memory
-from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import load_authorized_keys
+from nbbridge.mux import ServiceMap
+from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
 
@@ -50,7 +51,7 @@ class Options(TunnelOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    services = {s: clientFromString(reactor, e) for s, e in options["expose"]}
+    services = ServiceMap({s: clientFromString(reactor, e) for s, e in options["expose"]})
     agent = Agent(
         reactor,
         options["relay_url"],

@@ -9,9 +9,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from nbbridge.mux import ChannelEndpoint, ForwardingFactory
-
-from ._link import AgentLink
+from nbbridge._observer import OneShotObserver
+from nbbridge.mux import ForwardingFactory
+from nbbridge.tunnel import AgentLink
 
 #: Services whose forward is opened in a browser rather than with a TCP client.
 _WEB_SERVICES = {"jupyter", "http", "web", "lab", "notebook"}
@@ -41,9 +41,14 @@ class ForwardService(Service):
         self._endpoint = endpoint
         self._reactor = reactor
         self.service_name = service
-        self._factory = ForwardingFactory(ChannelEndpoint(link.session, service), label=service)
+        self._factory = ForwardingFactory(link.endpoint(service), label=service)
         self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] = Deferred()
+        self._bound: OneShotObserver[IListeningPort] = OneShotObserver(reactor)
+
+    @property
+    def listening(self) -> Deferred[IListeningPort]:
+        """A new Deferred: the listening port once bound, or why it could not be."""
+        return self._bound.when_fired()
 
     def startService(self) -> None:
         super().startService()
@@ -52,11 +57,11 @@ class ForwardService(Service):
         def listening(port: IListeningPort) -> None:
             self.port = port
             self._log.info("{line}", line=describe(self.service_name, port.getHost()))
-            self.listening.callback(port)
+            self._bound.fire(port)
 
         def failed(failure: Any) -> None:
             self._log.failure("cannot listen for {service}", failure, service=self.service_name)
-            self.listening.errback(failure)
+            self._bound.fire(failure)
             # A client that cannot listen is useless: end the process, with the reason logged.
             self._reactor.stop()
 

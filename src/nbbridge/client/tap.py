@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 
 from nbbridge._memory import care_for_memory
-from nbbridge._tunnel_options import TunnelOptions
 from nbbridge.crypto import parse_public_key
 from nbbridge.transport import endpoint_string
+from nbbridge.tunnel import AgentLink, TunnelOptions
 
 from ._forward import ForwardService
-from ._link import AgentLink
 
 
 class Options(TunnelOptions):
@@ -55,15 +53,6 @@ class Options(TunnelOptions):
         self["agent_public_key"] = parse_public_key(self["agent-key"])
 
 
-class _LinkService(Service):
-    def __init__(self, link: AgentLink) -> None:
-        self.link = link
-
-    def stopService(self) -> Deferred[object]:
-        super().stopService()
-        return self.link.stop()
-
-
 def makeService(options: Options, reactor: Any = None) -> IService:
     """The forwards, sharing one link to the agent."""
     if reactor is None:
@@ -78,7 +67,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["ca"],
     )
     top = MultiService()
-    _LinkService(link).setServiceParent(top)
+    link.setServiceParent(top)
     for service, listen in options["forward"]:
         ForwardService(serverFromString(reactor, listen), service, link, reactor).setServiceParent(
             top

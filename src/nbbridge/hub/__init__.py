@@ -13,19 +13,24 @@ Close codes (`HubCloseCode`): 4400 bad topic name, 4401 token missing or not rec
 4403 token not permitted, 4413 message too big, 4429 too slow or a hub limit reached (the
 reason names the limit: max_queued_bytes, max_members, max_members_per_address, ...).
 
-Only pure modules are imported here: the relay's config reads `nbbridge.hub._config`.
+The relay daemon mounts it (`mount_hub`) and parses its `[hub]` table (`parse_hub_config`);
+the hub knows the relay core only through what `mount_hub` documents.
 """
 
-from ._config import HubConfig
+from ._config import HubConfig, parse_hub_config
 from ._routes import HubCloseCode, HubRoute, Role, TopicKind, hub_path, parse_hub_path, valid_topic
+from ._web import HubRuntime, mount_hub
 
 __all__ = [
     "HubCloseCode",
     "HubConfig",
     "HubRoute",
+    "HubRuntime",
     "Role",
     "TopicKind",
     "hub_path",
+    "mount_hub",
+    "parse_hub_config",
     "parse_hub_path",
     "valid_topic",
 ]

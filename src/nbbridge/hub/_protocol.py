@@ -2,24 +2,28 @@
 # mypy: disable-error-code="no-untyped-call"
 """Thin Autobahn protocols for the hub: topic members and the JSON stats stream.
 
-They build on the relay's `RelayWebSocket`, so a hub connection behaves like every other relay
-connection: it is registered as its own transport's push producer (that is how the hub learns a
-receiver is full), it steps past the relay's connection tracker, closes with a code and reason,
-and is closed when the relay stops. Refusals happen after the WebSocket opens, as close codes.
+They build on `nbbridge.websocket.ServerWebSocket`, so a hub connection behaves like every other
+connection of the relay's port: it is registered as its own transport's push producer (that is
+how the hub learns a receiver is full), it steps past the connection tracker, closes with a code
+and reason, and is closed when the server stops. Refusals happen after the WebSocket opens, as
+close codes.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import attrs
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..relay._contract import parse_bearer
-from ..relay._protocol import RelayWebSocket, set_server_options
+from nbbridge._internals import autobahn_has_queued
+from nbbridge.contract import parse_bearer
+from nbbridge.websocket import ServerWebSocket, set_server_options
+
 from ._access import Refused
 from ._config import HubConfig, StatsView
 from ._core import Hub, Member, Message
@@ -30,6 +34,17 @@ from ._stats_cache import StatsDocuments
 #: Nothing a stats viewer sends matters; anything bigger than this closes it. (Incoming only:
 #: the documents the relay sends grow with the hub and are sent as prepared frames.)
 _STATS_MAX_MESSAGE = 4096
+
+
+@attrs.frozen
+class Heartbeat:
+    """How often the hub's WebSockets ping, and how long a pong may take (the relay's)."""
+
+    interval: float
+    timeout: float
+
+    def options(self) -> dict[str, float]:
+        return {"ping_interval": self.interval, "ping_timeout": self.timeout}
 
 
 def hub_token(authorization: str | None, query_token: str | None) -> str | None:
@@ -56,21 +71,19 @@ def describe_peer(address: Any) -> str:
     return str(address)
 
 
-class _HubWebSocket(RelayWebSocket):
+class _HubWebSocket(ServerWebSocket):
     """What hub connections share: the query-string token and the size-limit close."""
 
     remote = "?"
+    too_big_code = HubCloseCode.TOO_BIG
+
+    @property
+    def label(self) -> str:
+        return f"hub connection from {self.remote}"
 
     def onConnect(self, request: Any) -> None:
         self._token = bearer_or_query_token(request)
         self.remote = describe_peer(self.transport.getPeer() if self.transport else None)
-
-    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
-        why = f"message of {msg_size} bytes or more exceeds the limit of {max_msg_size} bytes"
-        self._log.info("hub connection from {remote} closed: {why}", remote=self.remote, why=why)
-        if self._relay_close is None:
-            self._relay_close = (HubCloseCode.TOO_BIG, why)
-        self._fail_connection(HubCloseCode.TOO_BIG, why)
 
 
 class HubMemberProtocol(_HubWebSocket):
@@ -124,7 +137,7 @@ class HubMemberProtocol(_HubWebSocket):
         """Write MESSAGE's prepared frame (MemberPeer)."""
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
-        if self.send_queue or self.transport is None:
+        if autobahn_has_queued(self) or self.transport is None:
             # Autobahn has frames of its own waiting (never, without chopsize); keep the order.
             self.sendData(message.frame)
         else:
@@ -134,15 +147,13 @@ class HubMemberProtocol(_HubWebSocket):
 class HubFactory(WebSocketServerFactory):
     """Builds topic members with the hub's message limit and the relay's heartbeats."""
 
-    def __init__(self, hub: Hub, relay: Any, reactor: IReactorTime) -> None:
+    def __init__(self, hub: Hub, heartbeat: Heartbeat, reactor: IReactorTime) -> None:
         super().__init__(server="nbbridge-relay", reactor=reactor)
         self.protocol = _MEMBER
         self.hub = hub
-        # RelayWebSocket reads its core from factory.relay; hub members do not use it.
-        self.relay = relay
         config: HubConfig = hub.config
         # Text goes to many receivers: invalid UTF-8 would fail every one of them.
-        set_server_options(self, relay.limits, config.max_message_size, utf8=True)
+        set_server_options(self, config.max_message_size, utf8=True, **heartbeat.options())
 
 
 class StatsStreamProtocol(_HubWebSocket):
@@ -193,15 +204,18 @@ class StatsStreamFactory(WebSocketServerFactory):
     _log = Logger()
 
     def __init__(
-        self, config: HubConfig, documents: StatsDocuments, relay: Any, reactor: IReactorTime
+        self,
+        config: HubConfig,
+        documents: StatsDocuments,
+        heartbeat: Heartbeat,
+        reactor: IReactorTime,
     ) -> None:
         super().__init__(server="nbbridge-relay", reactor=reactor)
         self.protocol = _VIEWER
         self.config = config
         self.documents = documents
-        self.relay = relay
         self.subscribers: set[StatsStreamProtocol] = set()
-        set_server_options(self, relay.limits, _STATS_MAX_MESSAGE, utf8=True)
+        set_server_options(self, _STATS_MAX_MESSAGE, utf8=True, **heartbeat.options())
 
     def prepared(self, view: StatsView) -> Any:
         """This interval's document in VIEW, framed once for every viewer of that view."""
@@ -224,5 +238,5 @@ class StatsStreamFactory(WebSocketServerFactory):
                 viewer.dropConnection(abort=True)
 
 
-_MEMBER: type[RelayWebSocket] = HubMemberProtocol
-_VIEWER: type[RelayWebSocket] = StatsStreamProtocol
+_MEMBER: type[ServerWebSocket] = HubMemberProtocol
+_VIEWER: type[ServerWebSocket] = StatsStreamProtocol

@@ -7,21 +7,15 @@ The stats token is taken from `Authorization: Bearer` (Prometheus, curl, websoca
 and proxies' logs. A browser gets the cookie from the page's sign-in form (`POST /stats/login`):
 HttpOnly (scripts never see it), SameSite=Strict (no other site's page can use it), limited to
 `/stats`, Secure when the request came over TLS, gone when the browser closes.
-`POST /stats/logout` clears it.
-
-`access_log_line` is the relay Site's access-log formatter: it writes the usual combined log
-line with the value of any `token=` in the URL or the Referer replaced, since WebSocket clients
-(browsers) may still pass hub tokens that way.
+`POST /stats/logout` clears it. (The relay's access log redacts any `token=` in a URL.)
 """
 
 from __future__ import annotations
 
 import re
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
 
 from twisted.logger import Logger
-from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -32,7 +26,6 @@ STATS_COOKIE = "nbbridge_stats"
 _COOKIE_PATH = b"/stats"
 #: What a cookie value may hold unquoted (tokens from `nbbridge token` are URL-safe base64).
 _COOKIE_SAFE = re.compile(r"[A-Za-z0-9._~+/=-]{1,512}\Z")
-_TOKEN_IN_QUERY = re.compile(rb"([?&;]token=)[^&;#\s]*", re.IGNORECASE)
 
 
 def stats_token(bearer: str | None, cookie_header: str | None) -> str | None:
@@ -107,31 +100,3 @@ def _see_other(request: Request, location: bytes) -> bytes:
     request.setHeader(b"location", location)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return b""
-
-
-def redact(value: bytes) -> bytes:
-    """VALUE (a URL) with the value of every `token=` query parameter replaced."""
-    return _TOKEN_IN_QUERY.sub(rb"\1REDACTED", value)
-
-
-class _Redacted:
-    """A request as the access log sees it: URL and Referer without token values."""
-
-    def __init__(self, request: Any) -> None:
-        self._request = request
-        self.uri = redact(request.uri)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        value: bytes | None = self._request.getHeader(name)
-        if value is not None and name.lower() == b"referer":
-            return redact(value)
-        return value
-
-
-def access_log_line(timestamp: str, request: Any) -> str:
-    """The combined-format access log line of REQUEST, without token values."""
-    line: str = combinedLogFormatter(timestamp, _Redacted(request))
-    return line

@@ -21,9 +21,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
-import attrs
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -32,10 +31,18 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
+from nbbridge.websocket import RouteBinding
+
 from ._config import HubConfig, StatsView
 from ._core import Hub
 from ._metrics import MetricsResource, TunnelFigures, make_registry
-from ._protocol import HubFactory, HubMemberProtocol, StatsStreamFactory, hub_token
+from ._protocol import (
+    Heartbeat,
+    HubFactory,
+    HubMemberProtocol,
+    StatsStreamFactory,
+    hub_token,
+)
 from ._routes import BadRoute, HubRoute, parse_hub_path
 from ._stats import snapshot
 from ._stats_access import StatsLogin, StatsLogout, stats_token
@@ -83,19 +90,6 @@ TOKEN_IN_URL = (
 )
 
 
-@attrs.frozen
-class _MemberBinding:
-    """What `WebSocketResource` sees as its factory: a protocol that knows its route."""
-
-    factory: HubFactory
-    route: HubRoute | BadRoute
-
-    def buildProtocol(self, addr: Any) -> HubMemberProtocol:
-        protocol = cast(HubMemberProtocol, self.factory.buildProtocol(addr))
-        protocol.binding = self.route
-        return protocol
-
-
 class HubRoutes(Resource):
     """`<prefix>/<topic>`, `<prefix>/in/<topic>`, `<prefix>/out/<topic>` (WebSocket only).
 
@@ -117,7 +111,8 @@ class HubRoutes(Resource):
             route = BadRoute("topic name is not UTF-8")
         else:
             route = parse_hub_path(segments)
-        return WebSocketResource(_MemberBinding(self._factory, route)).render(request)
+        binding: RouteBinding[HubMemberProtocol] = RouteBinding(self._factory, route, "binding")
+        return WebSocketResource(binding).render(request)
 
 
 class _StaticFile(Resource):
@@ -247,12 +242,6 @@ def tunnel_figures(relay: Any) -> dict[str, Any]:
     }
 
 
-def hub_config_of(relay: Any) -> HubConfig:
-    """The `[hub]` section of the relay's config, or the defaults."""
-    config = relay.authority.config
-    return config.hub if config is not None else HubConfig()
-
-
 def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
     parent = root
     for segment in segments[:-1]:
@@ -264,20 +253,22 @@ def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
     parent.putChild(segments[-1], child)
 
 
-def mount_hub(root: Resource, relay: Any, reactor: IReactorTime) -> HubRuntime:
-    """Put the hub's routes, /stats and /metrics on ROOT; RELAY is the relay core.
+def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConfig) -> HubRuntime:
+    """Put the hub's routes, /stats and /metrics on ROOT, configured by CONFIG (``[hub]``).
 
-    The hub keeps the relay core's time (``relay.clock``): its time stamps, rate samples and
-    stats broadcasts. REACTOR runs the hub's WebSockets.
+    RELAY is the relay core, read only through what it shows of itself: ``status()``,
+    ``pending_count``, ``dial_failures``, ``limits`` (heartbeats) and ``clock``. The hub keeps
+    the relay core's time: its time stamps, rate samples and stats broadcasts. REACTOR runs
+    the hub's WebSockets.
     """
-    config = hub_config_of(relay)
     hub = Hub(config, relay.clock)
+    heartbeat = Heartbeat(relay.limits.ping_interval, relay.limits.ping_timeout)
     tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
 
     documents = StatsDocuments(lambda: snapshot(hub, tunnel()), relay.clock, config.stats_interval)
-    stream = StatsStreamFactory(config, documents, relay, reactor)
+    stream = StatsStreamFactory(config, documents, heartbeat, reactor)
     if config.enabled:
-        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, relay, reactor)))
+        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, heartbeat, reactor)))
     root.putChild(b"stats", StatsPage(documents, config, stream))
     registries = {
         "full": make_registry(hub, tunnel, per_topic=True),

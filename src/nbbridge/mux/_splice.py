@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import tune, write_now
+from nbbridge._internals import write_now
+from nbbridge._tuning import tune
 
 from ._channel import Channel
 

@@ -13,9 +13,9 @@ from typing import Literal
 import attrs
 
 from nbbridge._secrets import token_digest
+from nbbridge.contract import CloseCode
 
 from ._config import RelayConfig
-from ._contract import CloseCode
 
 
 @attrs.frozen

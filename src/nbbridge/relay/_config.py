@@ -11,10 +11,12 @@ agents = ["gpu"]            # or ["*"]
 [limits]                    # all optional
 links_per_agent = 64
 
-[hub]                       # optional: the topic hub, /stats, /metrics (see nbbridge.hub._config)
+[hub]                       # optional: the topic hub, /stats, /metrics (see nbbridge.hub)
 prefix = "/hub"
 ```
 
+Sections served by what the relay daemon mounts beside the tunnel (`[hub]`) are checked by
+the parser their owner gives (`SectionParser`), so this module knows nothing of them.
 Tokens are stored only as SHA-256 hashes (`nbbridge.relay.hash_token`). Every error names the
 file and the key, in one line, so an operator can fix it without reading code.
 """
@@ -22,19 +24,24 @@ file and the key, in one line, so an operator can fix it without reading code.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from ..hub._config import HubConfig, parse_hub_config
-from ._contract import valid_name
+from nbbridge.contract import valid_name
 
 ALL_AGENTS = "*"
 
 
 class ConfigError(ValueError):
     """relay.toml is unreadable or wrong; the message names the file and the key."""
+
+
+#: Builds the error for KEY and PROBLEM (the message names the file and the key).
+Fail = Callable[[str, str], ConfigError]
+#: Checks one extra section's table, raising what ``fail`` builds; returns its parsed form.
+SectionParser = Callable[[Fail, Mapping[str, Any]], Any]
 
 
 @attrs.frozen
@@ -83,11 +90,12 @@ class RelayConfig:
     agents: Mapping[str, bytes]
     clients: Mapping[str, ClientEntry]
     limits: Limits = Limits()
-    hub: HubConfig = attrs.field(factory=HubConfig)
+    #: parsed extra sections (e.g. ``[hub]``), by name; absent ones are parsed from ``{}``
+    sections: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-def load_config(path: str) -> RelayConfig:
-    """Read and check relay.toml at PATH."""
+def load_config(path: str, sections: Mapping[str, SectionParser] | None = None) -> RelayConfig:
+    """Read and check relay.toml at PATH; SECTIONS parse its extra tables (``[hub]``)."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -95,18 +103,24 @@ def load_config(path: str) -> RelayConfig:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    return parse_config(data, path)
+    return parse_config(data, path, sections)
 
 
-def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
+def parse_config(
+    data: Mapping[str, Any], source: str, sections: Mapping[str, SectionParser] | None = None
+) -> RelayConfig:
     """Check the already-decoded TOML DATA; SOURCE names it in errors."""
+    sections = sections or {}
 
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"{source}: {key}: {problem}")
 
+    known = ("agents", "clients", "limits", *sections)
     for key in data:
-        if key not in ("agents", "clients", "limits", "hub"):
-            raise fail(key, "unknown key (expected [agents.NAME], [clients.NAME], [limits], [hub])")
+        if key not in known:
+            expected = ", ".join(["[agents.NAME]", "[clients.NAME]", "[limits]"])
+            expected += "".join(f", [{name}]" for name in sections)
+            raise fail(key, f"unknown key (expected {expected})")
 
     seen: dict[bytes, str] = {}
 
@@ -155,8 +169,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> RelayConfig:
         key = f"clients.{name}.agents"
         clients[name] = ClientEntry(digest, _client_agents(fail, key, entry, agents))
 
-    hub = parse_hub_config(fail, table("hub"))
-    return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")), hub)
+    parsed = {name: parse(fail, table(name)) for name, parse in sections.items()}
+    return RelayConfig(source, agents, clients, _parse_limits(fail, table("limits")), parsed)
 
 
 def _client_agents(

@@ -16,17 +16,18 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from nbbridge.contract import CloseCode, data_path
+
 from .. import __version__
 from ._auth import Authority, Refusal
 from ._config import Limits
-from ._contract import CloseCode
 
 
 class ControlPeer(Protocol):
     """An agent's control connection, as the core sees it."""
 
-    def send_dial(self, link_id: str) -> None:
-        """Ask the agent to open the data connection for LINK_ID."""
+    def send_dial(self, link_id: str, url: str) -> None:
+        """Ask the agent to open the data connection for LINK_ID at URL."""
 
     def send_registered(self, name: str) -> None:
         """Tell the agent it is registered as NAME (only then may it say it is online)."""
@@ -99,8 +100,12 @@ class Relay:
         limits: Limits,
         clock: IReactorTime,
         make_link_id: Callable[[], str] = new_link_id,
+        advertise_url: str | None = None,
     ) -> None:
         self.authority = authority
+        #: where agents dial back to reach this relay, when several share the work (else the
+        #: dial names only the data route, resolved against the URL the agent already uses)
+        self.advertise_url = advertise_url.rstrip("/") if advertise_url else None
         self.limits = limits
         #: the relay's time (the hub beside it keeps the same)
         self.clock = clock
@@ -135,7 +140,7 @@ class Relay:
             self._log.info("agent {agent} reconnected; closing its older connection", agent=name)
             old.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
             for link_id in state.pending:
-                peer.send_dial(link_id)
+                peer.send_dial(link_id, self.dial_url(name, link_id))
         else:
             self._log.info("agent {agent} online", agent=name)
         return None
@@ -194,8 +199,12 @@ class Relay:
             client=who.name,
             agent=agent,
         )
-        state.peer.send_dial(link_id)
+        state.peer.send_dial(link_id, self.dial_url(agent, link_id))
         return pending
+
+    def dial_url(self, agent: str, link_id: str) -> str:
+        """The URL (or path) the agent dials to answer LINK_ID."""
+        return f"{self.advertise_url or ''}{data_path(agent, link_id)}"
 
     def _find_pending(self, agent: str, link_id: str) -> PendingLink | None:
         state = self._agents.get(agent)

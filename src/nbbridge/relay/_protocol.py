@@ -2,89 +2,37 @@
 # mypy: disable-error-code="no-untyped-call"
 """Thin Autobahn protocols: they turn WebSocket callbacks into calls on the `Relay` core.
 
-How the transport gets here: twisted.web's `HTTPChannel` registers itself as its transport's
-push producer when the connection is made. Autobahn's `WebSocketResource` then takes the
-transport away from the channel and calls our `makeConnection` with it, without unregistering
-the channel. So `connectionMade` unregisters it and registers our own `_WriteWatch`, which is
-how we learn that the transport's write buffer is full (backpressure for the splice).
-`makeConnection` also steps past our `TrackedConnection` wrapper, because Autobahn only
-recognises TLS when it is handed the TLS transport itself.
-
-Refusals happen after the WebSocket opens, as close codes: the handshake only records the
-bearer token, `onOpen` asks the core.
+Each is a `nbbridge.websocket.ServerWebSocket` (token kept for `onOpen`, close codes, held
+reads, a watch on the write buffer); refusals happen after the WebSocket opens, as close
+codes: the handshake only records the bearer token, `onOpen` asks the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger
-from zope.interface import implementer
+from twisted.internet.interfaces import IReactorTime
 
-from nbbridge._tuning import tune, write_now
-from nbbridge.transport._frames import DataFrames, cancel_close_timer, xor_frame
+from nbbridge._internals import write_now
+from nbbridge.contract import CloseCode, Route, RouteKind, dial_message, registered_message
+from nbbridge.websocket import DataFrames, ServerWebSocket, set_server_options, xor_frame
 from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
 
 from ._auth import Refusal
 from ._config import Limits
-from ._contract import CloseCode, Route, RouteKind, dial_message, parse_bearer, registered_message
 from ._core import PendingLink, Relay
 from ._splice import PEER_FULL, Splice
-from ._tracking import TrackedConnection
 
 _CONTROL_MAX_MESSAGE = 64 * 1024
 #: Why a client's link is not read: it waits for its agent's data connection.
 WAITING_FOR_DIAL = "waiting-for-dial"
 
 
-def truncate_reason(reason: str) -> bytes:
-    """REASON as UTF-8, cut at a character boundary to fit a close frame (123 bytes)."""
-    data = reason.encode("utf-8")
-    if len(data) <= 123:
-        return data
-    return data[:123].decode("utf-8", "ignore").encode("utf-8")
+class RelayWebSocket(ServerWebSocket):
+    """A WebSocket on one of the relay's routes, reporting to the `Relay` core."""
 
-
-@implementer(IPushProducer)
-class _WriteWatch:
-    """Registered as the producer of a connection's own transport, to hear when it is full."""
-
-    def __init__(self, changed: Callable[[bool], None]) -> None:
-        self._changed = changed
-        self.full = False
-
-    def pauseProducing(self) -> None:
-        if not self.full:
-            self.full = True
-            self._changed(True)
-
-    def resumeProducing(self) -> None:
-        if self.full:
-            self.full = False
-            self._changed(False)
-
-    def stopProducing(self) -> None:
-        # The transport is gone; onClose tells the relay.
-        pass
-
-
-class RelayWebSocket(WebSocketServerProtocol):
-    """What every relay WebSocket does: read the token, close with a code, pause reading."""
-
-    _log = Logger()
     factory: RelayWebSocketFactory
     route: Route
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._token: str | None = None
-        self._holds: set[str] = set()
-        self._write_watch = _WriteWatch(self._write_full_changed)
-        self._relay_close: tuple[int, str] | None = None
 
     @property
     def relay(self) -> Relay:
@@ -92,112 +40,8 @@ class RelayWebSocket(WebSocketServerProtocol):
         return self.factory.relay
 
     @property
-    def write_full(self) -> bool:
-        return self._write_watch.full
-
-    @property
-    def relay_close(self) -> tuple[int, str] | None:
-        return self._relay_close
-
-    @property
-    def reading_paused(self) -> bool:
-        """Whether the relay stopped reading this connection's transport."""
-        return bool(self._holds)
-
-    @property
-    def _tcp(self) -> Any:
-        # The transport as Twisted gives it (TCP, TLS or a wrapper): a consumer and producer.
-        return self.transport
-
-    def makeConnection(self, transport: Any) -> None:
-        # Talk to the transport under our connection tracker: Autobahn must see TLS as TLS.
-        if isinstance(transport, TrackedConnection):
-            transport = transport.transport
-        super().makeConnection(transport)
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        tune(self._tcp)
-        # Take the HTTPChannel's place as the transport's producer (see the module docstring).
-        self._tcp.unregisterProducer()
-        self._tcp.registerProducer(self._write_watch, True)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        cancel_close_timer(self)
-
-    def onConnect(self, request: Any) -> None:
-        # Keep only the token; it is checked in onOpen so that a refusal is a close code.
-        self._token = parse_bearer(request.headers)
-
-    def take_token(self) -> str | None:
-        """The handshake's bearer token, forgotten once used."""
-        token, self._token = self._token, None
-        return token
-
-    def _write_full_changed(self, full: bool) -> None:
-        """This connection's transport filled up (FULL) or drained; only splices care."""
-
-    def hold_reading(self, reason: str) -> None:
-        """Stop reading this connection's transport while REASON holds."""
-        if not self._holds and self._tcp is not None:
-            self._tcp.pauseProducing()
-        self._holds.add(reason)
-
-    def release_reading(self, reason: str) -> None:
-        """REASON no longer holds; read again once no reason is left."""
-        if reason not in self._holds:
-            return
-        self._holds.discard(reason)
-        if not self._holds and self._tcp is not None:
-            self._tcp.resumeProducing()
-
-    def onAutoPingTimeout(self) -> None:
-        if not self.pong_excused():
-            super().onAutoPingTimeout()
-            return
-        # Ask again later rather than drop a healthy peer behind a slow one.
-        self.autoPingTimeoutCall = None
-        self.autoPingPending = None
-        self.autoPingPendingCall = self.factory._batched_timer.call_later(
-            self.autoPingInterval,  # type: ignore[attr-defined]
-            self._sendAutoPing,
-        )
-
-    def pong_excused(self) -> bool:
-        """Whether a missing pong may be the relay's own doing rather than a dead peer."""
-        return False
-
-    def close(self, code: int, reason: str) -> None:
-        """Close with CODE and REASON (any code, 1001 included), and read the peer's reply."""
-        if self._relay_close is None:
-            self._relay_close = (code, reason)
-        if self._holds:
-            # We must read the peer's close reply.
-            self._holds.clear()
-            if self._tcp is not None:
-                self._tcp.resumeProducing()
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=truncate_reason(reason), isReply=False)
-        elif self.state == WebSocketProtocol.STATE_CONNECTING:
-            self.dropConnection(abort=True)
-
-    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
-        # Autobahn's hook for its size limit: close with our code (it would send 1009).
-        # _fail_connection also stops Autobahn from collecting the rest of the message.
-        self._fail_connection(CloseCode.TOO_BIG, self._too_big(msg_size, max_msg_size))
-
-    def _too_big(self, size: int, limit: int) -> str:
-        """Log and record a message over the limit; returns the close reason."""
-        why = f"message of {size} bytes or more exceeds the limit of {limit} bytes"
-        self._log.info("{route} closed: {why}", route=self.route.kind.value, why=why)
-        if self._relay_close is None:
-            self._relay_close = (CloseCode.TOO_BIG, why)
-        return why
-
-    def shutdown(self, reason: str) -> None:
-        """The relay is stopping: close with 1001 ("going away")."""
-        self.close(CloseCode.GOING_AWAY, reason)
+    def label(self) -> str:
+        return self.route.kind.value
 
     def refuse(self, refusal: Refusal) -> None:
         """Close with the core's refusal."""
@@ -224,10 +68,10 @@ class ControlProtocol(RelayWebSocket):
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(registered_message(name).encode("utf-8"), isBinary=False)
 
-    def send_dial(self, link_id: str) -> None:
-        """Ask the agent for a data connection for LINK_ID (a JSON text message)."""
+    def send_dial(self, link_id: str, url: str) -> None:
+        """Ask the agent for a data connection for LINK_ID at URL (a JSON text message)."""
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(dial_message(link_id).encode("utf-8"), isBinary=False)
+            self.sendMessage(dial_message(link_id, url).encode("utf-8"), isBinary=False)
 
 
 # (misc: Autobahn's own two base classes disagree on two attribute types.)
@@ -372,23 +216,13 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         limits: Limits = relay.limits
         size = _CONTROL_MAX_MESSAGE if kind is RouteKind.CONTROL else limits.max_message_size
         # The relay never decodes what a link carries, not even to check its UTF-8.
-        set_server_options(self, limits, size, utf8=kind is RouteKind.CONTROL)
-
-
-def set_server_options(factory: Any, limits: Limits, max_message: int, *, utf8: bool) -> None:
-    """The options every relay-side WebSocket factory uses: size limit, heartbeats, timeouts."""
-    factory.setProtocolOptions(
-        maxFramePayloadSize=max_message,
-        maxMessagePayloadSize=max_message,
-        autoFragmentSize=0,
-        utf8validateIncoming=utf8,
-        failByDrop=False,
-        webStatus=False,
-        autoPingInterval=limits.ping_interval,
-        autoPingTimeout=limits.ping_timeout,
-        openHandshakeTimeout=10,
-        closeHandshakeTimeout=5,
-    )
+        set_server_options(
+            self,
+            size,
+            utf8=kind is RouteKind.CONTROL,
+            ping_interval=limits.ping_interval,
+            ping_timeout=limits.ping_timeout,
+        )
 
 
 def make_factories(relay: Relay, reactor: IReactorTime) -> dict[RouteKind, RelayWebSocketFactory]:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -21,10 +21,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._observer import OneShotObserver
+from nbbridge.websocket import ConnectionTracker
+
 from ._core import Relay
 from ._protocol import make_factories
-from ._tracking import ConnectionTracker
-from ._web import build_site
+from ._web import Mount, build_site
 
 #: How long a stopping relay waits for peers to answer its close before dropping them.
 SHUTDOWN_GRACE = 5.0
@@ -53,12 +55,13 @@ class _AnnouncingEndpoint:
         endpoint: IStreamServerEndpoint,
         scheme: str,
         on_failure: Callable[[Failure], None] | None,
+        clock: IReactorTime,
     ) -> None:
         self._endpoint = endpoint
         self._scheme = scheme
         self._on_failure = on_failure
         self.port: IListeningPort | None = None
-        self._waiters: list[Deferred[IListeningPort]] = []
+        self._bound: OneShotObserver[IListeningPort] = OneShotObserver(clock)
 
     def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
         d = self._endpoint.listen(protocolFactory)
@@ -69,26 +72,19 @@ class _AnnouncingEndpoint:
         self.port = port
         url = address_url(self._scheme, port.getHost())
         self._log.info("nbbridge relay listening on {url}", url=url)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
+        self._bound.fire(port)
         return port
 
     def _failed(self, failure: Failure) -> Failure:
         self._log.critical("nbbridge relay cannot listen: {error}", error=failure.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
+        self._bound.fire(failure)
         if self._on_failure is not None:
             self._on_failure(failure)
         return failure
 
     def when_listening(self) -> Deferred[IListeningPort]:
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred[IListeningPort] = Deferred()
-        self._waiters.append(d)
-        return d
+        """Fires with the port once bound (or with the failure to bind)."""
+        return self._bound.when_fired()
 
 
 class RelayService(MultiService):
@@ -105,13 +101,16 @@ class RelayService(MultiService):
         secure: bool,
         admin_sha256: bytes | None = None,
         on_listen_failure: Callable[[Failure], None] | None = None,
+        mounts: Mapping[str, Mount] | None = None,
     ) -> None:
         super().__init__()
         self.relay = relay
         self._reactor = reactor
-        site = build_site(relay, make_factories(relay, reactor), admin_sha256, reactor)
-        self.connections = ConnectionTracker(site)
-        self._endpoint = _AnnouncingEndpoint(endpoint, "wss" if secure else "ws", on_listen_failure)
+        site = build_site(relay, make_factories(relay, reactor), admin_sha256, reactor, mounts)
+        self.connections = ConnectionTracker(site, reactor)
+        self._endpoint = _AnnouncingEndpoint(
+            endpoint, "wss" if secure else "ws", on_listen_failure, reactor
+        )
         listener = StreamServerEndpointService(self._endpoint, self.connections)
         listener.setServiceParent(self)
 

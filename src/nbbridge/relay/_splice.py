@@ -16,7 +16,8 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from ._contract import CloseCode
+from nbbridge.contract import CloseCode
+
 from ._core import ActiveLink, Relay
 
 PEER_FULL = "peer-full"
@@ -30,7 +31,7 @@ class SpliceEnd(Protocol):
         """Whether this end's transport asked its producer to pause."""
 
     @property
-    def relay_close(self) -> tuple[int, str] | None:
+    def server_close(self) -> tuple[int, str] | None:
         """The code and reason the relay closed this end with, if it did."""
 
     @property
@@ -110,7 +111,7 @@ class Splice:
             return
         self.ended = True
         self._relay.link_ended(self.link)
-        if end.relay_close is not None:
-            code, reason = end.relay_close
+        if end.server_close is not None:
+            code, reason = end.server_close
         onward_code, onward_reason = onward_close(code, reason)
         self.partner(end).close(onward_code, onward_reason)

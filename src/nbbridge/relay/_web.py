@@ -1,32 +1,80 @@
 # twisted.web's and Autobahn's resource APIs are untyped.
 # mypy: disable-error-code="no-untyped-call"
-"""The relay's resource tree: `GET /status`, the WebSocket routes under `/v1/`, and the hub.
+"""The relay's resource tree: `GET /status`, the WebSocket routes under `/v1/`, and mounts.
 
-The hub (`nbbridge.hub`) adds its topic routes under its prefix (`/hub` by default),
-`GET /stats` (+ `/stats/json`, `/stats/ws`) and `GET /metrics`; its periodic jobs run while
-the Site is listening.
+A mount is whatever the relay daemon serves beside the tunnel on the same port (the hub:
+`/hub/...`, `/stats`, `/metrics`). It puts its resources on the root and returns a
+`SiteExtension` whose periodic jobs run while the Site is listening. The relay itself knows
+nothing of what is mounted: the daemon's `tap` assembles them.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-import attrs
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
-from ..hub._stats_access import access_log_line
-from ..hub._web import HubRuntime, mount_hub
+from nbbridge.contract import RouteKind, parse_bearer, parse_route
+from nbbridge.websocket import RouteBinding
+
 from ._auth import check_admin
-from ._contract import Route, RouteKind, parse_bearer, parse_route
 from ._core import Relay
-from ._protocol import RelayWebSocket, RelayWebSocketFactory
+from ._protocol import RelayWebSocketFactory
+
+
+class SiteExtension(Protocol):
+    """What a mount leaves running: started and stopped with the Site's listener."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: Puts a mount's resources on the root (given the relay core and the reactor).
+Mount = Callable[[Resource, Relay, IReactorTime], SiteExtension]
 
 #: Neither /status nor a WebSocket handshake has a body worth keeping.
 MAX_REQUEST_BODY = 64 * 1024
+_TOKEN_IN_QUERY = re.compile(rb"([?&;]token=)[^&;#\s]*", re.IGNORECASE)
+
+
+def redact(value: bytes) -> bytes:
+    """VALUE (a URL) with the value of every `token=` query parameter replaced."""
+    return _TOKEN_IN_QUERY.sub(rb"\1REDACTED", value)
+
+
+class _Redacted:
+    """A request as the access log sees it: URL and Referer without token values."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self.uri = redact(request.uri)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value: bytes | None = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return redact(value)
+        return value
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """The Site's combined-format access log line, without token values.
+
+    Browsers cannot put a token in a WebSocket handshake's headers, so mounts (the hub) take
+    it from `?token=`: the access log must not keep it.
+    """
+    line: str = combinedLogFormatter(timestamp, _Redacted(request))
+    return line
 
 
 class BoundedRequest(Request):
@@ -69,19 +117,6 @@ class BoundedRequest(Request):
             transport.loseConnection()
 
 
-@attrs.frozen
-class _RouteBinding:
-    """What `WebSocketResource` sees as its factory: builds a protocol that knows its route."""
-
-    factory: RelayWebSocketFactory
-    route: Route
-
-    def buildProtocol(self, addr: Any) -> RelayWebSocket:
-        protocol = cast(RelayWebSocket, self.factory.buildProtocol(addr))
-        protocol.route = self.route
-        return protocol
-
-
 class WebSocketRoutes(Resource):
     """`/v1/agents/{name}/control|link|data/{link_id}`; anything else is 404."""
 
@@ -99,7 +134,7 @@ class WebSocketRoutes(Resource):
         route = parse_route(segments)
         if route is None:
             return NoResource("No such route.").render(request)
-        binding = _RouteBinding(self._factories[route.kind], route)
+        binding: RouteBinding[Any] = RouteBinding(self._factories[route.kind], route)
         return WebSocketResource(binding).render(request)
 
 
@@ -132,18 +167,22 @@ def _json(value: Any) -> bytes:
 
 
 class RelaySite(Site):
-    """The relay's Site; starts and stops the hub's periodic jobs with the listener."""
+    """The relay's Site; starts and stops its mounts' periodic jobs with the listener."""
 
-    def __init__(self, resource: Resource, hub: HubRuntime, **kwargs: Any) -> None:
+    def __init__(
+        self, resource: Resource, extensions: Mapping[str, SiteExtension], **kwargs: Any
+    ) -> None:
         super().__init__(resource, **kwargs)
-        self.hub = hub
+        self.extensions = dict(extensions)
 
     def startFactory(self) -> None:
         super().startFactory()
-        self.hub.start()
+        for extension in self.extensions.values():
+            extension.start()
 
     def stopFactory(self) -> None:
-        self.hub.stop()
+        for extension in self.extensions.values():
+            extension.stop()
         super().stopFactory()
 
 
@@ -152,14 +191,19 @@ def build_site(
     factories: dict[RouteKind, RelayWebSocketFactory],
     admin_sha256: bytes | None,
     reactor: IReactorTime,
+    mounts: Mapping[str, Mount] | None = None,
 ) -> RelaySite:
-    """The relay's Site: one port for the status page, the hub and every WebSocket route."""
+    """The relay's Site: one port for the status page, every WebSocket route and the MOUNTS."""
     root = Resource()
     root.putChild(b"status", StatusResource(relay, admin_sha256))
     root.putChild(b"v1", WebSocketRoutes(factories))
-    hub = mount_hub(root, relay, reactor)
+    extensions = {name: mount(root, relay, reactor) for name, mount in (mounts or {}).items()}
     site = RelaySite(
-        root, hub, requestFactory=BoundedRequest, reactor=reactor, logFormatter=access_log_line
+        root,
+        extensions,
+        requestFactory=BoundedRequest,
+        reactor=reactor,
+        logFormatter=access_log_line,
     )
     site.displayTracebacks = False
     return site

@@ -14,13 +14,15 @@ from twisted.python import usage
 
 from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret, token_digest
+from nbbridge.hub import HubConfig, mount_hub, parse_hub_config
 from nbbridge.transport import endpoint_string
 
 from ._auth import Authority
-from ._config import ConfigError, Limits, load_config
+from ._config import ConfigError, Limits, RelayConfig, SectionParser, load_config
 from ._core import Relay
 from ._listen import DEFAULT_LISTEN, loopback_problem, uses_tls
 from ._service import RelayService
+from ._web import Mount
 
 ADMIN_TOKEN_ENV = "NBBRIDGE_ADMIN_TOKEN"
 _log = Logger(namespace="nbbridge.relay.tap")
@@ -66,6 +68,17 @@ class Options(usage.Options):
             raise usage.UsageError("--listen must not be empty")
 
 
+#: The relay daemon serves the hub on its port: relay.toml's extra tables, by name.
+SECTIONS: dict[str, SectionParser] = {"hub": parse_hub_config}
+
+
+def mounts(config: RelayConfig | None) -> dict[str, Mount]:
+    """What the relay daemon serves beside the tunnel: the hub, configured by ``[hub]``."""
+    hub = config.sections.get("hub") if config is not None else None
+    hub_config: HubConfig = hub if hub is not None else HubConfig()
+    return {"hub": lambda root, relay, reactor: mount_hub(root, relay, reactor, hub_config)}
+
+
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"nbbridge-relay: {message}")
 
@@ -96,9 +109,10 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         _log.info("--advertise-url is used only with a shared store; ignoring it for now")
 
     description = endpoint_string(options["listen"].strip())
+    config: RelayConfig | None = None
     if options["config"]:
         try:
-            config = load_config(options["config"])
+            config = load_config(options["config"], SECTIONS)
         except ConfigError as e:
             raise _fail(str(e)) from None
         authority, limits = Authority(config), config.limits
@@ -130,6 +144,7 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         secure=uses_tls(description),
         admin_sha256=admin,
         on_listen_failure=listen_failed,
+        mounts=mounts(config),
     )
     care_for_memory(service, reactor)
     return service

@@ -45,7 +45,7 @@ from ._explain import ConnectContext, RelayConnectError, describe
 from ._url import RelayURL
 
 if TYPE_CHECKING:
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from nbbridge._internals import IOpenSSLTrustRoot
 
 #: Seconds for the TCP connect to each resolved address.
 CONNECT_TIMEOUT = 15.0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Final, Protocol
 
-from ._masking import mask_in_place
+from ._masking import mask_in_place as mask_in_place  # re-exported: the tunnel ends mask with it
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1

@@ -1,23 +1,36 @@
 """twistd drop-in: one ServiceMaker per nbbridge daemon, naming its module by string.
 
-No logic lives here, so `twistd --help` stays fast and never imports the services.
+No logic lives here, so `twistd --help` stays fast and never imports the services; the one
+thing a daemon process does beyond its tap is tune glibc's malloc for the whole process, at
+twistd's entry point (never in makeService, which tests and other programs also call).
 """
+
+from typing import Any
 
 from twisted.application.service import ServiceMaker
 
-nbbridgeRelay = ServiceMaker(
+
+class _DaemonMaker(ServiceMaker):
+    def makeService(self, options: Any) -> Any:
+        from nbbridge._memory import tune_malloc
+
+        tune_malloc()
+        return super().makeService(options)
+
+
+nbbridgeRelay = _DaemonMaker(
     "nbbridge relay",
     "nbbridge.relay.tap",
     "Public relay: brokers encrypted links between clients and agents.",
     "nbbridge-relay",
 )
-nbbridgeAgent = ServiceMaker(
+nbbridgeAgent = _DaemonMaker(
     "nbbridge agent",
     "nbbridge.agent.tap",
     "Runs beside the services (Jupyter, ssh) and exposes them through a relay.",
     "nbbridge-agent",
 )
-nbbridgeClient = ServiceMaker(
+nbbridgeClient = _DaemonMaker(
     "nbbridge client",
     "nbbridge.client.tap",
     "Runs on the laptop and forwards local ports to an agent's services.",

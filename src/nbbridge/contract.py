@@ -1,7 +1,22 @@
-"""What agents and clients need to know about the relay: routes, close codes, the dial message.
+"""The tunnel's contract, defined once: routes, headers, close codes, control messages.
 
-Pure functions and constants only, so the agent and the client can import them without
-pulling in twisted.web or the relay's state.
+The relay serves these routes and sends these messages; the agent and the client (and every
+later consumer of the tunnel) build and parse them with the same functions, so no route or
+message is spelled twice. Pure functions and constants only: importing this pulls in neither
+twisted.web nor any service's state.
+
+Routes (one port; token in the handshake header `Authorization: Bearer <token>`):
+
+* agent control: `control_path(name)`  -> `/v1/agents/{name}/control` (agent token)
+* client link:   `link_path(name)`     -> `/v1/agents/{name}/link` (client token)
+* agent data:    `data_path(name, id)` -> `/v1/agents/{name}/data/{link_id}` (agent token)
+
+On its control connection an agent receives text messages: `{"op": "registered", "name": N}`
+once, then `{"op": "dial", "link": ID, "url": URL}` for each client link (`parse_control_message`);
+it answers each by opening URL, the data route for that id: a route of the relay URL the agent
+uses (`/v1/agents/gpu/data/ID`) when the relay runs alone, an absolute `wss://` URL when
+several relays share the work and the client waits at another.
+Refusals and relay-side ends are WebSocket close codes (`CloseCode`).
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -56,9 +72,14 @@ def link_path(agent: str) -> str:
     return f"/v1/agents/{_checked_name(agent)}/link"
 
 
+def valid_link_id(link_id: str) -> bool:
+    """Whether LINK_ID has the shape of a link id the relay hands out."""
+    return LINK_ID_PATTERN.match(link_id) is not None
+
+
 def data_path(agent: str, link_id: str) -> str:
     """Path of the data connection agent AGENT opens to answer a dial (agent token)."""
-    if LINK_ID_PATTERN.match(link_id) is None:
+    if not valid_link_id(link_id):
         raise ValueError("invalid link id")
     return f"/v1/agents/{_checked_name(agent)}/data/{link_id}"
 
@@ -87,9 +108,7 @@ def parse_route(segments: Sequence[str]) -> Route | None:
             return Route(RouteKind.CONTROL, agent)
         case ["agents", agent, "link"] if valid_name(agent):
             return Route(RouteKind.LINK, agent)
-        case ["agents", agent, "data", link_id] if (
-            valid_name(agent) and LINK_ID_PATTERN.match(link_id) is not None
-        ):
+        case ["agents", agent, "data", link_id] if valid_name(agent) and valid_link_id(link_id):
             return Route(RouteKind.DATA, agent, link_id)
         case _:
             return None
@@ -97,14 +116,19 @@ def parse_route(segments: Sequence[str]) -> Route | None:
 
 @attrs.frozen
 class Dial:
-    """The relay asks an agent to open a data connection for LINK_ID."""
+    """The relay asks an agent to open a data connection for LINK_ID at URL.
+
+    URL is a route of the agent's relay URL when the client waits at the relay the agent is
+    connected to, an absolute URL when it waits at another one.
+    """
 
     link_id: str
+    url: str
 
 
-def dial_message(link_id: str) -> str:
+def dial_message(link_id: str, url: str) -> str:
     """The text message the relay sends on a control connection to ask for a data connection."""
-    return json.dumps({"op": "dial", "link": link_id})
+    return json.dumps({"op": "dial", "link": link_id, "url": url})
 
 
 def registered_message(name: str) -> str:
@@ -133,9 +157,30 @@ def parse_control_message(payload: str | bytes) -> Dial | Registered:
     if op != "dial":
         raise ValueError(f"unknown control op {op!r}")
     link_id = message.get("link")
-    if not isinstance(link_id, str) or LINK_ID_PATTERN.match(link_id) is None:
+    if not isinstance(link_id, str) or not valid_link_id(link_id):
         raise ValueError("dial message without a valid link id")
-    return Dial(link_id)
+    url = message.get("url")
+    if not isinstance(url, str) or not _dial_url_names(url, link_id):
+        raise ValueError("dial message without a data URL for its link")
+    return Dial(link_id, url)
+
+
+def _dial_url_names(url: str, link_id: str) -> bool:
+    """Whether URL is a ws(s) URL or a path whose route is the data route of LINK_ID."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme not in ("", "ws", "wss") or parts.query or parts.fragment:
+        return False
+    if bool(parts.scheme) != bool(parts.netloc):
+        return False
+    segments = parts.path.split("/")
+    # The route is the path's tail: the relay may sit under a prefix (behind a proxy).
+    if len(segments) < 5 or segments[-5] != "v1":
+        return False
+    route = parse_route(segments[-4:])
+    return route is not None and route.kind is RouteKind.DATA and route.link_id == link_id
 
 
 def bearer_headers(token: str) -> dict[str, str]:

@@ -16,10 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from autobahn.websocket.protocol import FrameHeader, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 
-from nbbridge.wire._masking import mask_in_place
-from nbbridge.wire.websocket import FrameReader, FrameViolation, MessageTooBig
+from nbbridge._internals import (
+    fail_connection,
+    process_control_frame,
+    take_handshake_leftover,
+    traffic_seen,
+)
+from nbbridge.wire.websocket import FrameReader, FrameViolation, MessageTooBig, mask_in_place
 
 _READING = (WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSING)
 
@@ -40,18 +45,6 @@ def xor_frame(
     return bytes(frame)
 
 
-def cancel_close_timer(protocol: Any) -> None:
-    """Cancel the Autobahn PROTOCOL's close-handshake timer: call once the TCP connection is gone.
-
-    Autobahn leaves the timer running when the connection ends before the peer's close reply
-    was read (after a 1007, say); nothing is left for it to do. (It is txaio's batched call:
-    no ``active()``, but Autobahn sets it to None once fired.)
-    """
-    timer, protocol.closeHandshakeTimeoutCall = protocol.closeHandshakeTimeoutCall, None
-    if timer is not None:
-        timer.cancel()
-
-
 class DataFrames:
     """Mixin for an Autobahn WebSocketProtocol subclass (list it first among the bases)."""
 
@@ -60,11 +53,6 @@ class DataFrames:
     state: int
     transport: Any
     factory: Any
-    data: bytes
-    autoPingTimeoutCall: Any
-    autoPingRestartOnAnyTraffic: bool
-    current_frame: Any
-    control_frame_data: Any
 
     def read_data_frames(self, *, max_message: int = 0) -> None:
         """From now on read data frames here (call it from ``onOpen``).
@@ -99,7 +87,7 @@ class DataFrames:
         if self._frames is None:
             super().consumeData()  # type: ignore[misc]
             return
-        data, self.data = self.data, b""
+        data = take_handshake_leftover(self)
         if data and self.state in _READING:
             self._read(data)
 
@@ -112,18 +100,10 @@ class DataFrames:
             self.message_too_big(e)
         except FrameViolation as e:
             self._fail(e.code, str(e))
-        # Any traffic shows the peer is alive, as Autobahn itself counts it.
-        if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
-            self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
+        traffic_seen(self)
 
     def on_control_frame(self, opcode: int, payload: bytes) -> None:
-        # Autobahn's own handling of a control frame it had read itself.
-        self.current_frame = FrameHeader(opcode, True, 0, len(payload), None)  # type: ignore[arg-type]
-        self.control_frame_data = [payload]
-        try:
-            self.processControlFrame()  # type: ignore[attr-defined]
-        finally:
-            self.current_frame = None
+        process_control_frame(self, opcode, payload)
         if self.state == WebSocketProtocol.STATE_CLOSED and self._frames is not None:
             self._frames.stop()
 
@@ -138,7 +118,7 @@ class DataFrames:
         if self._frames is not None:
             self._frames.stop()
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self._fail_connection(code, reason)  # type: ignore[attr-defined]
+            fail_connection(self, code, reason)
             self.transport.loseConnection()
         else:
             self.dropConnection(abort=True)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The client's link to one agent: a WebSocket to the relay carrying Noise and the mux.
+"""A link to one agent: a WebSocket to the relay carrying Noise and the mux, kept up.
 
 The link is opened on first use and, once used, kept up: after a loss it is re-opened with
 exponential backoff (with jitter, capped at 60 s). Connections that need it while it is down
@@ -9,24 +9,29 @@ the user's program sees a prompt close rather than a hang.
 
 from __future__ import annotations
 
+import enum
 import random
+from collections.abc import Mapping
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nbbridge._observer import Waiters
+from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
-from nbbridge.mux import MuxSession
+from nbbridge.mux import ChannelEndpoint, MuxSession
 from nbbridge.transport import (
     RelayURL,
     client_endpoint,
     explain_connect_error,
     websocket_client_factory,
 )
-from nbbridge.transport._wsstream import LinkClosed, StreamClientProtocol, bind
+from nbbridge.websocket import LinkClosed, StreamClientProtocol, bind
 
 
 class LinkDown(ConnectError):
@@ -38,6 +43,21 @@ class LinkDown(ConnectError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class LinkState(enum.Enum):
+    """Where a link is in its life."""
+
+    #: nobody has asked for it yet (or it went down and nobody asked since)
+    IDLE = "idle"
+    #: an attempt to open it is under way
+    OPENING = "opening"
+    #: a session is open
+    UP = "up"
+    #: it is down and will be tried again after the backoff
+    BACKING_OFF = "backing off"
+    #: the service stopped; it stays down
+    STOPPED = "stopped"
 
 
 def _is_final(error: BaseException) -> bool:
@@ -75,10 +95,14 @@ class _LinkProtocol(StreamClientProtocol):
             self.ready.errback(LinkClosed(code, reason))
 
 
-class AgentLink:
-    """Gives a MuxSession to agent ``agent`` through the relay, opening it when needed.
+class AgentLink(Service):
+    """A service giving MuxSessions (and channel endpoints) to agent ``agent`` via the relay.
 
-    :param wait: how long a connection waits for a link that is down before it is closed.
+    This is the public way for anything in nbbridge to reach an agent's services: the
+    client's port forwards, and every later consumer (datalab, gateway, mixer), use
+    ``endpoint(service)``. Stopping the service closes the link and fails whoever waits.
+
+    :param wait: how long a connection waits for a link that is down before it fails.
     """
 
     _log = Logger()
@@ -108,47 +132,49 @@ class AgentLink:
         self._wait = wait
         self._attempt_timeout = attempt_timeout
         self._max_backoff = max_backoff
+        self.state = LinkState.IDLE
         self._session: MuxSession | None = None
         self._attempt: Deferred[MuxSession] | None = None
-        self._waiters: list[Deferred[MuxSession]] = []
         self._retry: IDelayedCall | None = None
+        self._waiters: Waiters[MuxSession] = Waiters(self.clock)
         self._delay = 1.0
-        self._wanted = False
-        self._stopped = False
         self._last_error = "not connected yet"
         self._last_final_at: float | None = None
 
     @property
     def url(self) -> str:
-        return self.relay.url_for(f"/v1/agents/{self.agent}/link")
+        return self.relay.url_for(link_path(self.agent))
+
+    def endpoint(self, service: str, metadata: Mapping[str, str] | None = None) -> ChannelEndpoint:
+        """An ``IStreamClientEndpoint`` whose connections are channels to SERVICE on the agent."""
+        return ChannelEndpoint(self.session, service, metadata)
 
     def session(self) -> Deferred[MuxSession]:
         """The open session, or a new Deferred that fires when one is up (or fails: LinkDown)."""
-        if self._session is not None and self._session.is_open:
+        if self.state is LinkState.UP and self._session is not None and self._session.is_open:
             return succeed(self._session)
-        if self._stopped:
+        if self.state is LinkState.STOPPED:
             return fail(LinkDown("the client is stopping"))
-        self._wanted = True
         recently_refused = (
             self._last_final_at is not None and self.clock.seconds() - self._last_final_at < 1.0
         )
-        if self._attempt is None and recently_refused:
+        if self.state is not LinkState.OPENING and recently_refused:
             return fail(LinkDown(self._last_error))
-        d: Deferred[MuxSession] = Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(d)
+        d = self._waiters.wait()
         d.addTimeout(self._wait, self.clock, onTimeoutCancel=self._timed_out)
-        if self._attempt is None:
+        if self.state is not LinkState.OPENING:
             self._connect()
         return d
 
-    def stop(self) -> Deferred[object]:
+    def stopService(self) -> Deferred[object]:
         """Close the link and fail whoever waits for it; fires once the link is closed."""
-        self._stopped = True
+        super().stopService()
+        self.state = LinkState.STOPPED
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._attempt is not None:
             self._attempt.cancel()
-        self._fail_waiters(LinkDown("the client is stopping"))
+        self._waiters.fire(Failure(LinkDown("the client is stopping")))
         session = self._session
         if session is not None and session.is_open:
             closed = session.when_closed()
@@ -167,6 +193,7 @@ class AgentLink:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self.state = LinkState.OPENING
         self._attempt = Deferred.fromCoroutine(self._open())
         self._attempt.addTimeout(self._attempt_timeout, self.clock)
         self._attempt.addCallbacks(self._up, self._failed)
@@ -174,7 +201,7 @@ class AgentLink:
     async def _open(self) -> MuxSession:
         factory = bind(
             websocket_client_factory(
-                self.url, {"Authorization": f"Bearer {self._token}"}, _LinkProtocol
+                self.url, bearer_headers(self._token), _LinkProtocol, reactor=self.reactor
             ),
             self,
         )
@@ -190,23 +217,26 @@ class AgentLink:
 
     def _up(self, session: MuxSession) -> None:
         self._attempt = None
+        if self.state is LinkState.STOPPED:
+            session.close("client stopping")
+            return
+        self.state = LinkState.UP
         self._session = session
         self._delay = 1.0
         self._last_final_at = None
         self._log.info(
             "link to agent {agent} via {relay} is up", agent=self.agent, relay=self.relay.netloc
         )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(session)
+        self._waiters.fire(session)
         session.when_closed().addCallback(self._lost)
 
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
         error = failure.value
         assert error is not None
-        if isinstance(error, CancelledError) and self._stopped:
+        if self.state is LinkState.STOPPED:
             return
+        self.state = LinkState.IDLE
         if isinstance(error, CancelledError):
             self._last_error = "the relay did not answer in time"
         elif isinstance(error, ConnectError) and not isinstance(error, LinkClosed):
@@ -218,27 +248,21 @@ class AgentLink:
         )
         if _is_final(error):
             self._last_final_at = self.clock.seconds()
-            self._fail_waiters(LinkDown(self._last_error))
+            self._waiters.fire(Failure(LinkDown(self._last_error)))
         self._schedule_retry()
 
     def _lost(self, reason: str) -> None:
         self._session = None
         self._last_error = f"link lost: {reason}"
-        if self._stopped:
+        if self.state is LinkState.STOPPED:
             return
+        self.state = LinkState.IDLE
         self._log.warn("link to agent {agent} lost: {reason}", agent=self.agent, reason=reason)
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
-        if self._stopped or not self._wanted or self._attempt is not None:
-            return
-        if self._retry is not None and self._retry.active():
-            return
+        # Only a link someone asked for gets here: once used, it is kept up.
         delay = min(self._delay, self._max_backoff) * (0.5 + random.random() / 2)
         self._delay = min(self._delay * 2, self._max_backoff)
+        self.state = LinkState.BACKING_OFF
         self._retry = self.clock.callLater(delay, self._connect)
-
-    def _fail_waiters(self, error: Exception) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(error)

@@ -1,6 +1,6 @@
 # twisted.protocols.policies is untyped.
 # mypy: disable-error-code="no-untyped-call"
-"""Knowing every open connection of the relay's Site, so that stopping can close them and wait.
+"""Knowing every open connection of a server's Site, so that stopping can close them and wait.
 
 A `WrappingFactory` puts a `TrackedConnection` between each transport and the Site's protocol.
 The relay's WebSocket protocols talk to the transport underneath it directly (Autobahn needs to
@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+
+from nbbridge._observer import Waiters
 
 
 class TrackedConnection(ProtocolWrapper):
@@ -36,16 +39,14 @@ class ConnectionTracker(WrappingFactory):
 
     protocol = TrackedConnection
 
-    def __init__(self, wrapped: Any) -> None:
+    def __init__(self, wrapped: Any, clock: IReactorTime) -> None:
         super().__init__(wrapped)
-        self._waiters: list[Deferred[None]] = []
+        self._idle: Waiters[None] = Waiters(clock)
 
     def unregisterProtocol(self, p: Any) -> None:
         super().unregisterProtocol(p)
         if not self.protocols:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+            self._idle.fire(None)
 
     def open_protocols(self) -> list[Any]:
         """The protocols (HTTP channels, WebSockets) of the open connections."""
@@ -55,9 +56,7 @@ class ConnectionTracker(WrappingFactory):
         """Fires once no connection is open."""
         if not self.protocols:
             return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._idle.wait()
 
     def close_all(self, reason: str) -> None:
         """Ask each WebSocket to close (it knows how), and drop plain HTTP connections."""

@@ -19,10 +19,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._tuning import tune, write_now
+from nbbridge._internals import cancel_close_timer, write_now
+from nbbridge._tuning import tune
 from nbbridge.wire.websocket import OP_BINARY, frame_header
 
-from ._frames import DataFrames, cancel_close_timer, xor_frame
+from ._dataframes import DataFrames, xor_frame
 
 
 class LinkClosed(Exception):

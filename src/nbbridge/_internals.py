@@ -1,0 +1,154 @@
+# Autobahn's protocol API is untyped; calling into it is the point of this module.
+# mypy: disable-error-code="no-untyped-call"
+"""Every use of Autobahn's and Twisted's private or undocumented attributes, in one place.
+
+nbbridge reads its data frames itself and writes small frames without waiting for a reactor
+turn (see `nbbridge.websocket` and `nbbridge.mux`); both need a few attributes that Autobahn
+and Twisted do not document. Each is wrapped here with the reason, so an upgrade that renames
+one breaks this module and its test (`tests/test_internals.py` asserts that each attribute
+still exists), not the data path silently. Nothing else in nbbridge touches them.
+
+It sits below the mux and the WebSocket layers (both use it), and imports neither.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.tcp import Connection
+
+if TYPE_CHECKING:
+    # Twisted exports the trust-root interface only from its private TLS module.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot as IOpenSSLTrustRoot
+
+#: Autobahn attributes this module reads or writes, by the class that defines them (checked
+#: by the test against the installed Autobahn).
+AUTOBAHN_PROTOCOL_ATTRIBUTES = (
+    "_fail_connection",
+    "_max_message_size_exceeded",
+    "_cancelAutoPingTimeoutCall",
+    "_sendAutoPing",
+    "processControlFrame",
+)
+AUTOBAHN_FACTORY_ATTRIBUTES = ("_batched_timer",)
+#: Twisted's TCP connection attributes `write_now` reads.
+TWISTED_CONNECTION_ATTRIBUTES = ("_writeDisconnected", "_tempDataBuffer", "dataBuffer", "offset")
+
+
+# -- Autobahn -----------------------------------------------------------------------------------
+
+
+def fail_connection(protocol: Any, code: int, reason: str) -> None:
+    """Send a close frame with CODE and REASON and stop reading (RFC 6455 "fail").
+
+    Autobahn's own ``_fail_connection``: ``sendClose`` refuses codes below 3000 (1002, 1009),
+    which a protocol violation must be able to send.
+    """
+    protocol._fail_connection(code, reason)
+
+
+def cancel_close_timer(protocol: Any) -> None:
+    """Cancel the close-handshake timer: call once the TCP connection is gone.
+
+    Autobahn leaves the timer running when the connection ends before the peer's close reply
+    was read (after a 1007, say); nothing is left for it to do. (It is txaio's batched call:
+    no ``active()``, but Autobahn sets it to None once fired.)
+    """
+    timer, protocol.closeHandshakeTimeoutCall = protocol.closeHandshakeTimeoutCall, None
+    if timer is not None:
+        timer.cancel()
+
+
+def ping_again_later(protocol: Any) -> None:
+    """Forget the ping whose pong is late and send the next one an interval from now.
+
+    Autobahn only knows "pong late -> drop"; a splice end that is not read because its
+    partner is full must get another chance, on the same batched timer Autobahn uses.
+    """
+    protocol.autoPingTimeoutCall = None
+    protocol.autoPingPending = None
+    protocol.autoPingPendingCall = protocol.factory._batched_timer.call_later(
+        protocol.autoPingInterval, protocol._sendAutoPing
+    )
+
+
+def traffic_seen(protocol: Any) -> None:
+    """Any traffic shows the peer is alive, as Autobahn itself counts it on its own read path."""
+    if protocol.autoPingTimeoutCall is not None and protocol.autoPingRestartOnAnyTraffic:
+        protocol._cancelAutoPingTimeoutCall()
+
+
+def take_handshake_leftover(protocol: Any) -> bytes:
+    """What arrived with the opening handshake, unread by Autobahn (its ``data`` buffer)."""
+    data: bytes = protocol.data
+    protocol.data = b""
+    return data
+
+
+def process_control_frame(protocol: Any, opcode: int, payload: bytes) -> None:
+    """Hand a control frame nbbridge read itself to Autobahn's own handling (close, ping, pong).
+
+    Autobahn reads the frame it handles from ``current_frame`` and ``control_frame_data``.
+    """
+    from autobahn.websocket.protocol import FrameHeader
+
+    protocol.current_frame = FrameHeader(opcode, True, 0, len(payload), None)  # type: ignore[arg-type]
+    protocol.control_frame_data = [payload]
+    try:
+        protocol.processControlFrame()
+    finally:
+        protocol.current_frame = None
+
+
+def autobahn_has_queued(protocol: Any) -> bool:
+    """Whether Autobahn holds frames of its own that were not written yet (its send queue)."""
+    return bool(protocol.send_queue)
+
+
+class SizeLimitHook:
+    """Mixin: Autobahn's size-limit callback, renamed to a method of ours.
+
+    Autobahn calls ``_max_message_size_exceeded`` when a message passes its limit and would
+    close with 1009; nbbridge closes with its own code and reason (`message_over_limit`).
+    """
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        self.message_over_limit(msg_size, max_msg_size)
+
+    def message_over_limit(self, size: int, limit: int) -> None:
+        """A message of SIZE bytes or more passed LIMIT."""
+        raise NotImplementedError
+
+
+# -- Twisted ------------------------------------------------------------------------------------
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but sent at once when nothing is queued before it.
+
+    Twisted only queues a write and sends it on the next reactor turn, once epoll says the
+    socket is writable: two more epoll calls and a turn per message on every hop, which is
+    most of the round-trip time of a small request through three processes. When the
+    transport's buffer is empty, sending now keeps the byte order and changes nothing else;
+    whatever the socket does not take is queued by ``transport.write`` as usual, and with it
+    the producer pause and the error handling. Only plain TCP connections qualify (not one
+    that started TLS, whose bytes must go through the TLS layer). Whether the buffer is empty
+    is only in Twisted's private write-buffer fields.
+    """
+    if (
+        isinstance(transport, Connection)
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # EAGAIN, or an error Twisted will find and report itself
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

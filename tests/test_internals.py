@@ -1,0 +1,60 @@
+"""The Autobahn and Twisted internals nbbridge relies on (all in `nbbridge._internals`) exist.
+
+An upgrade of either that renames one fails here, by name, rather than somewhere on the data
+path (a frame handed to the wrong code, a write delayed by a reactor turn).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import FrameHeader
+from twisted.internet.error import ConnectionDone
+from twisted.internet.tcp import Connection
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from nbbridge import _internals
+
+
+class InternalsTests(SynchronousTestCase):
+    def test_autobahn_protocol_methods(self) -> None:
+        for name in _internals.AUTOBAHN_PROTOCOL_ATTRIBUTES:
+            self.assertTrue(callable(getattr(WebSocketServerProtocol, name, None)), name)
+
+    def test_autobahn_protocol_state(self) -> None:
+        """The attributes Autobahn sets on a connected protocol, read and reset by us."""
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        for name in (
+            "closeHandshakeTimeoutCall",
+            "autoPingTimeoutCall",
+            "autoPingPending",
+            "autoPingPendingCall",
+            "autoPingRestartOnAnyTraffic",
+            "data",
+            "send_queue",
+        ):
+            self.assertTrue(hasattr(protocol, name), name)
+        self.assertEqual(_internals.take_handshake_leftover(protocol), b"")
+        self.assertFalse(_internals.autobahn_has_queued(protocol))
+
+    def test_autobahn_factory_timer(self) -> None:
+        for name in _internals.AUTOBAHN_FACTORY_ATTRIBUTES:
+            self.assertTrue(hasattr(WebSocketServerFactory(), name), name)
+
+    def test_autobahn_frame_header(self) -> None:
+        header = FrameHeader(0x9, True, 0, 4, None)
+        self.assertEqual((header.opcode, header.fin, header.length), (0x9, True, 4))
+
+    def test_twisted_connection_buffers(self) -> None:
+        with socket.socket() as skt:
+            connection = Connection(skt, None, MemoryReactor())
+            for name in _internals.TWISTED_CONNECTION_ATTRIBUTES:
+                self.assertTrue(hasattr(connection, name), name)
+            self.assertTrue(hasattr(connection, "TLS"))
