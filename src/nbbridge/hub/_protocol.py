@@ -50,7 +50,8 @@ class Heartbeat:
 def hub_token(authorization: str | None, query_token: str | None) -> str | None:
     """`Authorization: Bearer` first, else the `?token=` query value.
 
-    Browsers cannot set headers on a WebSocket, hence the query form; it ends up in access logs.
+    Browsers cannot set headers on a WebSocket, hence the query form (for topics only; the
+    relay's access log redacts it, a proxy in front may not).
     """
     bearer = parse_bearer({"authorization": authorization}) if authorization is not None else None
     return bearer or query_token or None
