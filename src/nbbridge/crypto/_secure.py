@@ -283,7 +283,9 @@ class _Session:
             plaintext = recv.decrypt_with_ad(b"", body)
         except DecryptError:
             if self._unconfirmed is not None:
-                return self._fail(HandshakeError(self._unconfirmed_reason("failed to authenticate")))
+                return self._fail(
+                    HandshakeError(self._unconfirmed_reason("failed to authenticate"))
+                )
             return self._fail(SecureChannelError(AUTH_FAILED))
         self._received += 1
         if self._received % self._rekey_interval == 0:
