@@ -16,11 +16,12 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import Initiator, private_key_text
 from nbbridge.crypto._secure import NOT_AUTHORIZED
 from nbbridge.relay._splice import Splice, SpliceEnd
 from nbbridge.transport import websocket_client_factory
-from nbbridge.transport._wsstream import StreamClientProtocol, bind
+from nbbridge.websocket import StreamClientProtocol, bind
 
 from . import _tcp
 from ._harness import AGENT, CLIENT, MUX, RELAY, Client, TunnelTestCase
@@ -181,8 +182,8 @@ class AgentRefusalTests(SecurityTestCase):
         replayer = _Replayer(captured)
         factory = bind(
             websocket_client_factory(
-                f"{self.relay_url}/v1/agents/gpu/link",
-                {"Authorization": f"Bearer {self.files.tokens['laptop']}"},
+                self.relay_url + link_path("gpu"),
+                bearer_headers(self.files.tokens["laptop"]),
                 _ReplayLink,
             ),
             replayer,
