@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 
 
@@ -34,26 +35,40 @@ class SecretError(Exception):
     """A secret could not be read; the message is one line for the user."""
 
 
+def too_open(path: str, mode: int, what: str) -> str | None:
+    """Why a secret file with permission bits MODE must be refused, or None if it is private.
+
+    Any access for group or others is too much (ssh's rule for keys): a token your group can
+    read is shared with everyone in it. Files handed over by systemd are exempt.
+    """
+    mode = stat.S_IMODE(mode)
+    if not mode & 0o077 or in_credentials_directory(path):
+        return None
+    who = "everyone" if mode & 0o007 else "its group"
+    return (
+        f"{what} file {path} is too open: {who} may access it (mode {mode:04o}); "
+        f"run: chmod 600 {shlex.quote(path)}"
+    )
+
+
 def read_secret(path: str | None, env: str, what: str = "token") -> str:
     """The secret in ``path`` (first line), else in environment variable ``env``.
 
-    A file readable by others than its owner and group is refused, as ssh does for keys:
-    a token that anyone on the machine can read is no secret.
+    A file that its group or others may read or write is refused, as ssh does for keys: a token
+    that others on the machine can read is no secret.
     """
     if path:
         try:
-            mode = os.stat(path).st_mode
             with open(path, encoding="utf-8") as f:
+                # The open file itself is checked, so the path cannot be swapped in between.
+                refusal = too_open(path, os.fstat(f.fileno()).st_mode, what)
+                if refusal is not None:
+                    raise SecretError(refusal)
                 text = f.readline().strip()
         except OSError as e:
             raise SecretError(f"cannot read {what} file {path}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise SecretError(f"{what} file {path} is not UTF-8 text") from None
-        if mode & stat.S_IROTH and not in_credentials_directory(path):
-            raise SecretError(
-                f"{what} file {path} is readable by everyone (mode {stat.S_IMODE(mode):04o}); "
-                f"run: chmod 600 {path}"
-            )
         if not text:
             raise SecretError(f"{what} file {path}: the file is empty")
         return text

@@ -303,6 +303,76 @@ class AuthorizedKeysTests(SynchronousTestCase):
             load_authorized_keys(path)
         self.assertIn("not UTF-8", str(caught.exception))
 
+    def write_authorized(self, directory_mode: int, file_mode: int = 0o644) -> str:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "authorized_keys")
+        with open(path, "w") as f:
+            f.write(f"{self.alice} alice\n")
+        os.chmod(path, file_mode)
+        os.chmod(directory, directory_mode)
+        self.addCleanup(os.chmod, directory, 0o700)
+        return path
+
+    def assertRefused(self, path: str, message: str) -> None:
+        with self.assertRaises(KeyFileError) as caught:
+            load_authorized_keys(path)
+        self.assertEqual(str(caught.exception), message)
+
+    def test_private_enough_modes_are_accepted(self) -> None:
+        for directory_mode, file_mode in [(0o755, 0o644), (0o700, 0o600), (0o775, 0o664)]:
+            with self.subTest(directory=oct(directory_mode), file=oct(file_mode)):
+                path = self.write_authorized(directory_mode, file_mode)
+                self.assertIn(self.alice, load_authorized_keys(path))
+
+    def test_world_writable_file_is_refused(self) -> None:
+        """Anyone who can edit the list can let themselves in."""
+        path = self.write_authorized(0o755, 0o666)
+        self.assertRefused(
+            path,
+            f"authorized keys {path} is writable by everyone (mode 0666); run: chmod o-w {path}",
+        )
+
+    def test_world_writable_directory_is_refused(self) -> None:
+        """Anyone who can write the directory can replace the file."""
+        path = self.write_authorized(0o777)
+        directory = os.path.abspath(os.path.dirname(path))
+        self.assertRefused(
+            path,
+            f"authorized keys {path} is in {directory}, which everyone may write (mode 0777), "
+            f"so anyone could replace the file; run: chmod o-w {directory}",
+        )
+
+    def test_sticky_shared_directory_is_refused_with_a_move(self) -> None:
+        """/tmp-like directories must stay writable: the advice is to move the file."""
+        path = self.write_authorized(0o1777)
+        self.assertRefused(
+            path,
+            f"authorized keys {path} is in {os.path.abspath(os.path.dirname(path))}, "
+            "which everyone may write "
+            "(mode 1777), so anyone could replace the file; "
+            "move the file to a directory only its owner can write",
+        )
+
+    def test_symlink_in_world_writable_directory_is_refused(self) -> None:
+        target = self.write_authorized(0o755)
+        shared = self.mktemp()
+        os.mkdir(shared)
+        link = os.path.join(shared, "authorized_keys")
+        os.symlink(os.path.abspath(target), link)
+        os.chmod(shared, 0o777)
+        self.addCleanup(os.chmod, shared, 0o700)
+        with self.assertRaises(KeyFileError) as caught:
+            load_authorized_keys(link)
+        self.assertIn(
+            f"is in {os.path.abspath(shared)}, which everyone may write", str(caught.exception)
+        )
+
+    def test_systemd_credentials_directory_is_trusted(self) -> None:
+        path = self.write_authorized(0o777, 0o666)
+        self.patch(os, "environ", {"CREDENTIALS_DIRECTORY": os.path.dirname(path)})
+        self.assertIn(self.alice, load_authorized_keys(path))
+
     def test_from_keys(self) -> None:
         keys = AuthorizedKeys.from_keys([self.alice, (self.bob, "bob")])
         self.assertIn(self.alice, keys)

@@ -26,7 +26,7 @@ from nbbridge.crypto import (
     SecureChannelError,
     SecureProtocol,
 )
-from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED
+from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, NOT_AUTHORIZED, TRUNCATED
 
 from ._support import Inner, Keys, split_records
 
@@ -119,10 +119,14 @@ class HandshakeTests(SynchronousTestCase):
         """The inner protocol is connected only once the peer is proven."""
         h = Harness(self)
         h.pump.pump()  # message 1 reaches the agent, which answers at once
-        self.assertTrue(h.agent_inner.made.called)
+        self.assertFalse(h.agent_inner.made.called)  # ...but the client has proven nothing yet
         self.assertFalse(h.client_inner.made.called)
-        h.flush()
+        h.pump.pump()  # message 2 reaches the client, which confirms at once
         self.assertTrue(h.client_inner.made.called)
+        self.assertFalse(h.agent_inner.made.called)
+        self.assertNoResult(h.agent_handshake)
+        h.flush()
+        self.assertTrue(h.agent_inner.made.called)
 
     def test_handshake_after_completion_fires_later(self) -> None:
         h = Harness(self)
@@ -135,12 +139,14 @@ class HandshakeTests(SynchronousTestCase):
     def test_unauthorized(self) -> None:
         h = Harness(self, authorized=False)
         h.flush()
-        expected = f"client key {h.keys.client.public_key} is not authorized"
         agent_error = self.failureResultOf(h.agent_handshake, HandshakeError)
-        self.assertEqual(agent_error.value.reason, expected)
+        self.assertEqual(
+            agent_error.value.reason, f"client key {h.keys.client.public_key} is not authorized"
+        )
         client_error = self.failureResultOf(h.client_handshake, HandshakeError)
         self.assertEqual(
-            client_error.value.reason, f"refused by the agent: {expected} (unauthenticated message)"
+            client_error.value.reason,
+            f"refused by the agent: {NOT_AUTHORIZED} (unauthenticated message)",
         )
         self.assertFalse(h.client_inner.made.called)
         self.assertFalse(h.agent_inner.made.called)
@@ -182,6 +188,33 @@ class HandshakeTests(SynchronousTestCase):
             self.failureResultOf(d, HandshakeError).value.reason, "handshake timed out after 5 s"
         )
         self.assertTrue(transport.disconnecting)
+
+    def test_replayed_first_message_times_out_unconnected(self) -> None:
+        """A replayed message 1 is answered, but the inner protocol never starts, and the
+        stream is closed at the deadline with a reason naming the claimed key."""
+        keys = Keys()
+        clock = Clock()
+        inner = Inner()
+        proto = SecureProtocol(
+            inner, Responder(keys.agent, keys.authorized), clock, handshake_timeout=3
+        )
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        d = proto.handshake
+        proto.dataReceived(Initiator(keys.client, keys.agent.public_key).start())
+        self.assertNotEqual(transport.value(), b"")  # message 2 went out
+        clock.advance(2.9)
+        self.assertNoResult(d)
+        self.assertFalse(inner.made.called)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        clock.advance(0)
+        reason = self.failureResultOf(d, HandshakeError).value.reason
+        self.assertIn(f"client claiming key {keys.client.public_key}", reason)
+        self.assertIn("did not come within 3 s of the handshake", reason)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(inner.made.called)
+        self.assertIsNone(proto.remote_static)
 
     def test_no_timeout_after_handshake(self) -> None:
         h = Harness(self)

@@ -23,7 +23,15 @@ from nbbridge.crypto import (
     Responder,
     SecureChannelError,
 )
-from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED, Event, record
+from nbbridge.crypto._secure import (
+    AUTH_FAILED,
+    BAD_HANDSHAKE,
+    KEY_MISMATCH,
+    NOT_AUTHORIZED,
+    TRUNCATED,
+    Event,
+    record,
+)
 
 from ._support import split_records
 
@@ -43,8 +51,10 @@ class Pair:
         )
 
     def connect(self) -> tuple[list[Event], list[Event]]:
+        """Message 1, message 2, then the initiator's confirmation record."""
         at_responder = self.responder.receive_data(self.initiator.start())
         at_initiator = self.initiator.receive_data(self.responder.data_to_send())
+        at_responder += self.responder.receive_data(self.initiator.data_to_send())
         return at_initiator, at_responder
 
 
@@ -79,16 +89,20 @@ class HandshakeTests(SynchronousTestCase):
         events: list[Event] = []
         for byte in pair.initiator.start():
             events += pair.responder.receive_data(bytes([byte]))
-        self.assertIsInstance(events[-1], HandshakeComplete)
+        self.assertEqual(events, [])
         reply = pair.responder.data_to_send()
         for byte in reply:
             events += pair.initiator.receive_data(bytes([byte]))
+        self.assertIsInstance(events[-1], HandshakeComplete)
         records = pair.initiator.encrypt(b"hello") + pair.initiator.encrypt(b" world")
         received = b""
+        at_responder: list[Event] = []
         for byte in records:
-            for event in pair.responder.receive_data(bytes([byte])):
-                assert isinstance(event, bytes)
-                received += event
+            at_responder += pair.responder.receive_data(bytes([byte]))
+        self.assertIsInstance(at_responder[0], HandshakeComplete)
+        for event in at_responder[1:]:
+            assert isinstance(event, bytes)
+            received += event
         self.assertEqual(received, b"hello world")
 
     def test_unauthorized(self) -> None:
@@ -96,18 +110,38 @@ class HandshakeTests(SynchronousTestCase):
         at_responder = pair.responder.receive_data(pair.initiator.start())
         error = at_responder[-1]
         self.assertIsInstance(error, HandshakeError)
-        expected = f"client key {pair.client_key.public_key} is not authorized"
         assert isinstance(error, HandshakeError)
-        self.assertEqual(error.reason, expected)
+        # The agent's own log names the key, so its operator knows whom to add.
+        self.assertEqual(error.reason, f"client key {pair.client_key.public_key} is not authorized")
         refusal = pair.responder.data_to_send()
-        self.assertEqual(refusal, record(REFUSAL, expected.encode()))
+        self.assertEqual(refusal, record(REFUSAL, NOT_AUTHORIZED.encode()))
         at_initiator = pair.initiator.receive_data(refusal)
         error = at_initiator[-1]
         assert isinstance(error, HandshakeError)
         self.assertEqual(
-            error.reason, f"refused by the agent: {expected} (unauthenticated message)"
+            error.reason, f"refused by the agent: {NOT_AUTHORIZED} (unauthenticated message)"
         )
         self.assertFalse(pair.initiator.established)
+
+    def test_refusals_do_not_name_the_client_key(self) -> None:
+        """IK hides the initiator's key from onlookers; the cleartext REFUSAL must too."""
+        client = PrivateKey.generate()
+        agent = PrivateKey.generate()
+
+        def broken(key: PublicKey) -> bool:
+            raise RuntimeError(f"lookup of {key} failed")
+
+        for authorizer in [AuthorizedKeys.from_keys([]), broken]:
+            with self.subTest(authorizer=authorizer):
+                responder = Responder(agent, authorizer)
+                events = responder.receive_data(Initiator(client, agent.public_key).start())
+                self.assertIsInstance(events[-1], HandshakeError)
+                refusal = responder.data_to_send()
+                self.assertEqual(refusal[4], REFUSAL)
+                for form in (client.public_key.to_text(), client.public_key.raw):
+                    text = form if isinstance(form, bytes) else form.encode()
+                    self.assertNotIn(text, refusal)
+                    self.assertNotIn(text[:12], refusal)
 
     def test_callable_authorizer(self) -> None:
         seen: list[PublicKey] = []
@@ -119,9 +153,11 @@ class HandshakeTests(SynchronousTestCase):
         client, agent = PrivateKey.generate(), PrivateKey.generate()
         initiator = Initiator(client, agent.public_key)
         responder = Responder(agent, allow)
-        events = responder.receive_data(initiator.start())
-        self.assertIsInstance(events[0], HandshakeComplete)
+        self.assertEqual(responder.receive_data(initiator.start()), [])
         self.assertEqual(seen, [client.public_key])
+        initiator.receive_data(responder.data_to_send())
+        events = responder.receive_data(initiator.data_to_send())
+        self.assertIsInstance(events[0], HandshakeComplete)
 
     def test_authorizer_error(self) -> None:
         def broken(key: PublicKey) -> bool:
@@ -202,6 +238,93 @@ class HandshakeTests(SynchronousTestCase):
     def test_bad_parameters(self) -> None:
         key = PrivateKey.generate()
         self.assertRaises(ValueError, Initiator, key, key.public_key, rekey_interval=0)
+
+
+class ConfirmationTests(SynchronousTestCase):
+    """The responder counts a handshake done only after the initiator's first record."""
+
+    def test_responder_waits_for_the_first_record(self) -> None:
+        pair = Pair()
+        self.assertEqual(pair.responder.receive_data(pair.initiator.start()), [])
+        self.assertFalse(pair.responder.established)
+        self.assertIsNone(pair.responder.remote_static)
+        # Nothing goes to a peer that has not proven its key.
+        self.assertRaises(RuntimeError, pair.responder.encrypt, b"welcome")
+        pair.initiator.receive_data(pair.responder.data_to_send())
+        confirmation = pair.initiator.data_to_send()
+        # One empty TRANSPORT record: the 16-byte tag and nothing else.
+        self.assertEqual(confirmation[:5], struct.pack(">IB", 1 + 16, TRANSPORT))
+        self.assertEqual(len(confirmation), 5 + 16)
+        [done] = pair.responder.receive_data(confirmation)
+        assert isinstance(done, HandshakeComplete)
+        self.assertEqual(done.remote_static, pair.client_key.public_key)
+        self.assertTrue(pair.responder.established)
+
+    def test_confirmation_goes_before_data_written_at_once(self) -> None:
+        """A user who encrypts before draining data_to_send() still sends records in order."""
+        pair = Pair()
+        pair.responder.receive_data(pair.initiator.start())
+        pair.initiator.receive_data(pair.responder.data_to_send())
+        events = pair.responder.receive_data(pair.initiator.encrypt(b"hi"))
+        self.assertIsInstance(events[0], HandshakeComplete)
+        self.assertEqual(events[1:], [b"hi"])
+        self.assertEqual(pair.initiator.data_to_send(), b"")
+
+    def captured(self) -> tuple[Pair, bytes, bytes]:
+        """A session as the relay saw it: message 1, then the client's records."""
+        pair = Pair()
+        first = pair.initiator.start()
+        pair.responder.receive_data(first)
+        pair.initiator.receive_data(pair.responder.data_to_send())
+        later = pair.initiator.data_to_send() + pair.initiator.encrypt(b"open jupyter")
+        return pair, first, later
+
+    def test_replayed_first_message_is_never_a_client(self) -> None:
+        """The relay replays message 1 to the agent: answered, but never counted as connected."""
+        pair, first, _ = self.captured()
+        fresh = Responder(pair.agent_key, AuthorizedKeys.from_keys([pair.client_key.public_key]))
+        self.assertEqual(fresh.receive_data(first), [])
+        self.assertFalse(fresh.established)
+        error = fresh.timed_out(5)
+        self.assertIsInstance(error, HandshakeError)
+        self.assertEqual(
+            error.reason,
+            f"the first record from the client claiming key {pair.client_key.public_key} "
+            "did not come within 5 s of the handshake: its handshake message was replayed, "
+            "or it is a broken client",
+        )
+        self.assertIs(fresh.connection_lost(), error)
+
+    def test_replayed_whole_session_fails_to_authenticate(self) -> None:
+        """Replaying every captured record: the fresh keys of the new exchange refuse them."""
+        pair, first, later = self.captured()
+        fresh = Responder(pair.agent_key, AuthorizedKeys.from_keys([pair.client_key.public_key]))
+        events = fresh.receive_data(first + later)
+        self.assertEqual(len(events), 1)
+        error = events[0]
+        assert isinstance(error, HandshakeError)
+        self.assertIn("failed to authenticate", error.reason)
+        self.assertIn("replayed", error.reason)
+        self.assertFalse(fresh.established)
+
+    def test_closed_before_confirmation(self) -> None:
+        pair, first, _ = self.captured()
+        fresh = Responder(pair.agent_key, AuthorizedKeys.from_keys([pair.client_key.public_key]))
+        fresh.receive_data(first)
+        error = fresh.connection_lost()
+        assert isinstance(error, HandshakeError)
+        self.assertIn("never came (connection closed)", error.reason)
+
+    def test_bad_handshake_refusal_is_generic(self) -> None:
+        agent = PrivateKey.generate()
+        responder = Responder(agent, AuthorizedKeys.from_keys([]))
+        error = responder.receive_data(record(HANDSHAKE, bytes(10)))[-1]
+        self.assertIsInstance(error, HandshakeError)
+        self.assertEqual(responder.data_to_send(), record(REFUSAL, BAD_HANDSHAKE.encode()))
+
+    def test_timeout_before_message_one(self) -> None:
+        responder = Responder(PrivateKey.generate(), AuthorizedKeys.from_keys([]))
+        self.assertEqual(responder.timed_out(2.5).reason, "handshake timed out after 2.5 s")
 
 
 class TransportTests(SynchronousTestCase):
@@ -354,20 +477,24 @@ class RekeyTests(SynchronousTestCase):
             )
 
     def test_rekey_matches_noise_rekey(self) -> None:
-        """Record 4 (after one rekey) decrypts only with a Noise Rekey()'d key at nonce 3."""
+        """Record 4 (after one rekey) decrypts only with a Noise Rekey()'d key at nonce 3.
+
+        The records are the confirmation (nonce 0), then 3 of data.
+        """
         pair = Pair(rekey_interval=3)
         pair.connect()
         send = pair.initiator._send
         assert send is not None
         probe = CipherState()
-        probe._aead, probe._k = send._aead, send._k  # same key, nonce 0
-        records = [pair.initiator.encrypt(b"x") for _ in range(4)]
-        for index in range(3):
+        probe._aead, probe._k = send._aead, send._k  # same key
+        probe.set_nonce(1)  # nonce 0 went to the confirmation record
+        records = [pair.initiator.encrypt(b"x") for _ in range(3)]
+        for index in range(2):
             self.assertEqual(records[index][5:], probe.encrypt_with_ad(b"", b"x"))
-        self.assertNotEqual(records[3][5:], probe.encrypt_with_ad(b"", b"x"))
+        self.assertNotEqual(records[2][5:], probe.encrypt_with_ad(b"", b"x"))
         probe.set_nonce(3)
         probe.rekey()
-        self.assertEqual(records[3][5:], probe.encrypt_with_ad(b"", b"x"))
+        self.assertEqual(records[2][5:], probe.encrypt_with_ad(b"", b"x"))
 
     def test_mismatched_interval_fails(self) -> None:
         client, agent = PrivateKey.generate(), PrivateKey.generate()
@@ -375,17 +502,21 @@ class RekeyTests(SynchronousTestCase):
         responder = Responder(agent, AuthorizedKeys.from_keys([client.public_key]))
         responder.receive_data(initiator.start())
         initiator.receive_data(responder.data_to_send())
+        # The confirmation and one record pass, then the initiator rekeys and the other not.
         stream = b"".join(initiator.encrypt(b"x") for _ in range(3))
         events = responder.receive_data(stream)
-        self.assertEqual(events[:2], [b"x", b"x"])
+        self.assertIsInstance(events[0], HandshakeComplete)
+        self.assertEqual(events[1], b"x")
         self.assertEqual(events[2].reason, AUTH_FAILED)  # type: ignore[union-attr]
 
     def test_record_limit(self) -> None:
         client, agent = PrivateKey.generate(), PrivateKey.generate()
-        initiator = Initiator(client, agent.public_key, max_records=2)
-        responder = Responder(agent, AuthorizedKeys.from_keys([client.public_key]), max_records=1)
+        # The confirmation record counts as one on each side.
+        initiator = Initiator(client, agent.public_key, max_records=3)
+        responder = Responder(agent, AuthorizedKeys.from_keys([client.public_key]), max_records=2)
         responder.receive_data(initiator.start())
         initiator.receive_data(responder.data_to_send())
+        responder.receive_data(initiator.data_to_send())
         stream = initiator.encrypt(b"a") + initiator.encrypt(b"b")
         self.assertRaises(SecureChannelError, initiator.encrypt, b"c")
         events = responder.receive_data(stream)

@@ -28,7 +28,7 @@ from nbbridge.crypto import (
     SecureChannelError,
     SecureProtocol,
 )
-from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, TRUNCATED
+from nbbridge.crypto._secure import AUTH_FAILED, KEY_MISMATCH, NOT_AUTHORIZED, TRUNCATED
 from tests._loopback import listen
 
 from ._support import Inner, Keys
@@ -60,10 +60,17 @@ class TrackedSecureProtocol(SecureProtocol):
 class AgentFactory(Factory):
     """Accepts TCP connections and runs an echoing protocol inside each secure channel."""
 
-    def __init__(self, keys: Keys, authorized: Any, rekey_interval: int) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        authorized: Any,
+        rekey_interval: int,
+        handshake_timeout: float | None = 30.0,
+    ) -> None:
         self.keys = keys
         self.authorized = authorized
         self.rekey_interval = rekey_interval
+        self.handshake_timeout = handshake_timeout
         self.channels: list[TrackedSecureProtocol] = []
         self.handshakes: list[Deferred[PublicKey]] = []
         self.inners: list[Inner] = []
@@ -71,7 +78,7 @@ class AgentFactory(Factory):
     def buildProtocol(self, addr: Any) -> TrackedSecureProtocol:
         inner = Inner(echo=True)
         role = Responder(self.keys.agent, self.authorized, rekey_interval=self.rekey_interval)
-        channel = TrackedSecureProtocol(inner, role, reactor)
+        channel = TrackedSecureProtocol(inner, role, reactor, self.handshake_timeout)
         self.inners.append(inner)
         self.channels.append(channel)
         self.handshakes.append(channel.handshake)
@@ -159,15 +166,17 @@ class LoopbackTests(TestCase):
         keys = Keys()
         port = await self.start_agent(keys, authorized=lambda key: False)
         channel, inner = await self.connect(port, keys, keys.agent.public_key)
-        expected = f"client key {keys.client.public_key} is not authorized"
         with self.assertRaises(HandshakeError) as caught:
             await channel.handshake
         self.assertEqual(
-            caught.exception.reason, f"refused by the agent: {expected} (unauthenticated message)"
+            caught.exception.reason,
+            f"refused by the agent: {NOT_AUTHORIZED} (unauthenticated message)",
         )
         with self.assertRaises(HandshakeError) as agent_side:
             await self.factory.handshakes[0]
-        self.assertEqual(agent_side.exception.reason, expected)
+        self.assertEqual(
+            agent_side.exception.reason, f"client key {keys.client.public_key} is not authorized"
+        )
         await channel.closed
         self.assertFalse(inner.made.called)
         self.assertFalse(self.factory.inners[0].made.called)
@@ -212,12 +221,75 @@ class RawClient(Protocol):
         self.transport.write(self.session.start())
 
     def dataReceived(self, data: bytes) -> None:
-        for event in self.session.receive_data(data):
+        events = self.session.receive_data(data)
+        assert self.transport is not None
+        self.transport.write(self.session.data_to_send())  # the confirmation record
+        for event in events:
             if isinstance(event, HandshakeComplete):
                 self.ready.callback(None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
+
+
+class Replayer(Protocol):
+    """Someone who captured a client's first handshake message (the relay, or on path)."""
+
+    def __init__(self, captured: bytes) -> None:
+        self.captured = captured
+        self.received = bytearray()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.captured)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed.callback(None)
+
+
+class ReplayTests(TestCase):
+    """A replayed first message gets an answer but never a session, and is dropped soon."""
+
+    async def test_replayed_first_message_is_dropped_after_the_deadline(self) -> None:
+        keys = Keys()
+        factory = AgentFactory(keys, keys.authorized, 1 << 20, handshake_timeout=0.5)
+        port = await listen(self, factory)
+        # The message a real client sent: it needs the client's key to make, not to replay.
+        captured = Initiator(keys.client, keys.agent.public_key).start()
+        replayer = Replayer(captured)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), replayer)
+        await replayer.closed  # the agent hung up by itself
+        self.assertEqual(replayer.received[4], 1)  # it did answer with a HANDSHAKE record
+        with self.assertRaises(HandshakeError) as agent_side:
+            await factory.handshakes[0]
+        self.assertIn(
+            f"the first record from the client claiming key {keys.client.public_key} did not "
+            "come within 0.5 s of the handshake",
+            agent_side.exception.reason,
+        )
+        self.assertFalse(factory.inners[0].made.called)
+        await factory.channels[0].closed
+
+    async def test_idle_honest_client_is_confirmed_at_once(self) -> None:
+        """A client that has nothing to say is still confirmed, long before the deadline."""
+        keys = Keys()
+        factory = AgentFactory(keys, keys.authorized, 1 << 20, handshake_timeout=30.0)
+        port = await listen(self, factory)
+        inner = Inner()
+        channel = TrackedSecureProtocol(
+            inner, Initiator(keys.client, keys.agent.public_key), reactor
+        )
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), channel)
+        # Nothing is ever written inside the channel, yet the agent counts the client in.
+        self.assertEqual(await factory.handshakes[0], keys.client.public_key)
+        self.assertTrue(factory.inners[0].made.called)
+        assert channel.transport is not None
+        channel.transport.loseConnection()
+        await DeferredList([channel.closed, factory.channels[0].closed])
 
 
 class MisbehavingClientTests(TestCase):

@@ -7,11 +7,21 @@ flowing and that new connections of the legitimate client still work.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 
-from nbbridge.crypto import private_key_text
+from nbbridge.contract import bearer_headers, link_path
+from nbbridge.crypto import Initiator, private_key_text
+from nbbridge.crypto._secure import NOT_AUTHORIZED
 from nbbridge.relay._splice import Splice, SpliceEnd
+from nbbridge.transport import websocket_client_factory
+from nbbridge.websocket import StreamClientProtocol, bind
 
 from . import _tcp
 from ._harness import AGENT, CLIENT, MUX, RELAY, Client, TunnelTestCase
@@ -130,13 +140,59 @@ class AgentRefusalTests(SecurityTestCase):
         await self.refused(bad.port("echo"))
         stranger = self.files.public("stranger")
         self.assert_logged(f"link refused: client key {stranger} is not authorized", AGENT, mark)
-        self.assert_logged(
-            f"cannot open link to agent gpu: refused by the agent: client key {stranger} "
-            "is not authorized",
-            CLIENT,
-            mark,
+        line = self.assert_logged(
+            f"cannot open link to agent gpu: refused by the agent: {NOT_AUTHORIZED}", CLIENT, mark
         )
+        # The refusal crosses the relay in clear: it must not name the key IK keeps hidden.
+        self.assertNotIn(stranger, line)
         await self.assert_unaffected(good)
+
+    async def test_replayed_handshake_is_never_a_client(self) -> None:
+        """Whoever captured the laptop's first handshake message (the relay, or anyone on a
+        ws:// path) replays it: the agent answers, but never counts a client as connected,
+        and drops the link at its short deadline, saying why."""
+        good = await self.start()
+        self.agent.handshake_timeout = 1.0
+        captured = Initiator(self.files.keys["client"], self.files.keys["agent"].public_key).start()
+        mark = self.logs.mark()
+        replayer = await self.replay(captured)
+        await self.within(10, "the agent to drop the replayed link", replayer.closed)
+        self.assertGreater(replayer.received, 0, "the agent answered message 1")
+        line = self.assert_logged(
+            "link refused: the first record from the client claiming", AGENT, mark
+        )
+        self.assertIn(self.files.public("client"), line)
+        self.assertIn("did not come within 1 s of the handshake", line)
+        self.assertIn("replayed", line)
+        self.assertEqual(self.logs.lines("connected", AGENT, since=mark), [])
+        await self.assert_unaffected(good)
+
+    async def test_idle_client_is_confirmed(self) -> None:
+        """A client with no connection to forward yet still proves itself at once."""
+        await self.start_relay()
+        self.agent = await self.start_agent({"echo": "tcp:127.0.0.1:9"})
+        mark = self.logs.mark()
+        client = await self.start_client(forward=["echo"])
+        await client.link.session()  # the link is up; not one channel is opened on it
+        await self.logs.wait_for("client laptop", AGENT, since=mark)
+        self.assert_logged("connected", AGENT, mark)
+
+    async def replay(self, captured: bytes) -> _Replayer:
+        """Open a client link through the relay (a valid client token) and send CAPTURED."""
+        replayer = _Replayer(captured)
+        factory = bind(
+            websocket_client_factory(
+                self.relay_url + link_path("gpu"),
+                bearer_headers(self.files.tokens["laptop"]),
+                _ReplayLink,
+            ),
+            replayer,
+        )
+        link = await TCP4ClientEndpoint(reactor, "127.0.0.1", self.relay_port).connect(factory)
+        self.addCleanup(
+            lambda: None if link.transport is None else link.transport.abortConnection()
+        )
+        return replayer
 
     async def test_pinned_agent_key_does_not_match(self) -> None:
         """The client pins another key than the agent's: neither side gets a session."""
@@ -183,6 +239,33 @@ class AgentRefusalTests(SecurityTestCase):
         await self.assert_unaffected(client)
         # Same session all along: the refusal closed one channel, not the link.
         self.assertIs(await client.link.session(), session)
+
+
+class _Replayer(Protocol):
+    """Sends bytes it captured, holds no key, counts what comes back."""
+
+    def __init__(self, captured: bytes) -> None:
+        self.captured = captured
+        self.received = 0
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.captured)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class _ReplayLink(StreamClientProtocol):
+    def make_inner(self) -> IProtocol:
+        replayer: Any = self.owner
+        assert isinstance(replayer, _Replayer)
+        return replayer
 
 
 class RelayCannotReadTests(TunnelTestCase):

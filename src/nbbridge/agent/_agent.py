@@ -32,7 +32,14 @@ from nbbridge.contract import (
     control_path,
     parse_control_message,
 )
-from nbbridge.crypto import AuthorizedKeys, PrivateKey, PublicKey, Responder, SecureProtocol
+from nbbridge.crypto import (
+    RESPONDER_HANDSHAKE_TIMEOUT,
+    AuthorizedKeys,
+    PrivateKey,
+    PublicKey,
+    Responder,
+    SecureProtocol,
+)
 from nbbridge.mux import Acceptor, MuxSession
 from nbbridge.transport import RelayURL, client_endpoint, websocket_client_factory
 from nbbridge.websocket import StreamClientProtocol, bind
@@ -72,8 +79,13 @@ class _DataProtocol(StreamClientProtocol):
         self.session = MuxSession(
             initiator=False, acceptor=agent.acceptor, label=f"link {self.factory.link_id[:6]}"
         )
+        # The handshake ends only with the client's first authenticated record, so a replayed
+        # handshake message never counts as a client and is dropped after the deadline.
         secure = SecureProtocol(
-            self.session, Responder(agent.key, agent.is_authorized), agent.clock
+            self.session,
+            Responder(agent.key, agent.is_authorized),
+            agent.clock,
+            handshake_timeout=agent.handshake_timeout,
         )
         secure.handshake.addCallbacks(self._secured, self._refused)
         agent.links.add(self)
@@ -86,6 +98,7 @@ class _DataProtocol(StreamClientProtocol):
 
     def _refused(self, failure: Failure) -> None:
         self.owner.dial_done(self)
+        # Also a client that never proved its key (a replayed handshake): said, not "connected".
         self._log.warn("link refused: {why}", why=failure.getErrorMessage())
 
     def closed(self, code: int | None, reason: str) -> None:
@@ -94,7 +107,10 @@ class _DataProtocol(StreamClientProtocol):
 
 
 class Agent(MultiService):
-    """Exposes ``services`` to authorized clients through the relay, under ``name``."""
+    """Exposes ``services`` to authorized clients through the relay, under ``name``.
+
+    :param handshake_timeout: seconds a data link may take to prove its client's key.
+    """
 
     _log = Logger()
 
@@ -110,8 +126,10 @@ class Agent(MultiService):
         ca_file: str | None = None,
         *,
         max_pending_dials: int = MAX_PENDING_DIALS,
+        handshake_timeout: float = RESPONDER_HANDSHAKE_TIMEOUT,
     ) -> None:
         super().__init__()
+        self.handshake_timeout = handshake_timeout
         self.reactor = reactor
         self.clock = reactor
         self.relay = relay

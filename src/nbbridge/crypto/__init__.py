@@ -29,7 +29,7 @@ from ._noise import (
     NonceExhaustedError,
     SymmetricState,
 )
-from ._protocol import SecureProtocol
+from ._protocol import RESPONDER_HANDSHAKE_TIMEOUT, SecureProtocol
 from ._secure import (
     HANDSHAKE,
     MAX_PLAINTEXT,
@@ -55,6 +55,7 @@ __all__ = [
     "PUBLIC_KEY_PREFIX",
     "REFUSAL",
     "REKEY_INTERVAL",
+    "RESPONDER_HANDSHAKE_TIMEOUT",
     "TRANSPORT",
     "AuthorizedKeys",
     "Authorizer",

@@ -322,10 +322,16 @@ def parse_authorized_keys(text: str, source: str = "authorized keys") -> Authori
 
 
 def load_authorized_keys(path: str | os.PathLike[str]) -> AuthorizedKeys:
-    """Read an authorized keys file; errors name the file and the line."""
+    """Read an authorized keys file; errors name the file and the line.
+
+    A file, or a directory holding it, that anyone may write is refused: whoever can change
+    the list can let themselves in (ssh's StrictModes refuses the same).
+    """
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
+            # The open file itself is checked, so the path cannot be swapped in between.
+            _refuse_world_writable(path, os.fstat(f.fileno()).st_mode)
             data = f.read(_MAX_AUTHORIZED_FILE + 1)
     except OSError as e:
         raise KeyFileError(f"cannot read authorized keys {path}: {e.strerror}") from e
@@ -336,3 +342,34 @@ def load_authorized_keys(path: str | os.PathLike[str]) -> AuthorizedKeys:
     except UnicodeDecodeError as e:
         raise KeyFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
     return parse_authorized_keys(text, source=path)
+
+
+def _refuse_world_writable(path: str, mode: int) -> None:
+    """Raise KeyFileError if anyone may change the authorized keys file or swap it.
+
+    Both the directory of the path as given and that of the file it resolves to count:
+    a symlink in a world-writable directory can be replaced as easily as a file.
+    """
+    if in_credentials_directory(path):
+        return
+    if mode & stat.S_IWOTH:
+        raise KeyFileError(
+            f"authorized keys {path} is writable by everyone (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod o-w {shlex.quote(path)}"
+        )
+    directories = dict.fromkeys(
+        os.path.dirname(os.path.abspath(p)) for p in (path, os.path.realpath(path))
+    )
+    for directory in directories:
+        dir_mode = os.stat(directory).st_mode
+        if dir_mode & stat.S_IWOTH:
+            # A shared sticky directory such as /tmp must stay writable: move the file instead.
+            fix = (
+                "move the file to a directory only its owner can write"
+                if dir_mode & stat.S_ISVTX
+                else f"run: chmod o-w {shlex.quote(directory)}"
+            )
+            raise KeyFileError(
+                f"authorized keys {path} is in {directory}, which everyone may write "
+                f"(mode {stat.S_IMODE(dir_mode):04o}), so anyone could replace the file; {fix}"
+            )

@@ -31,7 +31,11 @@ from ._errors import HandshakeError, SecureChannelError
 from ._keys import PublicKey
 from ._secure import MAX_PLAINTEXT, HandshakeComplete, Initiator, Responder
 
+#: The initiator's default: it covers the relay dialling the agent, not only one round trip.
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: A responder waits for one round trip only; a stream that has not proven its key by then is
+#: a replay, a scan or a broken client, and holding it would hold a link slot at the relay.
+RESPONDER_HANDSHAKE_TIMEOUT = 5.0
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -46,7 +50,9 @@ class SecureProtocol(Protocol):
     :param wrapped: the protocol to run inside the channel.
     :param role: an Initiator (pins the peer key) or a Responder (checks it).
     :param clock: for coalescing writes, firing waiters and the handshake timeout.
-    :param handshake_timeout: seconds to wait for the handshake, or None.
+    :param handshake_timeout: seconds to wait for the handshake, or None. A responder's
+        handshake ends with the initiator's first authenticated record, so this also bounds
+        how long a replayed handshake message can hold the stream.
     """
 
     _log = Logger()
@@ -239,9 +245,8 @@ class SecureProtocol(Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._timeout_call = None
-        if self._result is None and not self._lost:
-            text = f"handshake timed out after {self._handshake_timeout:g} s"
-            self._channel_failed(self._role.abort(HandshakeError(text)))
+        if self._result is None and not self._lost and self._handshake_timeout is not None:
+            self._channel_failed(self._role.timed_out(self._handshake_timeout))
 
     def _channel_failed(self, error: SecureChannelError) -> None:
         """The session is dead: say why, close the stream, tell whoever was waiting."""

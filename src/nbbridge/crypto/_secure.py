@@ -6,7 +6,17 @@ Record: u32 big-endian length of (kind + body), u8 kind, body.
 * TRANSPORT (2): one Noise transport message (ciphertext + 16-byte tag).
 * REFUSAL (3): UTF-8 reason, in clear, sent by the responder before it closes
   when it rejects the initiator. Nothing authenticates it, so the initiator
-  reports it marked as such.
+  reports it marked as such. It is generic: it never names the initiator's key,
+  which IK carries encrypted so that onlookers cannot tell who is calling.
+
+Confirmation: the first handshake message of IK can be replayed (by the relay, or
+anyone on the path), and answering it proves nothing about the sender. So the
+responder counts the handshake complete only once the initiator's first
+TRANSPORT record authenticates, which takes the keys of the fresh exchange; the
+initiator sends an empty TRANSPORT record right after the handshake so that this
+happens at once, even if it has nothing to say yet. Until then the responder
+sends no data, and its user (SecureProtocol) closes the stream after a short
+deadline.
 
 Deviation from Noise, on purpose: after the handshake a transport message may
 carry up to 1 MiB of plaintext, not 65535 bytes, because per-record overhead
@@ -48,6 +58,9 @@ _HEADER: Final = struct.Struct(">IB")
 _LENGTH: Final = struct.Struct(">I")
 
 AUTH_FAILED: Final = "authentication failed (tampered, replayed or reordered record)"
+NOT_AUTHORIZED: Final = "this client's key is not authorized by the agent"
+BAD_HANDSHAKE: Final = "bad handshake message"
+AGENT_ERROR: Final = "agent error while checking the client key"
 TRUNCATED: Final = "connection closed in the middle of a record"
 KEY_MISMATCH: Final = "agent key does not match the pinned key"
 
@@ -100,11 +113,16 @@ class _Session:
         self._error: SecureChannelError | None = None
         self.remote_static: PublicKey | None = None
         self.handshake_hash: bytes | None = None
+        # A responder's handshake, answered but not yet confirmed by an authenticated record.
+        self._unconfirmed: HandshakeComplete | None = None
 
     @property
     def established(self) -> bool:
-        """True once the handshake has completed (and until the session fails)."""
-        return self._send is not None and self._error is None
+        """True once the handshake has completed (and until the session fails).
+
+        For a responder, completed means confirmed by the initiator's first record.
+        """
+        return self._send is not None and self._error is None and self.remote_static is not None
 
     @property
     def error(self) -> SecureChannelError | None:
@@ -116,7 +134,7 @@ class _Session:
         return b""
 
     def data_to_send(self) -> bytes:
-        """Handshake or refusal bytes produced while receiving; empty if none."""
+        """Bytes produced while receiving (handshake, confirmation, refusal); empty if none."""
         out = bytes(self._outbuf)
         self._outbuf.clear()
         return out
@@ -131,7 +149,7 @@ class _Session:
             return self._error
         if self._inbuf:
             return self._fail(SecureChannelError(TRUNCATED))
-        if self._send is None:
+        if not self.established:
             return self._fail(HandshakeError(self._closed_early_reason()))
         return None
 
@@ -142,11 +160,19 @@ class _Session:
         """End the session from outside (a timeout, say); returns the error in force."""
         return self._fail(error)
 
+    def timed_out(self, seconds: float) -> SecureChannelError:
+        """End the session because the handshake took longer than SECONDS; returns the error."""
+        return self._fail(HandshakeError(self._timeout_reason(seconds)))
+
+    def _timeout_reason(self, seconds: float) -> str:
+        return f"handshake timed out after {seconds:g} s"
+
     def _fail(self, error: SecureChannelError) -> SecureChannelError:
         if self._error is None:
             self._error = error
             self._inbuf = bytearray()
             self._send = self._recv = None
+            self._unconfirmed = None
         return self._error
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
@@ -161,10 +187,12 @@ class _Session:
         """
         if self._error is not None:
             raise self._error
-        if self._send is None:
+        if not self.established:
             raise RuntimeError("cannot send data before the handshake finished")
         size = len(data)
-        pieces: list[bytes] = []
+        # Records already sealed (the confirmation) go first: nonces must arrive in order.
+        pending = self.data_to_send()
+        pieces: list[bytes] = [pending] if pending else []
         if size <= MAX_PLAINTEXT:
             if size:
                 self._seal(data, pieces)
@@ -225,6 +253,8 @@ class _Session:
             pos = end
             if kind == TRANSPORT and self._recv is not None:
                 result = self._open(body)
+                if self._unconfirmed is not None and not isinstance(result, SecureChannelError):
+                    events.append(self._confirmed())
             else:
                 result = self._handle_other(kind, body)
             if result is None:
@@ -252,6 +282,10 @@ class _Session:
         try:
             plaintext = recv.decrypt_with_ad(b"", body)
         except DecryptError:
+            if self._unconfirmed is not None:
+                return self._fail(
+                    HandshakeError(self._unconfirmed_reason("failed to authenticate"))
+                )
             return self._fail(SecureChannelError(AUTH_FAILED))
         self._received += 1
         if self._received % self._rekey_interval == 0:
@@ -282,6 +316,22 @@ class _Session:
         self.remote_static = remote
         self.handshake_hash = hs.get_handshake_hash()
         return HandshakeComplete(remote, self.handshake_hash)
+
+    def _confirmed(self) -> HandshakeComplete:
+        done = self._unconfirmed
+        assert done is not None
+        self._unconfirmed = None
+        self.remote_static = done.remote_static
+        self.handshake_hash = done.handshake_hash
+        return done
+
+    def _unconfirmed_reason(self, what: str) -> str:
+        done = self._unconfirmed
+        assert done is not None
+        return (
+            f"the first record from the client claiming key {done.remote_static} {what}: "
+            "its handshake message was replayed, or it is a broken client"
+        )
 
 
 class Initiator(_Session):
@@ -324,7 +374,13 @@ class Initiator(_Session):
         except NoiseError as e:
             return self._fail(HandshakeError(f"bad handshake reply from the agent: {e}"))
         self._hs = None
-        return self._complete(hs, self.responder_key)
+        done = self._complete(hs, self.responder_key)
+        # Confirm at once, even with nothing to say: the responder waits for an authenticated
+        # record before it counts us as connected (see "Confirmation" above).
+        confirmation: list[bytes] = []
+        self._seal(b"", confirmation)
+        self._outbuf += b"".join(confirmation)
+        return done
 
     def _refusal(self, body: bytes) -> Event:
         text = _clean_text(body.decode("utf-8", errors="replace"))
@@ -359,13 +415,24 @@ class Responder(_Session):
             return key in self._authorized
         return bool(self._authorized(key))
 
-    def _refuse(self, reason: str, told_peer: str | None = None) -> SecureChannelError:
-        self._outbuf += record(REFUSAL, (told_peer or reason).encode("utf-8"))
+    def _refuse(self, reason: str, told_peer: str) -> SecureChannelError:
+        """Fail with REASON (for our log) and tell the peer TOLD_PEER, which names no key."""
+        self._outbuf += record(REFUSAL, told_peer.encode("utf-8"))
         return self._fail(HandshakeError(reason))
 
-    def _handshake(self, body: bytes) -> Event:
-        # A second HANDSHAKE record never gets here: the first one either completed the
-        # handshake (and _handle_other refuses another) or failed the session.
+    def _timeout_reason(self, seconds: float) -> str:
+        if self._unconfirmed is None:
+            return super()._timeout_reason(seconds)
+        return self._unconfirmed_reason(f"did not come within {seconds:g} s of the handshake")
+
+    def _closed_early_reason(self) -> str:
+        if self._unconfirmed is None:
+            return super()._closed_early_reason()
+        return self._unconfirmed_reason("never came (connection closed)")
+
+    def _handshake(self, body: bytes) -> Event | None:
+        # A second HANDSHAKE record never gets here: the first one either was answered
+        # (and _handle_other refuses another) or failed the session.
         hs = HandshakeState(initiator=False, static=self._static.to_x25519(), prologue=PROLOGUE)
         try:
             hs.read_message(body)
@@ -376,7 +443,7 @@ class Responder(_Session):
                 told_peer=KEY_MISMATCH,
             )
         except NoiseError as e:
-            return self._refuse(f"bad handshake from the client: {e}")
+            return self._refuse(f"bad handshake from the client: {e}", told_peer=BAD_HANDSHAKE)
         assert hs.remote_static is not None
         client = PublicKey(hs.remote_static)
         try:
@@ -384,13 +451,16 @@ class Responder(_Session):
         except Exception as e:
             return self._refuse(
                 f"checking client key {client} failed: {e!r}",
-                told_peer="agent error while checking the client key",
+                told_peer=AGENT_ERROR,
             )
         if not allowed:
-            return self._refuse(f"client key {client} is not authorized")
+            return self._refuse(f"client key {client} is not authorized", told_peer=NOT_AUTHORIZED)
         try:
             reply = hs.write_message(b"")
         except NoiseError as e:
-            return self._refuse(f"handshake failed: {e}")
+            return self._refuse(f"handshake failed: {e}", told_peer=BAD_HANDSHAKE)
         self._outbuf += record(HANDSHAKE, reply)
-        return self._complete(hs, client)
+        # Not complete yet: this message may be a replay. Wait for the confirmation.
+        self._send, self._recv = hs.cipher_states()
+        self._unconfirmed = HandshakeComplete(client, hs.get_handshake_hash())
+        return None
