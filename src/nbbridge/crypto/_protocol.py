@@ -27,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._observer import OneShotObserver
+
 from ._errors import HandshakeError, SecureChannelError
 from ._keys import PublicKey
 from ._secure import MAX_PLAINTEXT, HandshakeComplete, Initiator, Responder
@@ -73,7 +75,7 @@ class SecureProtocol(Protocol):
         self._wlen = 0
         self._flush_call: IDelayedCall | None = None
         self._result: PublicKey | SecureChannelError | None = None
-        self._waiters: list[Deferred[PublicKey]] = []
+        self._settled: OneShotObserver[PublicKey] = OneShotObserver(clock)
         self._inner_connected = False
         self._closing = False
         self._failed = False
@@ -88,12 +90,7 @@ class SecureProtocol(Protocol):
         Each access gives its own Deferred, so a failure nobody asked about is
         never reported as an unhandled error.
         """
-        d: Deferred[PublicKey] = Deferred()
-        if self._result is None:
-            self._waiters.append(d)
-        else:
-            self._clock.callLater(0, self._fire, d, self._result)
-        return d
+        return self._settled.when_fired()
 
     @property
     def remote_static(self) -> PublicKey | None:
@@ -284,16 +281,7 @@ class SecureProtocol(Protocol):
         if isinstance(result, SecureChannelError) and not isinstance(result, HandshakeError):
             result = HandshakeError(result.reason)
         self._result = result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._clock.callLater(0, self._fire, d, result)
-
-    @staticmethod
-    def _fire(d: Deferred[PublicKey], result: PublicKey | SecureChannelError) -> None:
-        if isinstance(result, SecureChannelError):
-            d.errback(Failure(result))
-        else:
-            d.callback(result)
+        self._settled.fire(Failure(result) if isinstance(result, SecureChannelError) else result)
 
     def _peer_text(self) -> str:
         try:
