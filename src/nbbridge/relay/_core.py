@@ -65,6 +65,13 @@ class AgentState:
     #: connection names its agent, so a link is found here), so no second one can disagree
     pending: dict[str, PendingLink] = attrs.field(factory=dict)
     bytes: int = 0
+    #: spliced links by client name (for links_per_client)
+    client_links: dict[str, int] = attrs.field(factory=dict)
+
+    def held_by(self, client: str) -> int:
+        """Links CLIENT holds to this agent: spliced or waiting for the dial answer."""
+        waiting = sum(1 for p in self.pending.values() if p.client == client)
+        return self.client_links.get(client, 0) + waiting
 
 
 @attrs.define(eq=False)
@@ -127,7 +134,7 @@ class Relay:
         state = self._agents.get(name)
         online = sum(1 for a in self._agents.values() if a.peer is not None)
         if (state is None or state.peer is None) and online >= self.limits.max_agents:
-            reason = f"relay serves at most {self.limits.max_agents} agents"
+            reason = f"relay serves at most {self.limits.max_agents} agents (max_agents)"
             self._log.warn("agent {agent} refused: {reason}", agent=name, reason=reason)
             return Refusal(CloseCode.LIMIT, reason)
         if state is None:
@@ -182,11 +189,19 @@ class Relay:
             self._log.info("link to {agent} refused: agent offline", agent=agent)
             return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is offline")
         if len(state.pending) >= self.limits.pending_dials_per_agent:
-            reason = f"agent {agent!r} has {len(state.pending)} dials pending already"
+            n = len(state.pending)
+            reason = f"agent {agent!r} has {n} dials pending (pending_dials_per_agent)"
             self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
             return Refusal(CloseCode.LIMIT, reason)
         if state.links + len(state.pending) >= self.limits.links_per_agent:
-            reason = f"agent {agent!r} has reached its limit of {self.limits.links_per_agent} links"
+            limit = self.limits.links_per_agent
+            reason = f"agent {agent!r} has reached its limit of {limit} links (links_per_agent)"
+            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
+            return Refusal(CloseCode.LIMIT, reason)
+        quota = self.limits.links_per_client
+        # Without a relay.toml every client is "anyone": one quota would be everyone's.
+        if not self.authority.open and state.held_by(who.name) >= quota:
+            reason = f"client {who.name!r} holds {quota} links to this agent (links_per_client)"
             self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
             return Refusal(CloseCode.LIMIT, reason)
         link_id = self._make_link_id()
@@ -265,6 +280,7 @@ class Relay:
         link = ActiveLink(link_id, agent, pending.client)
         state = self._agents[agent]  # exists: pending links keep their agent's state
         state.links += 1
+        state.client_links[link.client] = state.client_links.get(link.client, 0) + 1
         self._links += 1
         self._log.info(
             "link {link} from {client} to {agent}: spliced",
@@ -291,6 +307,9 @@ class Relay:
         state = self._agents.get(link.agent)
         if state is not None:
             state.links -= 1
+            left = state.client_links.pop(link.client, 0) - 1
+            if left > 0:
+                state.client_links[link.client] = left
             self._forget_if_idle(state)
         self._log.info(
             "link {link} to {agent} closed after {bytes} bytes",
