@@ -107,7 +107,9 @@ class RelayService(MultiService):
         self.relay = relay
         self._reactor = reactor
         site = build_site(relay, make_factories(relay, reactor), admin_sha256, reactor, mounts)
-        self.connections = ConnectionTracker(site, reactor, relay.limits.connection_limits())
+        self.connections = ConnectionTracker(
+            site, reactor, relay.limits.connection_limits(), timer=relay.clock
+        )
         self._endpoint = _AnnouncingEndpoint(
             endpoint, "wss" if secure else "ws", on_listen_failure, reactor
         )

@@ -107,9 +107,11 @@ class BoundedRequest(Request):
             super().process()
 
     def finish(self) -> None:
+        channel = getattr(self, "channel", None)  # the channel forgets us once we finish
+        transport = channel.transport if channel is not None else None
         super().finish()
         # A keep-alive connection gets a fresh deadline for its next request.
-        request_done(self.channel.transport if self.channel is not None else None)
+        request_done(transport)
 
     def _refuse(self) -> None:
         self._refused = True
@@ -186,7 +188,7 @@ class StatusResource(Resource):
             why = f"too many /status requests (status_per_second = {self._rate.rate:g})"
             peer = request.getClientAddress()
             self._refusals.refused("status_per_second", getattr(peer, "host", "peer"), why)
-            request.setResponseCode(429)
+            request.setResponseCode(429, b"Too Many Requests")
             request.setHeader(b"retry-after", b"1")
             return json.dumps({"error": why}).encode("utf-8") + b"\n"
         header = request.getHeader(b"authorization")

@@ -118,7 +118,7 @@ class TrackedConnection(ProtocolWrapper):
             self._start += data[:16]
             verdict = could_be_http(self._start)
             if verdict is False:
-                self.refuse(400, "not_http", "not an HTTP request")
+                self.refuse(400, "not_http", "not an HTTP request (closed at once)")
                 return
             if verdict:
                 self._start = None
@@ -148,7 +148,7 @@ class TrackedConnection(ProtocolWrapper):
         self.refuse(
             408,
             "handshake_timeout",
-            f"request not completed within {limits.handshake_timeout:g} s (handshake_timeout)",
+            f"handshake not finished within {limits.handshake_timeout:g} s (handshake_timeout)",
         )
 
     def refuse(self, status: int, limit: str, message: str) -> None:
@@ -186,12 +186,23 @@ class ConnectionTracker(WrappingFactory[Any]):
     protocol = TrackedConnection
 
     def __init__(
-        self, wrapped: Any, clock: IReactorTime, limits: ConnectionLimits | None = None
+        self,
+        wrapped: Any,
+        clock: IReactorTime,
+        limits: ConnectionLimits | None = None,
+        *,
+        timer: IReactorTime | None = None,
     ) -> None:
+        """Track WRAPPED's connections; CLOCK runs the idle waiters (the reactor).
+
+        TIMER (default CLOCK) keeps the handshake deadlines and the refusal log's intervals:
+        the service's own clock, which tests may drive by hand.
+        """
         super().__init__(wrapped)
-        self.clock = clock
         self.limits = limits
-        self.refusals = RefusalLog(clock)
+        #: the clock of deadlines and refusal intervals
+        self.clock = timer or clock
+        self.refusals = RefusalLog(self.clock)
         self._idle: Waiters[None] = Waiters(clock)
         self._connections_by_ip: Counter[str] = Counter()
         self._handshakes_by_ip: Counter[str] = Counter()
@@ -221,17 +232,16 @@ class ConnectionTracker(WrappingFactory[Any]):
             assert ip is not None
             if self._connections_by_ip[ip] >= limits.connections_per_ip:
                 n = limits.connections_per_ip
-                return 429, "connections_per_ip", f"too many connections from {ip} (limit {n})"
+                why = f"too many connections from {ip} (connections_per_ip = {n})"
+                return 429, "connections_per_ip", why
             if self._handshakes_by_ip[ip] >= limits.handshakes_per_ip:
                 n = limits.handshakes_per_ip
-                return (
-                    429,
-                    "handshakes_per_ip",
-                    f"too many unfinished handshakes from {ip} (limit {n})",
-                )
+                why = f"too many unfinished handshakes from {ip} (handshakes_per_ip = {n})"
+                return 429, "handshakes_per_ip", why
         if self.handshakes >= limits.handshakes_total:
             n = limits.handshakes_total
-            return 503, "handshakes_total", f"server busy: {n} unfinished handshakes"
+            why = f"server busy: too many unfinished handshakes (handshakes_total = {n})"
+            return 503, "handshakes_total", why
         return None
 
     def registerProtocol(self, p: Any) -> None:
