@@ -166,10 +166,10 @@ class DeadlineTests(GuardTestCase):
         dribble = LoopingCall(lambda: client.transport.write(bytes([next(pending, 32)])))  # type: ignore[union-attr]
         dribble.clock = reactor  # type: ignore[assignment]
         dribble.start(0.05)
+        self.addCleanup(lambda: dribble.stop() if dribble.running else None)
         started = time.monotonic()
         answer = await self.closed_with(client, "byte-at-a-time handshake closed")
         elapsed = time.monotonic() - started
-        dribble.stop()
         self.assertEqual(_status_line(answer), b"HTTP/1.1 408 Request Timeout")
         self.assertLess(elapsed, 3.0)
 
