@@ -7,6 +7,7 @@ dribbles on the real reactor against a short real deadline.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from nbbridge.contract import CloseCode, link_path
 from nbbridge.relay._config import ConfigError, Limits, parse_config
 from nbbridge.websocket import RefusalLog, could_be_http
 
+from ..transport._certs import write_server_files
 from ._harness import (
     CLIENT_TOKEN,
     LIMITED_CLIENT_TOKEN,
@@ -172,6 +174,28 @@ class DeadlineTests(GuardTestCase):
         elapsed = time.monotonic() - started
         self.assertEqual(_status_line(answer), b"HTTP/1.1 408 Request Timeout")
         self.assertLess(elapsed, 3.0)
+
+
+class TlsDeadlineTests(GuardTestCase):
+    """On a TLS port, the deadline also covers a TLS handshake that never finishes."""
+
+    async def test_stalled_tls_handshake(self) -> None:
+        files = write_server_files(os.path.abspath(self.mktemp()))
+        self.clock = Clock()
+        config = make_config({"handshake_timeout": 2})
+        await self.start_relay(
+            config, clock=self.clock, endpoint=files.ssl_endpoint(), ca_pem=files.ca_pem
+        )
+        client = await self.raw(CLIENT_HELLO[:20])
+        silent = await self.raw()
+        # An agent accepted after both: the relay counts them by the time it is registered.
+        control = await self.agent()
+        self.assertEqual(self.service.connections.handshakes, 2)
+        self.clock.advance(2)  # the deadline
+        self.clock.advance(1)  # the refusal's linger: nobody reads the 408 through TLS
+        await self.closed_with(client, "stalled TLS handshake closed")
+        await self.closed_with(silent, "silent TLS connection closed")
+        self.assertFalse(control.lost.called)
 
 
 class NotHttpTests(GuardTestCase):
