@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from nbbridge.contract import CloseCode, data_path
+from nbbridge.websocket import RefusalLog
 
 from .. import __version__
 from ._auth import Authority, Refusal
@@ -122,6 +123,9 @@ class Relay:
         self._bytes = 0
         #: dials an agent never answered: timed out, or the agent went offline first (/metrics)
         self.dial_failures = 0
+        #: refusals for a limit, logged at most once a minute per limit (a flood of opens by
+        #: one client must not fill the log)
+        self.refusals = RefusalLog(clock)
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -135,8 +139,7 @@ class Relay:
         online = sum(1 for a in self._agents.values() if a.peer is not None)
         if (state is None or state.peer is None) and online >= self.limits.max_agents:
             reason = f"relay serves at most {self.limits.max_agents} agents (max_agents)"
-            self._log.warn("agent {agent} refused: {reason}", agent=name, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            return self._over_limit("max_agents", f"agent {name}", reason)
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
@@ -176,6 +179,11 @@ class Relay:
         if state.peer is None and state.links == 0 and not state.pending:
             del self._agents[state.name]
 
+    def _over_limit(self, limit: str, who: str, reason: str) -> Refusal:
+        """Refuse WHO (4429) for LIMIT with REASON, logged at most once a minute per limit."""
+        self.refusals.refused(limit, who, reason)
+        return Refusal(CloseCode.LIMIT, reason)
+
     # -- links -------------------------------------------------------------------------------
 
     def request_link(self, agent: str, token: str | None, peer: LinkPeer) -> Refusal | PendingLink:
@@ -184,6 +192,7 @@ class Relay:
         if isinstance(who, Refusal):
             self._log.info("link to {agent} refused: {reason}", agent=agent, reason=who.reason)
             return who
+        link = f"link from {who.name} to {agent}"
         state = self._agents.get(agent)
         if state is None or state.peer is None:
             self._log.info("link to {agent} refused: agent offline", agent=agent)
@@ -191,19 +200,16 @@ class Relay:
         if len(state.pending) >= self.limits.pending_dials_per_agent:
             n = len(state.pending)
             reason = f"agent {agent!r} has {n} dials pending (pending_dials_per_agent)"
-            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            return self._over_limit("pending_dials_per_agent", link, reason)
         if state.links + len(state.pending) >= self.limits.links_per_agent:
             limit = self.limits.links_per_agent
             reason = f"agent {agent!r} has reached its limit of {limit} links (links_per_agent)"
-            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            return self._over_limit("links_per_agent", link, reason)
         quota = self.limits.links_per_client
         # Without a relay.toml every client is "anyone": one quota would be everyone's.
         if not self.authority.open and state.held_by(who.name) >= quota:
             reason = f"client {who.name!r} holds {quota} links to this agent (links_per_client)"
-            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            return self._over_limit("links_per_client", link, reason)
         link_id = self._make_link_id()
         pending = PendingLink(link_id, agent, who.name, peer)
         pending.timer = self.clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
