@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from typing import Any
 
 from twisted.internet import reactor
@@ -109,6 +110,16 @@ class GuardTestCase(RelayTestCase):
         self.addCleanup(self._drop, client)
         if first:
             client.transport.write(first)  # type: ignore[union-attr]
+        return client
+
+    async def raw_from(self, source: str, first: bytes) -> RawClient:
+        """A TCP connection from SOURCE (a loopback address) that has sent FIRST."""
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.connector.port, bindAddress=(source, 0)
+        )
+        client = await connectProtocol(endpoint, RawClient())
+        self.addCleanup(self._drop, client)
+        client.transport.write(first)  # type: ignore[union-attr]
         return client
 
     async def _drop(self, client: RawClient) -> None:
@@ -241,6 +252,30 @@ class CapTests(GuardTestCase):
         await first.lost
         await self.agent()
         await self.agent("cpu", OTHER_AGENT_TOKEN)
+        self.assertEqual(self.service.connections.handshakes, 0)
+
+    async def test_flood_of_slow_handshakes(self) -> None:
+        # The report's slowloris, scaled down: every one is closed, at once or at the
+        # deadline, the refusals are counted by limit, and an agent then registers.
+        await self.start(handshakes_total=16, handshakes_per_ip=8, handshake_timeout=3)
+        addresses = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        clients = []
+        for i in range(40):
+            client = await self.raw_from(addresses[i % 5], b"GET /v1/agents/gpu/control HT")
+            clients.append(client)
+        # Accepted last, and refused too: once it has its answer, all forty were judged.
+        probe = await self.raw(STATUS)
+        await probe.until(b"503 Service Unavailable")
+        refusals = self.service.connections.refusals
+        self.assertEqual(refusals.counts, {"handshakes_total": 25})
+        self.clock.advance(3)
+        answers = [await self.closed_with(c, "slow handshake closed") for c in clients]
+        self.assertEqual(
+            Counter(_status_line(a) for a in answers),
+            {b"HTTP/1.1 503 Service Unavailable": 24, b"HTTP/1.1 408 Request Timeout": 16},
+        )
+        self.assertEqual(refusals.counts, {"handshakes_total": 25, "handshake_timeout": 16})
+        await self.agent()
         self.assertEqual(self.service.connections.handshakes, 0)
 
     async def test_connections_per_address(self) -> None:
