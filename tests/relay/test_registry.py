@@ -32,6 +32,20 @@ class FailingStore(MemoryStore):
         return fail(ConnectionError("store unreachable"))
 
 
+class SlowAddStore(MemoryStore):
+    """A store whose `add` is applied at once but answered only when the test says."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.gate: Deferred[None] = Deferred()
+
+    def add(self, key: str, value: bytes, ttl: float | None) -> Deferred[bool]:
+        answer = super().add(key, value, ttl)
+        gate, self.gate = self.gate, Deferred()
+        gate.addCallback(lambda _: answer)
+        return gate
+
+
 class RegistryWiringTests(unittest.TestCase):
     """The core on a Clock, its registry in a MemoryStore on the same clock."""
 
@@ -117,6 +131,24 @@ class RegistryWiringTests(unittest.TestCase):
         self.clock.advance(0)
         self.successResultOf(d)
         self.assertIsNone(self.where(), "a stale entry would send clients to this relay")
+
+    def test_agent_back_here_during_a_restoring_refresh_keeps_its_entry(self) -> None:
+        store = SlowAddStore(self.clock)
+        relay = Relay(Authority(None), Limits(), self.clock, registry=AgentRegistry(store))
+        control = FakeControl()
+        relay.register_agent("gpu", None, control)
+        store.delete("relay:agent:gpu")
+        gate = store.gate
+        d = relay.refresh_registry()
+        self.clock.advance(0)  # the refresh found the entry gone and wrote it again...
+        newer = FakeControl()
+        relay.agent_gone("gpu", control)  # ...as the agent's connection here was replaced
+        relay.register_agent("gpu", None, newer)
+        gate.callback(None)  # now the refresh learns it restored the entry
+        self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.where(registry=relay.registry), relay.where)
+        self.assertIsNone(newer.closed)
 
     def test_newer_registration_on_another_relay_wins(self) -> None:
         control = FakeControl()

@@ -27,6 +27,13 @@ class MemoryStoreSuite(StoreSuite, unittest.TestCase):
         return await d
 
 
+class MemoryStoreWideMarginSuite(MemoryStoreSuite):
+    """The suite as a real-time store (Redis) will run it: short TTL, widest margin allowed."""
+
+    ttl = 1.0
+    margin = 0.25
+
+
 class MemoryStoreTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()

@@ -206,7 +206,10 @@ class Relay:
         return Deferred.fromCoroutine(self._refresh_registry())
 
     async def _refresh_registry(self) -> None:
-        online = [(s.name, s.peer) for s in self._agents.values() if s.peer is not None]
+        online: list[tuple[str, ControlPeer]] = []
+        for state in self._agents.values():
+            if state.peer is not None:
+                online.append((state.name, state.peer))
         try:
             results = await DeferredList(
                 [self.registry.refresh(name, self.where) for name, _ in online],
@@ -220,8 +223,9 @@ class Relay:
                 self._registry_failed(result, "refresh", name)
             elif result is Refresh.RESTORED:
                 self._log.info("registry: entry of agent {agent} written again", agent=name)
-                if not self._holds(name, peer):
-                    # It went offline while the refresh ran: take the entry back out.
+                if not self.is_online(name):
+                    # It went offline while the refresh ran: take the entry back out. (A
+                    # newer connection of it here keeps the entry: it names this relay too.)
                     self._record("unregister", name, self.registry.unregister(name, self.where))
             elif result is Refresh.LOST and self._holds(name, peer):
                 # Another relay registered a newer connection of this agent: it wins.
@@ -229,10 +233,9 @@ class Relay:
                     "agent {agent} registered elsewhere since; closing its connection here",
                     agent=name,
                 )
-                assert peer is not None
                 peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
 
-    def _holds(self, agent: str, peer: ControlPeer | None) -> bool:
+    def _holds(self, agent: str, peer: ControlPeer) -> bool:
         state = self._agents.get(agent)
         return state is not None and state.peer is peer
 
