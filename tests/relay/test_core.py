@@ -128,6 +128,7 @@ class RelayCoreTests(unittest.TestCase):
         self.online()
         _, pending = self.request()
         self.relay.abandon_link(pending)
+        self.clock.advance(0)  # the registry's answers arrive on a later turn
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.relay.abandon_link(pending)  # twice is harmless
         self.assertIsInstance(self.relay.answer_dial("gpu", pending.link_id, AGENT_TOKEN), Refusal)
@@ -219,6 +220,7 @@ class RelayCoreTests(unittest.TestCase):
         self.relay.link_ended(spliced)  # twice is harmless
         self.assertEqual(self.relay.status()["links"], 0)
         self.assertEqual(self.relay.status()["bytes"], 10)
+        self.clock.advance(0)  # the registry's answers arrive on a later turn
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_limits(self) -> None:

@@ -3,6 +3,10 @@
 The core never touches a transport or the reactor. It talks to connections through the small
 `ControlPeer` and `LinkPeer` interfaces (the Autobahn protocols implement them) and keeps time
 with an injected `IReactorTime`, so tests drive it with a `Clock`.
+
+Which agents are online, and where, is also written to an `AgentRegistry` in a store
+(`nbbridge.store`; in memory by default): the fact several relays will share once they scale
+out. The live peers, pending links and timers stay here: they belong to this process.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nbbridge.contract import CloseCode, data_path
+from nbbridge.store import AgentRegistry, MemoryStore, Refresh
 from nbbridge.websocket import RefusalLog
 
 from .. import __version__
@@ -109,6 +116,7 @@ class Relay:
         clock: IReactorTime,
         make_link_id: Callable[[], str] = new_link_id,
         advertise_url: str | None = None,
+        registry: AgentRegistry | None = None,
     ) -> None:
         self.authority = authority
         #: where agents dial back to reach this relay, when several share the work (else the
@@ -118,6 +126,10 @@ class Relay:
         #: the relay's time (the hub beside it keeps the same)
         self.clock = clock
         self._make_link_id = make_link_id
+        #: which agents are online and where, in a store (kept here: the peers themselves)
+        self.registry = registry if registry is not None else AgentRegistry(MemoryStore(clock))
+        #: how this relay names itself in the registry: its URL, or an id of this process
+        self.where = self.advertise_url or f"relay:{secrets.token_hex(8)}"
         self._agents: dict[str, AgentState] = {}
         self._links = 0
         self._bytes = 0
@@ -143,6 +155,7 @@ class Relay:
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
+        self._record("register", name, self.registry.register(name, self.where))
         peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
@@ -167,6 +180,7 @@ class Relay:
             return
         state.peer = None
         self._log.info("agent {agent} offline", agent=state.name)
+        self._record("unregister", agent, self.registry.unregister(agent, self.where))
         for pending in list(state.pending.values()):
             self._drop_pending(pending)
             self.dial_failures += 1
@@ -183,6 +197,62 @@ class Relay:
         """Refuse WHO (4429) for LIMIT with REASON, logged at most once a minute per limit."""
         self.refusals.refused(limit, who, reason)
         return Refusal(CloseCode.LIMIT, reason)
+
+    # -- the registry in the store -----------------------------------------------------------
+
+    def _record(self, what: str, agent: str, d: Deferred[Any]) -> None:
+        """Let a registry write run on; if it fails, say so (the local state stands)."""
+        d.addErrback(self._registry_failed, what, agent)
+
+    def _registry_failed(self, failure: Failure, what: str, agent: str) -> None:
+        self._log.error(
+            "registry: could not {what} agent {agent}: {error}",
+            what=what,
+            agent=agent,
+            error=failure.getErrorMessage(),
+        )
+
+    def refresh_registry(self) -> Deferred[None]:
+        """Refresh the entry of every agent online here, before its TTL ends.
+
+        The relay service calls this every `registry.refresh_interval`. It never fails: a
+        problem is logged, and the next round tries again.
+        """
+        return Deferred.fromCoroutine(self._refresh_registry())
+
+    async def _refresh_registry(self) -> None:
+        online: list[tuple[str, ControlPeer]] = []
+        for state in self._agents.values():
+            if state.peer is not None:
+                online.append((state.name, state.peer))
+        try:
+            results = await DeferredList(
+                [self.registry.refresh(name, self.where) for name, _ in online],
+                consumeErrors=True,
+            )
+        except Exception:
+            self._log.failure("registry: refresh failed")
+            return
+        for (name, peer), (_, result) in zip(online, results, strict=True):
+            if isinstance(result, Failure):  # DeferredList hands failures over as results
+                self._registry_failed(result, "refresh", name)
+            elif result is Refresh.RESTORED:
+                self._log.info("registry: entry of agent {agent} written again", agent=name)
+                if not self.is_online(name):
+                    # It went offline while the refresh ran: take the entry back out. (A
+                    # newer connection of it here keeps the entry: it names this relay too.)
+                    self._record("unregister", name, self.registry.unregister(name, self.where))
+            elif result is Refresh.LOST and self._holds(name, peer):
+                # Another relay registered a newer connection of this agent: it wins.
+                self._log.info(
+                    "agent {agent} registered elsewhere since; closing its connection here",
+                    agent=name,
+                )
+                peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
+
+    def _holds(self, agent: str, peer: ControlPeer) -> bool:
+        state = self._agents.get(agent)
+        return state is not None and state.peer is peer
 
     # -- links -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -115,6 +115,11 @@ class RelayService(MultiService):
         )
         listener = StreamServerEndpointService(self._endpoint, self.connections)
         listener.setServiceParent(self)
+        # The registry entries of the agents held here expire unless refreshed; the refresh
+        # logs its own problems, so the loop never stops on one.
+        refresh = TimerService(relay.registry.refresh_interval, relay.refresh_registry)
+        refresh.clock = relay.clock
+        refresh.setServiceParent(self)
 
     def startService(self) -> None:
         if self.relay.authority.open:
