@@ -238,8 +238,16 @@ class Channel:
         self._deliver_queued()
 
     def stopProducing(self) -> None:
-        """Our consumer went away: nothing more can be delivered."""
-        self.loseConnection()
+        """Our consumer went away: what the peer still sends can no longer be delivered.
+
+        That is a loss, so the channel is reset, never closed: a TCP connection calls this
+        as it dies, reset or not, before telling its protocol how it ended; a CLOSE here
+        would pass a reset off as an orderly end. Once the peer has finished sending, nothing
+        is lost, and the protocol above decides how the channel ends.
+        """
+        if self._lost or self._read_closed:
+            return
+        self.abortConnection()
 
     # --- what the session calls -------------------------------------------------------------
 

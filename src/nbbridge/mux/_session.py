@@ -293,7 +293,7 @@ class MuxSession(Protocol):
         self._connect(channel, endpoint)
 
     def _connect(self, channel: Channel, endpoint: IStreamClientEndpoint) -> None:
-        from ._splice import SpliceFactory
+        from ._forwarding import SpliceFactory
 
         cid = channel.id
         d = endpoint.connect(SpliceFactory(channel))
