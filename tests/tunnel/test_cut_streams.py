@@ -184,7 +184,6 @@ class RelayKilledTests(CutStreamTestCase):
             await self.wait_agent_online(since=mark)
             await self.wait_link_up(mark, timeout=60)
 
-
     async def test_relay_process_killed(self) -> None:
         """``twistd nbbridge-relay`` gets SIGKILL mid-transfer (its kernel closes its sockets)."""
         services = await self.serve_all()
