@@ -105,6 +105,12 @@ class TcpSide(_Slotted):
         """The channel is attached: carry data both ways from now on."""
         self.channel = channel
         tcp = self.transport
+        if channel.lost:
+            # The open was given up while this connection was being made (the peer reset
+            # it, or the session ended): the connection has nothing to carry.
+            if tcp is not None and not self._gone:
+                tcp.abortConnection()  # type: ignore[attr-defined]
+            return
         if self._gone or tcp is None:
             # The connection ended before the channel was up: end the channel the same way.
             if self._gone == _RESET:

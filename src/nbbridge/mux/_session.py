@@ -94,7 +94,8 @@ class MuxSession(Protocol):
         self._window = window
         self._max_channels = max_channels
         self._max_pending_accepts = max_pending_accepts
-        self._accepting: dict[int, Deferred[IProtocol]] = {}
+        #: OPENs from the peer whose service connection is being made, by channel id
+        self._accepting: dict[int, tuple[Deferred[IProtocol], Channel]] = {}
         self._draining: OrderedDict[int, None] = OrderedDict()
         self._recently_closed: OrderedDict[int, None] = OrderedDict()
         self._next_id = 1 if initiator else 2
@@ -103,6 +104,8 @@ class MuxSession(Protocol):
         self._closed_reason: str | None = None
         self._close_waiters: list[Deferred[str]] = []
         self._connected = False
+        #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
+        self.unknown_frames = 0
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -117,7 +120,7 @@ class MuxSession(Protocol):
         """
         if self._closed_reason is not None or not self._connected:
             return fail(SessionClosed(self._closed_reason or "not connected"))
-        if len(self.channels) + len(self.opening) >= self._max_channels:
+        if self._channels_in_use() >= self._max_channels:
             return fail(TooManyChannels(f"{self._max_channels} channels already open"))
         cid = self._next_id
         if cid > MAX_CHANNEL_ID:
@@ -219,6 +222,13 @@ class MuxSession(Protocol):
 
     def _dispatch(self, frame: Frame) -> None:
         cid = frame.channel
+        if isinstance(frame, (Data, Window, Close)) and cid in self._accepting:
+            # The peer learns of the channel from our OPEN_OK, so it cannot speak on it before.
+            kind = type(frame).__name__.upper()
+            self._abandon_accept(cid, f"{kind} before OPEN_OK")
+            self._send_reset(cid, Reason.PROTOCOL_ERROR, f"{kind} before OPEN_OK")
+            self._count_unknown(frame, "before OPEN_OK")
+            return
         if isinstance(frame, Data):
             ch = self.channels.get(cid)
             if ch is not None:
@@ -272,11 +282,20 @@ class MuxSession(Protocol):
         if cid in self.channels or cid in self._accepting or cid in self._draining:
             self._protocol_error(f"OPEN for channel {cid}, which is in use")
             return
-        if len(self.channels) + len(self.opening) >= self._max_channels:
-            self._refuse(cid, Reason.TOO_MANY_CHANNELS, f"{self._max_channels} channels open")
+        if self._channels_in_use() >= self._max_channels:
+            self._refuse(
+                cid,
+                Reason.TOO_MANY_CHANNELS,
+                f"channel limit reached: {self._max_channels} channels per session",
+            )
             return
         if len(self._accepting) >= self._max_pending_accepts:
-            self._refuse(cid, Reason.TOO_MANY_CHANNELS, "too many opens in progress")
+            self._refuse(
+                cid,
+                Reason.TOO_MANY_CHANNELS,
+                f"pending-open limit reached: {self._max_pending_accepts} opens in progress "
+                "per session",
+            )
             return
         if self._acceptor is None:
             self._refuse(cid, Reason.REFUSED, "this side accepts no channels")
@@ -297,11 +316,13 @@ class MuxSession(Protocol):
 
         cid = channel.id
         d = endpoint.connect(SpliceFactory(channel))
-        self._accepting[cid] = d
+        self._accepting[cid] = (d, channel)
 
         def connected(_: object) -> None:
             if self._accepting.pop(cid, None) is None:
                 return
+            if channel.lost:
+                return  # the service reset the connection at once; the peer got a RESET
             if self._closed_reason is not None:
                 channel._on_session_lost(self._closed_reason)
                 return
@@ -351,10 +372,8 @@ class MuxSession(Protocol):
             self._remember_closed(cid)
             ch._on_reset(frame.code, frame.text)
             return
-        pending = self._accepting.pop(cid, None)
-        if pending is not None:
+        if self._abandon_accept(cid, f"peer reset: {frame.text}"):
             self._remember_closed(cid)
-            pending.cancel()
             return
         opening = self.opening.pop(cid, None)
         self._open_requests.pop(cid, None)
@@ -369,14 +388,45 @@ class MuxSession(Protocol):
         cid = frame.channel
         if cid in self._recently_closed:
             return  # in flight when we closed it: normal, not an error
-        self._log.warn(
-            "{label}: {kind} for unknown channel {cid}; resetting it",
-            label=self.label,
-            kind=type(frame).__name__.upper(),
-            cid=cid,
-        )
+        self._count_unknown(frame, "for an unknown channel")
         self._send_reset(cid, Reason.PROTOCOL_ERROR, f"unknown channel {cid}")
         self._remember_closed(cid)
+
+    def _count_unknown(self, frame: Frame, what: str) -> None:
+        """Log a frame the channel table has no place for, at 1, 10, 100, ... of them.
+
+        A peer can send such frames as fast as it can write; one warning each would let it
+        fill the disk with log (4 MiB of frames made 51 MB of log), so they are counted, and
+        each power of ten is logged with the count so far.
+        """
+        self.unknown_frames += 1
+        n = self.unknown_frames
+        if n == 10 ** (len(str(n)) - 1):
+            self._log.warn(
+                "{label}: {kind} {what} {cid}; reset it ({count} such frames in this session)",
+                label=self.label,
+                kind=type(frame).__name__.upper(),
+                what=what,
+                cid=frame.channel,
+                count=n,
+            )
+
+    def _abandon_accept(self, cid: int, why: str) -> bool:
+        """Give up the pending accept of channel CID, if there is one.
+
+        Its connect is cancelled; the channel is marked lost first, so a connection made
+        anyway (by an endpoint that cannot cancel) is aborted as soon as it joins.
+        """
+        pending = self._accepting.pop(cid, None)
+        if pending is None:
+            return False
+        d, channel = pending
+        channel._on_reset(Reason.ABORTED, why)
+        d.cancel()
+        return True
+
+    def _channels_in_use(self) -> int:
+        return len(self.channels) + len(self.opening) + len(self._accepting)
 
     def _refuse(self, cid: int, code: int, reason: str) -> None:
         self._write(encode(OpenFail(cid, code, reason)))
@@ -457,8 +507,15 @@ class MuxSession(Protocol):
             ch._on_session_lost(reason)
         for d in opening.values():
             d.errback(SessionClosed(reason))
-        for pending in accepting.values():
-            pending.cancel()
+        for connecting, channel in accepting.values():
+            channel._on_session_lost(reason)
+            connecting.cancel()
+        if self.unknown_frames > 1:
+            self._log.info(
+                "{label}: {count} frames for unknown channels in this session",
+                label=self.label,
+                count=self.unknown_frames,
+            )
 
 
 def _describe(reason: Failure) -> str:
