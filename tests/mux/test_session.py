@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -356,7 +357,8 @@ class CloseTests(TestCase):
 
     def test_session_loss_ends_channels_and_opens(self) -> None:
         service = StringEndpoint()
-        a, b, pump = session_pair(ServiceMap({"s": service}))
+        clock = Clock()
+        a, b, pump = session_pair(ServiceMap({"s": service}), clock=clock)
         channel = opened(_completed(a, "s", pump))
         app = Collector()
         channel.attach(app)
@@ -366,7 +368,13 @@ class CloseTests(TestCase):
         pump.flush()
         lost_reason(self, app).trap(SessionClosed)
         self.failureResultOf(pending, SessionClosed)
+        self.assertNoResult(closed)  # waiters are called on a later turn, never inside
+        clock.advance(0)
         self.assertIn("agent shutting down", self.successResultOf(closed))
+        late = a.when_closed()
+        self.assertNoResult(late)  # the same for one who asks once it is over
+        clock.advance(0)
+        self.assertIn("agent shutting down", self.successResultOf(late))
         self.failureResultOf(a.open("s"), SessionClosed)
 
 
@@ -387,7 +395,10 @@ def _done() -> Failure:
 
 class BadPeerTests(TestCase):
     def _session(self) -> tuple[MuxSession, StringTransport]:
-        session = MuxSession(initiator=True, acceptor=ServiceMap({"s": StringEndpoint()}))
+        self.clock = Clock()
+        session = MuxSession(
+            initiator=True, acceptor=ServiceMap({"s": StringEndpoint()}), clock=self.clock
+        )
         transport = StringTransport()
         session.makeConnection(transport)
         return session, transport
@@ -401,6 +412,7 @@ class BadPeerTests(TestCase):
         self.assertIn("unknown frame type 255", frames[-1].text)  # type: ignore[union-attr]
         self.assertTrue(transport.disconnecting)
         session.connectionLost(_done())
+        self.clock.advance(0)
         self.assertIn("protocol violation", self.successResultOf(closed))
 
     def test_data_for_unknown_channel_is_reset(self) -> None:

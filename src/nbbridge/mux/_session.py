@@ -16,8 +16,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +51,7 @@ from nbbridge.wire import (
 from ._acceptor import Acceptor, OpenRequest
 from ._channel import Channel
 from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
+from ._observer import OneShotObserver
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
@@ -65,6 +71,7 @@ class MuxSession(Protocol):
         channel whose consumer is slow.
     :param max_window: how far a fast channel's window may grow.
     :param window_budget: the most growth lent to all channels together.
+    :param clock: fires ``when_closed`` waiters on a later turn (None: the global reactor).
     """
 
     _log = Logger()
@@ -80,6 +87,7 @@ class MuxSession(Protocol):
         max_channels: int = 4096,
         max_pending_accepts: int = 1024,
         label: str = "mux",
+        clock: IReactorTime | None = None,
     ) -> None:
         if not 0 < window <= 0x7FFFFFFF:
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
@@ -102,7 +110,7 @@ class MuxSession(Protocol):
         self._decoder = FrameDecoder()
         self._paused = False
         self._closed_reason: str | None = None
-        self._close_waiters: list[Deferred[str]] = []
+        self._ended: OneShotObserver[str] = OneShotObserver(clock)
         self._connected = False
         #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
         self.unknown_frames = 0
@@ -153,12 +161,8 @@ class MuxSession(Protocol):
                 self.transport.loseConnection()
 
     def when_closed(self) -> Deferred[str]:
-        """A new Deferred that fires with the reason once the session has ended."""
-        if self._closed_reason is not None and not self._connected:
-            return succeed(self._closed_reason)
-        d: Deferred[str] = Deferred()
-        self._close_waiters.append(d)
-        return d
+        """A new Deferred that fires (on a later turn) with the reason once the session ended."""
+        return self._ended.when_fired()
 
     @property
     def is_open(self) -> bool:
@@ -197,9 +201,7 @@ class MuxSession(Protocol):
         why = self._closed_reason or _describe(reason)
         self._shutdown(why)
         self._connected = False
-        waiters, self._close_waiters = self._close_waiters, []
-        for d in waiters:
-            d.callback(why)
+        self._ended.fire(why)
 
     # --- IPushProducer: the transport below is full / has room again ------------------------
 
