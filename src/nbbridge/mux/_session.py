@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._observer import OneShotObserver
 from nbbridge.wire import (
     MAX_CHANNEL_ID,
     MAX_PAYLOAD,
@@ -51,7 +52,6 @@ from nbbridge.wire import (
 from ._acceptor import Acceptor, OpenRequest
 from ._channel import Channel
 from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
-from ._observer import OneShotObserver
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
@@ -110,6 +110,10 @@ class MuxSession(Protocol):
         self._decoder = FrameDecoder()
         self._paused = False
         self._closed_reason: str | None = None
+        if clock is None:
+            # Sessions built outside a service (tests, benchmarks) use the running reactor.
+            from twisted.internet import reactor as clock
+        assert clock is not None
         self._ended: OneShotObserver[str] = OneShotObserver(clock)
         self._connected = False
         #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
