@@ -65,6 +65,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["private_key"],
         options["token"],
         options["ca"],
+        channel_limits=options["channel_limits"],
     )
     top = MultiService()
     link.setServiceParent(top)

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from nbbridge._observer import Waiters
 from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
-from nbbridge.mux import ChannelEndpoint, MuxSession
+from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, ChannelEndpoint, ChannelLimits, MuxSession
 from nbbridge.transport import (
     RelayURL,
     client_endpoint,
@@ -77,7 +77,13 @@ class _LinkProtocol(StreamClientProtocol):
 
     def make_inner(self) -> IProtocol:
         link: AgentLink = self.owner
-        self.session = MuxSession(initiator=True, label=f"link to {link.agent}", clock=link.clock)
+        self.session = MuxSession(
+            initiator=True,
+            label=f"link to {link.agent}",
+            clock=link.clock,
+            max_channels=link.channel_limits.max_channels,
+            max_pending_accepts=link.channel_limits.max_pending_accepts,
+        )
         secure = SecureProtocol(self.session, Initiator(link.key, link.agent_key), link.clock)
         secure.handshake.addCallbacks(self._secured, self._refused)
         return secure
@@ -120,6 +126,7 @@ class AgentLink(Service):
         wait: float = 30.0,
         attempt_timeout: float = 30.0,
         max_backoff: float = 60.0,
+        channel_limits: ChannelLimits = DEFAULT_CHANNEL_LIMITS,
     ) -> None:
         self.reactor: IReactorTCP = reactor
         self.clock: IReactorTime = reactor
@@ -132,6 +139,7 @@ class AgentLink(Service):
         self._wait = wait
         self._attempt_timeout = attempt_timeout
         self._max_backoff = max_backoff
+        self.channel_limits = channel_limits
         self.state = LinkState.IDLE
         self._session: MuxSession | None = None
         self._attempt: Deferred[MuxSession] | None = None
