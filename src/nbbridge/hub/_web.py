@@ -31,7 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
-from nbbridge.websocket import RouteBinding
+from nbbridge.websocket import RateLimit, RateLimitedResource, RefusalLog, RouteBinding
 
 from ._config import HubConfig, StatsView
 from ._core import Hub
@@ -269,13 +269,18 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConf
     stream = StatsStreamFactory(config, documents, heartbeat, reactor)
     if config.enabled:
         _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, heartbeat, reactor)))
-    root.putChild(b"stats", StatsPage(documents, config, stream))
+    # Anyone may ask for these, and each answer costs CPU: one rate for them all.
+    rate = RateLimit(config.stats_requests_per_second, relay.clock)
+    refusals = RefusalLog(relay.clock)
+
+    def limited(resource: Resource, what: str) -> Resource:
+        return RateLimitedResource(resource, rate, "stats_requests_per_second", what, refusals)
+
+    root.putChild(b"stats", limited(StatsPage(documents, config, stream), "/stats"))
     registries = {
         "full": make_registry(hub, tunnel, per_topic=True),
         "totals": make_registry(hub, tunnel, per_topic=False),
     }
-    root.putChild(
-        b"metrics",
-        MetricsResource(registries, lambda request: stats_view(config, request), token_in_url),
-    )
+    metrics = MetricsResource(registries, lambda request: stats_view(config, request), token_in_url)
+    root.putChild(b"metrics", limited(metrics, "/metrics"))
     return HubRuntime(hub, stream, relay.clock)
