@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
+from tests._cleanup import add_async_cleanup
 from tests._loopback import listen
 
 from ._helpers import HalfCloseEcho, HashSink, tcp_endpoint
@@ -87,7 +88,7 @@ class LoopbackTests(TestCase):
         self.echo_forward = await listen(
             self, ForwardingFactory(ChannelEndpoint.on(self.session, "echo"))
         )
-        self.addCleanup(self._close)
+        add_async_cleanup(self, self._close)
 
     async def _close(self) -> None:
         closed = [self.session.when_closed()] + [s.when_closed() for s in self.server_sessions]
