@@ -253,6 +253,11 @@ class _HandshakeGate(Protocol):
         if self.verified.called:
             return
         tls = self._tls
+        if getattr(tls, "disconnecting", False):
+            # Twisted before 26.4 checks the host name once the handshake is done and, on a
+            # mismatch, aborts the connection but still reports the handshake complete: the
+            # app must not get it. connectionLost follows, the VerificationError its reason.
+            return
         tls.wrappedProtocol = self._app
         self._app.makeConnection(tls)
         self.verified.callback(self._app)
