@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test lint typecheck trial demo bench clean
+.PHONY: all install test test-lowest lint typecheck trial demo bench clean
 
 all: test
 
@@ -32,6 +32,22 @@ trial: $(STAMP)
 
 test: lint typecheck trial
 
+# The suite again on the lowest Twisted and Autobahn setup.cfg allows (.ci/constraints-lowest.txt),
+# in a venv of its own. Lint and typecheck run once, on the newest, in `make test`.
+LOWEST       = .venv-lowest
+LOWEST_STAMP = $(LOWEST)/.installed
+
+$(LOWEST)/bin/python:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q --upgrade pip
+
+$(LOWEST_STAMP): $(LOWEST)/bin/python setup.cfg pyproject.toml .ci/constraints-lowest.txt $(shell find src -name '*.py')
+	$(LOWEST)/bin/pip install -q -c .ci/constraints-lowest.txt '.[test]'
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	PYTHONPATH=. $(LOWEST)/bin/trial $(TRIAL_ARGS) tests
+
 demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
 
@@ -41,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tunnel.py --json bench/results.json --markdown bench/RESULTS.md
 
 clean:
-	rm -rf $(VENV) build _trial_temp* .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) build _trial_temp* .mypy_cache .ruff_cache .hypothesis

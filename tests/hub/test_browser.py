@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from tests._cleanup import add_async_cleanup
 from tests._tools import unavailable
 
 from ._harness import HubTestCase
@@ -101,7 +102,7 @@ class StatsPageBrowserTests(HubTestCase):
         argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
         env = {**os.environ, "HOME": profile}
         process = reactor.spawnProcess(capture, CHROMIUM, argv, env=env)
-        self.addCleanup(self._reap, process, capture)
+        add_async_cleanup(self, self._reap, process, capture)
         code = await capture.ended
         self.assertEqual(code, 0, capture.err.decode("utf-8", "replace")[-2000:])
         return capture

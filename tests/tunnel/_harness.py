@@ -36,6 +36,7 @@ from nbbridge.client._forward import ForwardService
 from nbbridge.relay import tap as relay_tap
 from nbbridge.relay._service import RelayService
 from nbbridge.tunnel import AgentLink
+from tests._cleanup import add_async_cleanup
 
 from . import _tcp
 from ._autobahn import cancel_stale_close_timeouts
@@ -74,7 +75,7 @@ class TunnelTestCase(unittest.TestCase):
         self._servers: list[Callable[[], Deferred[None]]] = []
         self._pool = HTTPConnectionPool(reactor)
         self.http = HTTPClient(WebAgent(reactor, pool=self._pool))
-        self.addCleanup(self._stop_everything)
+        add_async_cleanup(self, self._stop_everything)
 
     async def _stop_everything(self) -> None:
         for peer in self.peers:
