@@ -1,0 +1,124 @@
+"""`make demo` as a new user meets it: open the printed URL, create a notebook, run a cell.
+
+The demo runs exactly as ``make demo`` runs it (``python -m nbbridge.demo``: a relay, an agent,
+a client, each a real ``twistd`` process, and a real JupyterLab, all on loopback). Headless
+Chromium opens the URL the demo prints, which reaches JupyterLab only through the tunnel;
+the test clicks the launcher's notebook tile, types ``print(6*7)``, presses Shift+Enter and
+waits for ``42`` in the output area. Ctrl-C (SIGINT) then stops the demo, and no process it
+started may be left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from nbbridge.demo import JUPYTER_LAB, OPEN_PROMPT
+from tests._devtools import missing_chromium, open_page
+from tests._tools import unavailable
+from tests.tunnel._process import ChildProcess, child_env, spawn
+
+#: Seconds for each step a slow, shared 2-core machine may take (JupyterLab's first load
+#: parses megabytes of JavaScript; a kernel takes seconds to start).
+STEP_TIMEOUT = 180.0
+
+#: What the user does in JupyterLab, as CSS selectors.
+LAUNCHER_NOTEBOOK = '.jp-LauncherCard[data-category="Notebook"]'
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+KERNEL_IDLE = f'{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status="idle"]'
+CELL_EDITOR = f"{NOTEBOOK} .jp-CodeCell .cm-content"
+CELL_EDITOR_FOCUSED = f"{NOTEBOOK} .jp-CodeCell .cm-editor.cm-focused .cm-content"
+OUTPUT = f"{NOTEBOOK} .jp-OutputArea-output"
+SHIFT = 8
+
+
+def missing_lab() -> str | None:
+    """Why the demo cannot run here (JupyterLab not installed), or None."""
+    if not JUPYTER_LAB.exists():
+        return f"JupyterLab is not installed: no {JUPYTER_LAB} (pip install '.[demo]')"
+    return None
+
+
+def processes_in(directory: Path) -> list[str]:
+    """Processes (pid and command line) working in DIRECTORY or naming it in their arguments."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+        if cwd.startswith(str(directory)) or str(directory) in argv:
+            found.append(f"{entry.name}: {argv.strip()}")
+    return found
+
+
+def within(seconds: float, what: str, d: Deferred[object]) -> Deferred[object]:
+    """D, failing with a clear message if it has not fired after SECONDS."""
+
+    def late(failure: object) -> object:
+        from twisted.internet.defer import TimeoutError
+        from twisted.python.failure import Failure
+
+        assert isinstance(failure, Failure)
+        if failure.check(TimeoutError):
+            raise AssertionError(f"{what}: not done after {seconds:g} s")
+        return failure
+
+    d.addTimeout(seconds, reactor)
+    d.addErrback(late)
+    return d
+
+
+class DemoInBrowserTests(TestCase):
+    timeout = 900
+    skip = unavailable(missing_chromium() or missing_lab())
+
+    async def start_demo(self) -> tuple[ChildProcess, str, Path]:
+        """`make demo`'s command, in a temporary directory of this test; its URL and work dir."""
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir(parents=True)
+        env = child_env({"TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
+        demo = spawn(self, "demo", [sys.executable, "-m", "nbbridge.demo"], env)
+        work = await demo.wait_for(r"work directory: (\S+)", timeout=STEP_TIMEOUT)
+        url = await demo.wait_for(re.escape(OPEN_PROMPT) + r" (\S+)", timeout=STEP_TIMEOUT)
+        return demo, url[1], Path(work[1])
+
+    async def test_printed_url_opens_jupyterlab_and_runs_a_cell(self) -> None:
+        demo, url, work = await self.start_demo()
+        self.assertRegex(url, r"^http://127\.0\.0\.1:\d+/lab\?token=\w+$")
+        self.assertTrue(processes_in(work), "the demo's processes run in its work directory")
+
+        page = await open_page(self)
+        await page.navigate(url)
+        await page.wait_for(LAUNCHER_NOTEBOOK, STEP_TIMEOUT)
+        await page.click(LAUNCHER_NOTEBOOK)
+        await page.wait_for(CELL_EDITOR, STEP_TIMEOUT)
+        await page.wait_for(KERNEL_IDLE, STEP_TIMEOUT)
+        await page.click(CELL_EDITOR)
+        # Keys go where the focus is: only once the editor has it, type.
+        await page.wait_for(CELL_EDITOR_FOCUSED, STEP_TIMEOUT)
+        await page.type("print(6*7)")
+        await page.wait_for(CELL_EDITOR, STEP_TIMEOUT, text="print(6*7)")
+        await page.press("Enter", 13, modifiers=SHIFT)
+        output = await page.wait_for(OUTPUT, STEP_TIMEOUT, text="42")
+        self.assertEqual(output.strip(), "42")
+        # The notebook JupyterLab created is in the demo's Jupyter root, so it went through.
+        self.assertTrue(list((work / "notebooks").glob("*.ipynb")))
+
+        # Ctrl-C, as the demo tells the user: everything stops, nothing is left behind.
+        assert demo.transport is not None
+        demo.transport.signalProcess("INT")
+        await within(STEP_TIMEOUT, "the demo stopping after Ctrl-C", demo.ended)
+        self.assertTrue(demo.exited_cleanly(), demo.tail())
+        self.assertIn("stopping", demo.tail())
+        self.assertEqual(processes_in(work), [])
+        self.assertFalse(work.exists(), "the demo removes its temporary directory")
