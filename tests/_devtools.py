@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
@@ -122,7 +122,7 @@ async def connect(test: TestCase, url: str) -> DevToolsConnection:
     factory.protocol = DevToolsConnection
     factory.setProtocolOptions(autoPingInterval=0, closeHandshakeTimeout=5)
     endpoint = TCP4ClientEndpoint(reactor, found[1], int(found[2]), timeout=30)
-    connection: DevToolsConnection = await endpoint.connect(factory)
+    connection = cast(DevToolsConnection, await endpoint.connect(factory))
 
     async def close() -> None:
         if connection.state == connection.STATE_OPEN:

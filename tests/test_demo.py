@@ -14,9 +14,11 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from nbbridge.demo import JUPYTER_LAB, OPEN_PROMPT
@@ -31,11 +33,17 @@ STEP_TIMEOUT = 180.0
 #: What the user does in JupyterLab, as CSS selectors.
 LAUNCHER_NOTEBOOK = '.jp-LauncherCard[data-category="Notebook"]'
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
-KERNEL_IDLE = f'{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status="idle"]'
+# The status bar says "| Idle" only once the kernel is started and connected. (The toolbar's
+# execution indicator has data-status="idle" from the start; a cell run before the kernel is
+# connected is skipped, with a notification that the kernel is still initializing.)
+KERNEL_IDLE = ".jp-StatusBar-TextItem"
+KERNEL_IDLE_TEXT = "| Idle"
 CELL_EDITOR = f"{NOTEBOOK} .jp-CodeCell .cm-content"
 CELL_EDITOR_FOCUSED = f"{NOTEBOOK} .jp-CodeCell .cm-editor.cm-focused .cm-content"
 OUTPUT = f"{NOTEBOOK} .jp-OutputArea-output"
 SHIFT = 8
+
+T = TypeVar("T")
 
 
 def missing_lab() -> str | None:
@@ -61,14 +69,10 @@ def processes_in(directory: Path) -> list[str]:
     return found
 
 
-def within(seconds: float, what: str, d: Deferred[object]) -> Deferred[object]:
+def within(seconds: float, what: str, d: Deferred[T]) -> Deferred[T]:
     """D, failing with a clear message if it has not fired after SECONDS."""
 
-    def late(failure: object) -> object:
-        from twisted.internet.defer import TimeoutError
-        from twisted.python.failure import Failure
-
-        assert isinstance(failure, Failure)
+    def late(failure: Failure) -> Failure:
         if failure.check(TimeoutError):
             raise AssertionError(f"{what}: not done after {seconds:g} s")
         return failure
@@ -102,7 +106,7 @@ class DemoInBrowserTests(TestCase):
         await page.wait_for(LAUNCHER_NOTEBOOK, STEP_TIMEOUT)
         await page.click(LAUNCHER_NOTEBOOK)
         await page.wait_for(CELL_EDITOR, STEP_TIMEOUT)
-        await page.wait_for(KERNEL_IDLE, STEP_TIMEOUT)
+        await page.wait_for(KERNEL_IDLE, STEP_TIMEOUT, text=KERNEL_IDLE_TEXT)
         await page.click(CELL_EDITOR)
         # Keys go where the focus is: only once the editor has it, type.
         await page.wait_for(CELL_EDITOR_FOCUSED, STEP_TIMEOUT)

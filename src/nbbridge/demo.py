@@ -177,7 +177,7 @@ def check_through_tunnel(base: str, token: str) -> dict[str, object]:
         with urllib.request.urlopen(request, timeout=60) as response:
             page = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
-        raise SystemExit(f"JupyterLab did not answer through the tunnel: {base}/lab gave {e}")
+        raise SystemExit(f"JupyterLab did not answer through the tunnel: /lab gave {e}") from e
     if "jupyter-config-data" not in page:
         raise SystemExit(f"{base}/lab answered, but not with the JupyterLab page")
     return status
