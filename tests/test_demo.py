@@ -5,13 +5,15 @@ a client, each a real ``twistd`` process, and a real JupyterLab, all on loopback
 Chromium opens the URL the demo prints, which reaches JupyterLab only through the tunnel;
 the test clicks the launcher's notebook tile, types ``print(6*7)``, presses Shift+Enter and
 waits for ``42`` in the output area. Ctrl-C (SIGINT) then stops the demo, and no process it
-started may be left.
+started may be left; nor after SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -53,9 +55,9 @@ def missing_lab() -> str | None:
     return None
 
 
-def processes_in(directory: Path) -> list[str]:
-    """Processes (pid and command line) working in DIRECTORY or naming it in their arguments."""
-    found = []
+def processes_in(directory: Path) -> dict[int, str]:
+    """Processes (pid: command line) working in DIRECTORY or naming it in their arguments."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -65,8 +67,15 @@ def processes_in(directory: Path) -> list[str]:
         except OSError:
             continue  # gone meanwhile, or not ours to look at
         if cwd.startswith(str(directory)) or str(directory) in argv:
-            found.append(f"{entry.name}: {argv.strip()}")
+            found[int(entry.name)] = argv.strip()
     return found
+
+
+def kill_processes_in(directory: Path) -> None:
+    """SIGKILL whatever a failed demo left running in DIRECTORY (so one failure stays one)."""
+    for pid in processes_in(directory):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            os.kill(pid, signal.SIGKILL)
 
 
 def within(seconds: float, what: str, d: Deferred[T]) -> Deferred[T]:
@@ -82,24 +91,51 @@ def within(seconds: float, what: str, d: Deferred[T]) -> Deferred[T]:
     return d
 
 
-class DemoInBrowserTests(TestCase):
+class DemoTestCase(TestCase):
+    """Runs `make demo`'s command and checks that stopping it leaves nothing behind."""
+
     timeout = 900
-    skip = unavailable(missing_chromium() or missing_lab())
+    skip = unavailable(missing_lab())
 
     async def start_demo(self) -> tuple[ChildProcess, str, Path]:
-        """`make demo`'s command, in a temporary directory of this test; its URL and work dir."""
+        """`make demo`'s command, in a temporary directory of this test; its URL and work dir.
+
+        The clean-up stops the demo (SIGTERM) if the test did not, then kills anything it left.
+        """
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
+        self.addCleanup(kill_processes_in, tmp)
         env = child_env({"TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
         demo = spawn(self, "demo", [sys.executable, "-m", "nbbridge.demo"], env)
         work = await demo.wait_for(r"work directory: (\S+)", timeout=STEP_TIMEOUT)
         url = await demo.wait_for(re.escape(OPEN_PROMPT) + r" (\S+)", timeout=STEP_TIMEOUT)
+        self.assertTrue(processes_in(Path(work[1])), "the demo's processes run in its work dir")
         return demo, url[1], Path(work[1])
+
+    async def stop_demo(self, demo: ChildProcess, work: Path, signal_name: str) -> None:
+        """Send SIGNAL_NAME; the demo must exit 0, stop every process and remove WORK."""
+        assert demo.transport is not None
+        demo.transport.signalProcess(signal_name)
+        await within(STEP_TIMEOUT, f"the demo stopping after SIG{signal_name}", demo.ended)
+        self.assertTrue(demo.exited_cleanly(), demo.tail())
+        self.assertIn("stopping", demo.tail())
+        self.assertEqual(processes_in(work), {})
+        self.assertFalse(work.exists(), "the demo removes its temporary directory")
+
+
+class DemoStopTests(DemoTestCase):
+    async def test_sigterm_stops_everything(self) -> None:
+        """SIGTERM (systemd, kill, a closing terminal's supervisor) stops it like Ctrl-C."""
+        demo, _, work = await self.start_demo()
+        await self.stop_demo(demo, work, "TERM")
+
+
+class DemoInBrowserTests(DemoTestCase):
+    skip = unavailable(missing_chromium() or missing_lab())
 
     async def test_printed_url_opens_jupyterlab_and_runs_a_cell(self) -> None:
         demo, url, work = await self.start_demo()
         self.assertRegex(url, r"^http://127\.0\.0\.1:\d+/lab\?token=\w+$")
-        self.assertTrue(processes_in(work), "the demo's processes run in its work directory")
 
         page = await open_page(self)
         await page.navigate(url)
@@ -119,10 +155,4 @@ class DemoInBrowserTests(TestCase):
         self.assertTrue(list((work / "notebooks").glob("*.ipynb")))
 
         # Ctrl-C, as the demo tells the user: everything stops, nothing is left behind.
-        assert demo.transport is not None
-        demo.transport.signalProcess("INT")
-        await within(STEP_TIMEOUT, "the demo stopping after Ctrl-C", demo.ended)
-        self.assertTrue(demo.exited_cleanly(), demo.tail())
-        self.assertIn("stopping", demo.tail())
-        self.assertEqual(processes_in(work), [])
-        self.assertFalse(work.exists(), "the demo removes its temporary directory")
+        await self.stop_demo(demo, work, "INT")
