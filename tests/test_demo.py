@@ -16,10 +16,10 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ProcessExitedAlready
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -44,8 +44,6 @@ CELL_EDITOR = f"{NOTEBOOK} .jp-CodeCell .cm-content"
 CELL_EDITOR_FOCUSED = f"{NOTEBOOK} .jp-CodeCell .cm-editor.cm-focused .cm-content"
 OUTPUT = f"{NOTEBOOK} .jp-OutputArea-output"
 SHIFT = 8
-
-T = TypeVar("T")
 
 
 def missing_lab() -> str | None:
@@ -78,14 +76,25 @@ def kill_processes_in(directory: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def within(seconds: float, what: str, d: Deferred[T]) -> Deferred[T]:
-    """D, failing with a clear message if it has not fired after SECONDS."""
+def ended_within(seconds: float, what: str, child: ChildProcess) -> Deferred[None]:
+    """Fires once CHILD has ended; fails with a clear message after SECONDS.
+
+    CHILD's own ``ended`` is left alone (a timeout here must not cancel it: the clean-up
+    still waits on it).
+    """
+    d: Deferred[None] = Deferred()
+
+    def ended(result: object) -> object:
+        if not d.called:
+            d.callback(None)
+        return result
 
     def late(failure: Failure) -> Failure:
         if failure.check(TimeoutError):
-            raise AssertionError(f"{what}: not done after {seconds:g} s")
+            raise AssertionError(f"{what}: not done after {seconds:g} s:\n{child.tail()}")
         return failure
 
+    child.ended.addBoth(ended)
     d.addTimeout(seconds, reactor)
     d.addErrback(late)
     return d
@@ -104,19 +113,34 @@ class DemoTestCase(TestCase):
         """
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
-        self.addCleanup(kill_processes_in, tmp)
         env = child_env({"TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
         demo = spawn(self, "demo", [sys.executable, "-m", "nbbridge.demo"], env)
+        self.addCleanup(self._stop_and_reap, demo, tmp)
         work = await demo.wait_for(r"work directory: (\S+)", timeout=STEP_TIMEOUT)
         url = await demo.wait_for(re.escape(OPEN_PROMPT) + r" (\S+)", timeout=STEP_TIMEOUT)
         self.assertTrue(processes_in(Path(work[1])), "the demo's processes run in its work dir")
         return demo, url[1], Path(work[1])
 
+    async def _stop_and_reap(self, demo: ChildProcess, tmp: Path) -> None:
+        """Stop the demo if the test did not, and kill whatever it left running in TMP.
+
+        Runs before ``spawn``'s own clean-up, which waits until the demo's pipes close: a
+        process the demo leaked could hold them open forever.
+        """
+        if demo.running and demo.transport is not None:
+            with contextlib.suppress(ProcessExitedAlready):  # only its pipes are still open
+                demo.transport.signalProcess("TERM")
+        try:
+            await ended_within(STEP_TIMEOUT, "the demo stopping at clean-up", demo)
+        finally:
+            kill_processes_in(tmp)
+            await ended_within(STEP_TIMEOUT, "the demo's pipes closing", demo)
+
     async def stop_demo(self, demo: ChildProcess, work: Path, signal_name: str) -> None:
         """Send SIGNAL_NAME; the demo must exit 0, stop every process and remove WORK."""
         assert demo.transport is not None
         demo.transport.signalProcess(signal_name)
-        await within(STEP_TIMEOUT, f"the demo stopping after SIG{signal_name}", demo.ended)
+        await ended_within(STEP_TIMEOUT, f"the demo stopping after SIG{signal_name}", demo)
         self.assertTrue(demo.exited_cleanly(), demo.tail())
         self.assertIn("stopping", demo.tail())
         self.assertEqual(processes_in(work), {})

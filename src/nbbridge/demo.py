@@ -68,6 +68,7 @@ class Process:
         self._changed = threading.Condition()
         self.popen = subprocess.Popen(
             args,
+            stdin=subprocess.DEVNULL,  # not the demo's terminal or pipe, which it may outlive
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=workdir,
