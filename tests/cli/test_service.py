@@ -51,7 +51,7 @@ class _Root:
         etc = self.root / "etc/nbbridge"
         _write(etc / "agent.toml", 'relay = "wss://r.example"\ntoken_file = "agent.token"\n'
                'key = "/etc/nbbridge/agent.key"\nexpose = ["jupyter=8888"]\n', 0o644)  # fmt: skip
-        _write(etc / "relay.toml", "[agents.gpu]\ntoken_sha256 = \"00\"\n", 0o644)
+        _write(etc / "relay.toml", '[agents.gpu]\ntoken_sha256 = "00"\n', 0o644)
         _write(etc / "admin-token", "secret\n")
         client = self.root / "home/ada/.config/nbbridge"
         _write(client / "client.toml", 'relay = "wss://r.example"\nagent = "gpu"\n'
@@ -151,9 +151,7 @@ class PlanTests(SynchronousTestCase):
             ["--nodaemon", "--pidfile=", "nbbridge-client",
              "--config", "/home/ada/.config/nbbridge/client.toml"],
         )  # fmt: skip
-        self.assertEqual(
-            plist["StandardErrorPath"], "/home/ada/Library/Logs/nbbridge-client.log"
-        )
+        self.assertEqual(plist["StandardErrorPath"], "/home/ada/Library/Logs/nbbridge-client.log")
         target = _live(self.fs, init="launchd")
         plan = plan_install("client", target)
         plist_path = str(plan.write[0][0])

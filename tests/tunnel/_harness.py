@@ -273,6 +273,9 @@ class TunnelTestCase(unittest.TestCase):
             self.files.token_files[token],
             "--key",
             self.files.key_files[key],
+            # Not the fixed default port: tests run side by side.
+            "--status",
+            "tcp:0:interface=127.0.0.1",
         ]
         for service in forward:
             args += ["--forward", f"{service}=0"]

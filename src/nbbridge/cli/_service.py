@@ -212,9 +212,7 @@ def plan_uninstall(name: str, target: Target) -> ServicePlan:
 
 def _check_launchd(name: str, target: Target) -> None:
     if target.init == "launchd" and name != "client":
-        raise UserError(
-            f"only the client has a launchd service; run the {name} on Linux (systemd)"
-        )
+        raise UserError(f"only the client has a launchd service; run the {name} on Linux (systemd)")
 
 
 def _secret_files(name: str, role: Role, target: Target, config_path: str) -> dict[str, str]:
@@ -231,9 +229,8 @@ def _secret_files(name: str, role: Role, target: Target, config_path: str) -> di
     found: dict[str, str] = {}
     for credential in role.credentials:
         value = config.get(credential.key)
-        if value is None and name == "relay":
-            if target.under_root(RELAY_ADMIN_TOKEN).is_file():
-                value = RELAY_ADMIN_TOKEN
+        if value is None and name == "relay" and target.under_root(RELAY_ADMIN_TOKEN).is_file():
+            value = RELAY_ADMIN_TOKEN
         if value is None:
             continue
         if not isinstance(value, str):
@@ -271,7 +268,10 @@ def launchd_plist(target: Target, config: str) -> str:
     plist = plistlib.loads(shipped.replace("/Users/USERNAME", str(target.home)).encode())
     argv = plist["ProgramArguments"]
     plist["ProgramArguments"] = [
-        target.twistd, *argv[1 : argv.index("nbbridge-client") + 1], "--config", config
+        target.twistd,
+        *argv[1 : argv.index("nbbridge-client") + 1],
+        "--config",
+        config,
     ]
     return plistlib.dumps(plist).decode()
 
