@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # A plain (non-editable) install, so the twistd plug-ins are found exactly as users get them.
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find src -name '*.py')
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find src systemd deploy/launchd -type f -not -name '*.pyc')
 	$(BIN)/pip install -q '.[test]'
 	touch $(STAMP)
 

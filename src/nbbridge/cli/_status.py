@@ -76,7 +76,7 @@ def render(document: dict[str, Any]) -> str:
     link = document["link"]
     facts = [link["state"]]
     if link.get("up_for") is not None:
-        facts.append(f"for {_duration(link['up_for'])}")
+        facts[0] += f" for {_duration(link['up_for'])}"
     if link.get("rtt_ms") is not None:
         facts.append(f"round trip to the relay {link['rtt_ms']:g} ms")
     facts.append(f"{link['reconnects']} reconnect{'' if link['reconnects'] == 1 else 's'}")
