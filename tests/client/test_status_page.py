@@ -15,7 +15,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from nbbridge.client._status import StatusService
 from tests._chromium import chromium, chromium_missing
 from tests.tunnel import _tcp
-from tests.tunnel._harness import Client, TunnelTestCase
+from tests.tunnel._harness import CLIENT, Client, TunnelTestCase
 
 
 class _Page(HTMLParser):
@@ -140,6 +140,22 @@ class StatusPageTests(TunnelTestCase):
         self.assertEqual(code, 2)
         self.assertEqual(len(err.decode().splitlines()), 1, err)
         self.assertIn("no nbbridge-client answers at http://127.0.0.1:1/status.json", err.decode())
+
+    async def test_a_taken_status_port_leaves_the_tunnel_working(self) -> None:
+        """A second client on the machine: its page cannot listen, it says so and carries on."""
+        await self.start_relay()
+        port, _ = await self.serve(_tcp.Echo)
+        taken = await self.serve(_tcp.Echo)
+        await self.start_agent({"echo": str(port)})
+        mark = self.logs.mark()
+        client = await self.start_client(
+            forward=["echo"], extra=["--status", f"tcp:{taken[0]}:interface=127.0.0.1"]
+        )
+        [status] = [s for s in client.service if isinstance(s, StatusService)]  # type: ignore[attr-defined]
+        self.assertIsNone(await status.listening)
+        await self.logs.wait_for("no status page:", CLIENT, since=mark)
+        await self.logs.wait_for("--status off", CLIENT, since=mark)
+        await self.echo_once(client.port("echo"))
 
     async def test_page_in_chromium(self) -> None:
         client, _status, port, _held = await self._tunnel()
