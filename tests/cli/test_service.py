@@ -13,13 +13,14 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from nbbridge.cli import _service, main
 from nbbridge.cli._errors import UserError
 from nbbridge.cli._service import Target, execute, plan_install, plan_uninstall
+from nbbridge.crypto import PrivateKey, write_private_key
 from tests._tools import skip_unavailable
-from tests.deploy._units import exec_start, read_unit
+from tests.deploy._units import exec_start, materialize, plugin_args, read_unit
 
 _COMPLAINTS = ("unknown", "ignoring", "invalid", "failed", "not executable", "bad ", "error")
 
@@ -306,3 +307,58 @@ class VerifyTests(TestCase):
 
     async def test_client(self) -> None:
         await self._verify("client", user=True)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """The written ExecStart, with real files in place, parses with the daemon's own Options."""
+
+    def _args(self, role: str, plugin: str) -> list[str]:
+        fs = _Root(self.mktemp())
+        [(path, _text)] = plan_install(role, fs.target()).write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_text)
+        argv = exec_start(read_unit(path))
+        files = os.path.abspath(self.mktemp())
+        specifiers = {"%d": f"{files}/run/credentials"}
+        return materialize(plugin_args(argv, plugin), files, specifiers)
+
+    def test_relay(self) -> None:
+        from nbbridge.relay.tap import Options
+
+        options = Options()
+        options.parseOptions(self._args("relay", "nbbridge-relay"))
+        self.assertEqual(options["listen"], "tcp:8765:interface=127.0.0.1")
+
+    def test_agent_and_client(self) -> None:
+        """Once the daemons read config files (issue 15, Deliver 2), a complete config and
+        the credentials are all the written command line needs."""
+        from nbbridge.agent import tap as agent_tap
+        from nbbridge.client import tap as client_tap
+
+        agent_key = PrivateKey.generate()
+        configs = {
+            "agent": 'relay = "ws://127.0.0.1:8765"\nname = "gpu"\nexpose = ["jupyter=8888"]\n'
+            'authorized_keys = "authorized_keys"\n',
+            "client": 'relay = "ws://127.0.0.1:8765"\nagent = "gpu"\nforward = ["jupyter=8080"]\n'
+            f'agent_key = "{agent_key.public_key.to_text()}"\n',
+        }
+        for role, tap in (("agent", agent_tap), ("client", client_tap)):
+            options = tap.Options()
+            if "config" not in {p[0] for p in options.optParameters}:
+                raise SkipTest(f"the {role} reads no --config yet (issue 15, Deliver 2)")
+            fs = _Root(self.mktemp())
+            target = fs.target()
+            [(path, text)] = plan_install(role, target).write
+            config = fs.root / "config" / f"{role}.toml"
+            _write(config, configs[role], 0o644)
+            _write(config.parent / "authorized_keys", agent_key.public_key.to_text() + "\n", 0o644)
+            credentials = fs.root / "credentials"
+            _write(credentials / f"{role}-token", "token\n")
+            write_private_key(str(credentials / f"{role}.key"), PrivateKey.generate())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            args = plugin_args(exec_start(read_unit(path)), f"nbbridge-{role}")
+            args[args.index("--config") + 1] = str(config)
+            args = [a.replace("%d", str(credentials)) for a in args]
+            options.parseOptions(args)
+            self.assertEqual(options["relay"], "ws://127.0.0.1:8765")
