@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test test-lowest lint typecheck trial demo bench clean
+.PHONY: all install test test-lowest lint typecheck trial demo bench fuzz clean
 
 all: test
 
@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find src systemd deploy
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	PYTHONPATH=src $(BIN)/lint-imports
 
 typecheck: $(STAMP)
@@ -55,6 +55,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/mux_pipe.py
 	$(BIN)/python bench/tunnel.py --json bench/results.json --markdown bench/RESULTS.md
+
+# Every fuzz target for FUZZ_RUNS inputs (the bounded run is part of `make test`, in
+# tests/test_fuzz.py; bench/fuzz_long.py is the long one).
+FUZZ_RUNS ?= 1000000
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run --runs $(FUZZ_RUNS) --artifacts build/fuzz-artifacts
 
 clean:
 	rm -rf $(VENV) $(LOWEST) build _trial_temp* .mypy_cache .ruff_cache .hypothesis

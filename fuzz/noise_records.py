@@ -86,9 +86,9 @@ def _script(data: bytes, peer: CipherState) -> tuple[bytes, list[bytes], bool]:
             if good and chunk:
                 expected.append(chunk)
         elif op == 3:  # a forged or damaged record
-            ciphertext = bytearray(peer.encrypt_with_ad(b"", chunk))
-            ciphertext[size % len(ciphertext)] ^= 1 + (size & 0x7F)
-            out += _record(TRANSPORT, bytes(ciphertext))
+            damaged = bytearray(peer.encrypt_with_ad(b"", chunk))
+            damaged[size % len(damaged)] ^= 1 + (size & 0x7F)
+            out += _record(TRANSPORT, bytes(damaged))
             good = False
         elif op == 4:
             out += _record(REFUSAL, chunk)
@@ -110,7 +110,8 @@ def TestOneInput(data: bytes) -> None:
     session, peer = established_pair(bool(selector & 0x80), 1 + (selector >> 4 & 7) * 3)
     stream, expected, good = _script(data[1:], peer)
     _, pieces = split(bytes([selector & 7]) + stream)
-    plaintexts, errors = [], []
+    plaintexts: list[bytes] = []
+    errors: list[SecureChannelError] = []
     for piece in pieces:
         events = session.receive_data(piece)
         assert not errors or not events, "a failed session went on reading"

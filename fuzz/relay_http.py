@@ -48,7 +48,7 @@ def _watch(event: dict[str, Any]) -> None:
         _failures.append(event)
 
 
-globalLogPublisher.addObserver(_watch)
+globalLogPublisher.addObserver(_watch)  # type: ignore[arg-type]
 
 
 def _site(clock: Clock) -> Any:
@@ -68,7 +68,7 @@ def TestOneInput(data: bytes) -> None:
     clock, site = _clock, _relay_site
     transport = _Transport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
     protocol = site.buildProtocol(transport.getPeer())
-    transport.protocol = protocol  # as a real transport has (Autobahn takes it over)
+    transport.protocol = protocol  # type: ignore[attr-defined]  # as a real transport has (Autobahn takes it over)
     _failures.clear()
     try:
         protocol.makeConnection(transport)

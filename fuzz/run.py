@@ -85,7 +85,8 @@ def run_target(
         "-print_final_stats=1",
         str(corpus),
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])))
+    path = [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     started = time.monotonic()
     done = subprocess.run(command, cwd=_ROOT, env=env, capture_output=True, check=False)
     seconds = time.monotonic() - started
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         status = "ok" if r.ok else "FAILED"
         sys.stdout.write(
-            f"{r.target:16} {r.runs:>11,} inputs {r.seconds:8.1f} s {r.per_second:9,.0f}/s  {status}\n"
+            f"{r.target:16} {r.runs:>11,} inputs {r.seconds:8.1f} s"
+            f" {r.per_second:9,.0f}/s  {status}\n"
         )
         if not r.ok:
             failed = True
