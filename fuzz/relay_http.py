@@ -17,7 +17,7 @@ with instrumented():
     from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import globalLogBeginner, globalLogPublisher
 
     from nbbridge.relay._auth import Authority
     from nbbridge.relay._config import Limits
@@ -46,9 +46,6 @@ class _Transport(StringTransport):
 def _watch(event: dict[str, Any]) -> None:
     if "log_failure" in event:
         _failures.append(event)
-
-
-globalLogPublisher.addObserver(_watch)  # type: ignore[arg-type]
 
 
 def _site(clock: Clock) -> Any:
@@ -103,4 +100,8 @@ def seeds() -> list[bytes]:
 
 
 if __name__ == "__main__":
+    # The only observer: nothing else formats or keeps the events of a hundred thousand inputs.
+    globalLogBeginner.beginLoggingTo([_watch], redirectStandardIO=False)  # type: ignore[list-item]
     main(TestOneInput)
+else:
+    globalLogPublisher.addObserver(_watch)  # type: ignore[arg-type]

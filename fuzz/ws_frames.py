@@ -83,6 +83,8 @@ def TestOneInput(data: bytes) -> None:
     masked = bool(selector & 8)
     limit = (0, 16, 1000, 70000)[(selector >> 4) & 3]
     chunked, error = _read(pieces, masked, limit)
+    if len(pieces) <= 1:
+        return
     whole, whole_error = _read([b"".join(pieces)], masked, limit)
     assert (error is None) == (whole_error is None), (error, whole_error)
     if error is None:
