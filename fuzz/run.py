@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,18 +115,37 @@ def run_all(
     artifacts: Path | None = None,
     jobs: int = 2,
     max_len: int = DEFAULT_MAX_LEN,
+    report: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Run TARGETS, JOBS at a time; fresh temporary corpora unless CORPUS_ROOT is given."""
+    """Run TARGETS, JOBS at a time; fresh temporary corpora unless CORPUS_ROOT is given.
+
+    REPORT, if given, hears of each target as soon as it is done (long runs take hours).
+    """
+
+    def one(target: str) -> Result:
+        result = run_target(target, runs, root / target, saved, max_len=max_len)
+        if report is not None:
+            report(result)
+        return result
+
     with tempfile.TemporaryDirectory(prefix="nbbridge-fuzz-") as scratch:
         root = corpus_root or Path(scratch) / "corpus"
         saved = artifacts or Path(scratch) / "artifacts"
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return list(
-                pool.map(
-                    lambda t: run_target(t, runs, root / t, saved, max_len=max_len),
-                    targets,
-                )
-            )
+            return list(pool.map(one, targets))
+
+
+def _line(r: Result) -> str:
+    status = "ok" if r.ok else "FAILED"
+    text = (
+        f"{r.target:16} {r.runs:>11,} inputs {r.seconds:8.1f} s {r.per_second:9,.0f}/s  {status}\n"
+    )
+    return text if r.ok else text + failure_summary(r) + "\n"
+
+
+def _print(result: Result) -> None:
+    sys.stdout.write(_line(result))
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,17 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         artifacts=args.artifacts.resolve(),
         jobs=args.jobs,
         max_len=args.max_len,
+        report=_print,
     )
-    failed = False
-    for r in results:
-        status = "ok" if r.ok else "FAILED"
-        sys.stdout.write(
-            f"{r.target:16} {r.runs:>11,} inputs {r.seconds:8.1f} s"
-            f" {r.per_second:9,.0f}/s  {status}\n"
-        )
-        if not r.ok:
-            failed = True
-            sys.stdout.write(failure_summary(r) + "\n")
+    failed = any(not r.ok for r in results)
     if args.json:
         figures = [attrs.asdict(r, filter=lambda a, _: a.name != "output") for r in results]
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
