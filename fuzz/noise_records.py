@@ -59,10 +59,12 @@ def established_pair(
     if to_responder:
         session = Responder(RESPONDER_KEY, lambda key: True, max_records=max_records)
         session._send, session._recv = _RESPONDER_STATES
+        session.remote_static = CLIENT_KEY.public_key
         peer = _INITIATOR_STATES[0]
     else:
         session = Initiator(CLIENT_KEY, RESPONDER_KEY.public_key, max_records=max_records)
         session._send, session._recv = _INITIATOR_STATES
+        session.remote_static = RESPONDER_KEY.public_key
         peer = _RESPONDER_STATES[0]
     assert session.established, "cannot build an established session any more"
     return session, peer
