@@ -39,7 +39,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
@@ -491,7 +491,13 @@ class FaultsAtScaleTestCase(TunnelTestCase):
         outage = User("during the outage", traffic.seed(), [rng.randint(1, SHORT_MAX)])
         outage_ended = open_user(port, outage)
         self.open_users = [*traffic.users, outage]
-        await self.within(END_WITHIN, f"{where}: the cut streams ending", traffic.ends())
+        ending = traffic.ends()
+        ending.addTimeout(END_WITHIN, reactor)
+        try:
+            await ending
+        except TimeoutError:
+            still = [f"{u.kind}: {u.describe()}" for u in traffic.users if not u.lost.called]
+            self.fail(f"{where}: not ended within {END_WITHIN:g} s: " + "; ".join(still))
         await daemon.restart()
         await self.within(END_WITHIN + 30, f"{where}: the outage connection ending", outage_ended)
         await self.within(END_WITHIN, f"{where}: the services' ends", self.echo_factory.when_idle())
