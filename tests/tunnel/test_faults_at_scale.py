@@ -422,6 +422,7 @@ class FaultsAtScaleTestCase(TunnelTestCase):
         self.service_ends: list[Service] = []
         self.failures: list[str] = []
         self.tally: Counter[str] = Counter()
+        self.broken: Counter[str] = Counter()
         self.client_process: ChildProcess | None = None
         self.open_users: list[User] = []
         self.addCleanup(self._abort_users)
@@ -462,8 +463,9 @@ class FaultsAtScaleTestCase(TunnelTestCase):
         )
         _log.info("{summary}", summary=summary)
         if self.failures:
+            kinds = ", ".join(f"{k}: {n}" for k, n in self.broken.most_common())
             shown = "\n  ".join(self.failures[:30])
-            self.fail(f"{len(self.failures)} ends broke the rule; {summary}:\n  {shown}")
+            self.fail(f"{len(self.failures)} ends broke the rule ({kinds}); {summary}:\n  {shown}")
         self.assertLessEqual(final[0].fds, baseline[0].fds + FD_SLACK, summary)
         self.assertLessEqual(final[0].rss_kb, baseline[0].rss_kb + RSS_SLACK_KB, summary)
         self.assertLessEqual(final[1].fds, baseline[1].fds + FD_SLACK, summary)
@@ -503,38 +505,28 @@ class FaultsAtScaleTestCase(TunnelTestCase):
         await self.within(END_WITHIN, f"{where}: the services' ends", self.echo_factory.when_idle())
 
         for user in [*traffic.users, outage]:
-            self.judge(
-                where, user.kind, "user", user.verdict(), user.describe(), daemon.judge_users
-            )
+            self.judge(where, user.kind, "user", user, daemon.judge_users)
         for service in self.service_ends[:cut_services]:
-            self.judge(
-                where,
-                "a service",
-                "service",
-                service.verdict(),
-                service.describe(),
-                daemon.judge_services,
-            )
+            self.judge(where, "a service", "service", service, daemon.judge_services)
         for service in self.service_ends[cut_services:]:
             # Opened after the kill: the outage connection's, through the survivors only.
-            self.judge(
-                where,
-                "a service (opened after the kill)",
-                "service",
-                service.verdict(),
-                service.describe(),
-                daemon.name != "agent",
-            )
+            self.judge(where, "a service (opened late)", "service", service, daemon.name != "agent")
         self.service_ends.clear()
         self.echo_factory.accepted.pending.clear()
         await self.recover(port, where)
         self.service_ends.clear()
         self.echo_factory.accepted.pending.clear()
 
-    def judge(self, where: str, kind: str, side: str, verdict: str, what: str, held: bool) -> None:
+    def judge(self, where: str, kind: str, side: str, end: User | Service, held: bool) -> None:
+        verdict = end.verdict()
         self.tally[f"{side} {verdict}" + ("" if held else " (not judged)")] += 1
         if held and verdict not in ALLOWED:
-            self.failures.append(f"{where}: {kind}: {verdict}: {what}")
+            # Cut mid-stream (some bytes came) or before any came (the channel never opened).
+            when = "mid-stream" if end.check.offset else "before any payload"
+            self.broken[f"{kind} ({side} end) {verdict} {when}"] += 1
+            line = f"{where}: {kind}: {verdict}: {end.describe()}"
+            # The rarer, mid-stream ones first.
+            self.failures.insert(0 if end.check.offset else len(self.failures), line)
 
     async def recover(self, port: int, where: str) -> None:
         """A new connection through the forward must come through whole within RECOVER_WITHIN.
@@ -551,7 +543,7 @@ class FaultsAtScaleTestCase(TunnelTestCase):
             result = probe.verdict()
             if result == EXACT:
                 return
-            self.judge(where, probe.kind, "user", result, probe.describe(), True)
+            self.judge(where, probe.kind, "user", probe, True)
             left = deadline - reactor.seconds()  # type: ignore[attr-defined]
             if left <= 0:
                 self.fail(f"{where}: not recovered within {RECOVER_WITHIN:g} s: {probe.describe()}")
