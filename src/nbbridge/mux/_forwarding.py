@@ -257,8 +257,10 @@ class _Forwarded(TcpSide):
             peer=self.transport.getPeer() if self.transport else None,
             why=failure.getErrorMessage(),
         )
+        # Reset, never a clean close: the user may have sent a request already, and a FIN
+        # would read as "the service answered nothing".
         if self.transport is not None and not self._gone:
-            self.transport.loseConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class ForwardingFactory(Factory):
