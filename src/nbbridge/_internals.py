@@ -14,6 +14,7 @@ It sits below the mux and the WebSocket layers (both use it), and imports neithe
 from __future__ import annotations
 
 import errno
+import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.tcp import Connection
@@ -173,3 +174,28 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+#: What `check_eof` found: a real end of stream, a reset, or no end at all (read on).
+EOF, RESET, NOT_ENDED = "eof", "reset", "not ended"
+
+
+def check_eof(transport: Any) -> str:
+    """Whether the EOF Twisted just reported on ``transport`` is one: `EOF`, `RESET` or `NOT_ENDED`.
+
+    Twisted's epoll reactor takes a hang-up event without "readable" on a descriptor it reads
+    for a clean EOF. The event may be stale: taken while the descriptor was registered for
+    writing only (its reading paused), and reading resumed by an earlier event of the same
+    batch. A connection reset then reads as a clean EOF, and the bytes still queued in the
+    socket are dropped (issue 16). Peeking at the socket settles it: an error is a reset
+    (`RESET`), bytes or nothing yet mean the stream goes on (`NOT_ENDED`: read again), and
+    only b"" is an end of stream. Connections this cannot peek at (TLS, not a socket) are
+    taken at Twisted's word.
+    """
+    if not isinstance(transport, Connection) or transport.TLS or transport.disconnected:
+        return EOF
+    try:
+        peeked = transport.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError as e:
+        return NOT_ENDED if e.errno in _TRY_LATER else RESET
+    return NOT_ENDED if peeked else EOF

@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import implementer
 
+from nbbridge._internals import NOT_ENDED, RESET, check_eof
+
 from . import _tcp
 from ._harness import CLIENT, RELAY, Client, TunnelTestCase
 
@@ -42,7 +44,14 @@ class UserPeer(_tcp.Peer):
     """
 
     def readConnectionLost(self) -> None:
-        self.eof = True
+        # Twisted's epoll reactor can report a reset as an EOF when reading resumes in the
+        # batch that holds the reset (see check_eof); an application calling recv() would
+        # get ECONNRESET, so that is what counts here.
+        ended = check_eof(self.transport)
+        if ended == NOT_ENDED:
+            self.transport.startReading()  # type: ignore[union-attr]
+            return
+        self.eof = ended != RESET
         self.transport.abortConnection()  # type: ignore[union-attr]
 
 

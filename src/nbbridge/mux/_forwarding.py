@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nbbridge._internals import write_now
+from nbbridge._internals import NOT_ENDED, RESET, check_eof, write_now
 from nbbridge._tuning import tune
 
 from ._channel import Channel
@@ -135,6 +135,17 @@ class TcpSide(_Slotted):
             self.channel.write(data)
 
     def readConnectionLost(self) -> None:
+        transport: Any = self.transport
+        ended = check_eof(transport)
+        if ended == NOT_ENDED:
+            # A stale event, not an end (see check_eof): Twisted stopped reading; read on.
+            if not transport.disconnecting:
+                transport.startReading()
+            return
+        if ended == RESET:
+            # A reset is never passed on as a CLOSE: the channel is reset too (connectionLost).
+            transport.abortConnection()
+            return
         self._read_done = True
         if self.channel is not None:
             self.channel.loseWriteConnection()
