@@ -20,6 +20,8 @@ from nbbridge.crypto import (
     write_private_key,
 )
 
+from ._pair import add_pair_command
+
 EXIT_USAGE = 2
 _TOKEN_BYTES = 32
 
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a new random token, then the relay.toml line holding its SHA-256.",
     )
     token.set_defaults(run=_token)
+    add_pair_command(commands)
     return parser
 
 
