@@ -12,6 +12,7 @@ import io
 import os
 import re
 import stat
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,12 @@ from nbbridge.cli._main import _parser
 from nbbridge.cli._pair import pair
 from nbbridge.client import tap as client_tap
 from nbbridge.client._forward import ForwardService
-from nbbridge.contract import pair_join_path
 from nbbridge.crypto import load_authorized_keys, load_private_key, parse_public_key
 from nbbridge.pairing import WORDS, PairingFailed, parse_code
 from nbbridge.tunnel import AgentLink
 from tests.tunnel import _tcp
 from tests.tunnel._harness import Client, TunnelTestCase
+from tests.tunnel._process import child_env, spawn, twistd_command
 
 _CODE_LINE = re.compile(r"nbbridge pair (\S+) --relay (\S+)")
 
@@ -49,7 +50,9 @@ class _Output(io.StringIO):
         return written
 
 
-class PairTests(TunnelTestCase):
+class _PairCase(TunnelTestCase):
+    """A relay on loopback, recording what its rendezvous carries; both sides' arguments."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -108,6 +111,41 @@ class PairTests(TunnelTestCase):
             return str(e)
         self.fail("pairing succeeded")
 
+    def client_flags(self, config: dict[str, Any]) -> list[str]:
+        """client.toml's values as nbbridge-client flags (forward ports 0: no fixed port)."""
+        args = [
+            "--relay",
+            config["relay"],
+            "--agent",
+            config["agent"],
+            "--agent-key",
+            config["agent_key"],
+            "--key",
+            str(self.laptop_dir / config["key"]),
+            "--token-file",
+            str(self.laptop_dir / config["token_file"]),
+        ]
+        for forward in config["forward"]:
+            args += ["--forward", f"{forward.partition('=')[0]}=0"]
+        return args
+
+    async def start_client_from(self, config: dict[str, Any]) -> Any:
+        """nbbridge-client with the flags client.toml holds (forward ports: 0)."""
+        options = client_tap.Options()
+        options.parseOptions(self.client_flags(config))
+        service = client_tap.makeService(options, reactor)
+        service.startService()
+        ports = {}
+        for child in service:  # type: ignore[attr-defined]
+            if isinstance(child, ForwardService):
+                ports[child.service_name] = (await child.listening).getHost().port
+        link = next(s for s in service if isinstance(s, AgentLink))  # type: ignore[attr-defined]
+        client = Client(service, link, ports)
+        self.clients.append(client)
+        return client
+
+
+class PairTests(_PairCase):
     async def test_right_code_writes_both_sides_and_the_link_works(self) -> None:
         """Right code: both sides' files written; agent and client started from them connect."""
         await self.start()
@@ -161,35 +199,6 @@ class PairTests(TunnelTestCase):
         await self.wait_agent_online(mark)
         client = await self.start_client_from(config)
         await self.echo_once(client.port("echo"))
-
-    async def start_client_from(self, config: dict[str, Any]) -> Any:
-        """nbbridge-client with the flags client.toml holds (forward ports: 0)."""
-        args = [
-            "--relay",
-            config["relay"],
-            "--agent",
-            config["agent"],
-            "--agent-key",
-            config["agent_key"],
-            "--key",
-            str(self.laptop_dir / config["key"]),
-            "--token-file",
-            str(self.laptop_dir / config["token_file"]),
-        ]
-        for forward in config["forward"]:
-            args += ["--forward", f"{forward.partition('=')[0]}=0"]
-        options = client_tap.Options()
-        options.parseOptions(args)
-        service = client_tap.makeService(options, reactor)
-        service.startService()
-        ports = {}
-        for child in service:  # type: ignore[attr-defined]
-            if isinstance(child, ForwardService):
-                ports[child.service_name] = (await child.listening).getHost().port
-        link = next(s for s in service if isinstance(s, AgentLink))  # type: ignore[attr-defined]
-        client = Client(service, link, ports)
-        self.clients.append(client)
-        return client
 
     async def test_wrong_code_fails_both_and_burns_the_code(self) -> None:
         """A wrong code: both sides fail after one try, write nothing; the code is used up."""
@@ -250,4 +259,75 @@ class PairTests(TunnelTestCase):
         await self.failure_of(self.client_side("12-acorn-zebra"))
         third = await self.failure_of(self.client_side("13-acorn-zebra"))
         self.assertIn("too many pairing attempts (pairings_per_minute = 2)", third)
-        self.assertTrue(pair_join_path(13).endswith("/13"))
+
+
+class PairCommandTests(_PairCase):
+    """The real `nbbridge pair` on both sides and real twistd daemons, each a child process."""
+
+    async def test_commands_pair_and_daemons_link(self) -> None:
+        await self.start()
+        agent = spawn(
+            self,
+            "nbbridge pair (GPU host)",
+            [
+                sys.executable,
+                "-m",
+                "nbbridge.cli",
+                "pair",
+                "--relay",
+                self.relay_url,
+                "--name",
+                "gpu",
+                "--token-file",
+                self.files.token_files["gpu"],
+                "--key",
+                self.files.key_files["agent"],
+                "--authorized-keys",
+                str(self.authorized),
+                "--expose",
+                "echo=1",
+                "--client-token-file",
+                self.files.token_files["laptop"],
+            ],
+            child_env(),
+        )
+        found = await agent.wait_for(r"^nbbridge pair (\S+) --relay (\S+)$")
+        self.assertEqual(found.group(2), f"{self.relay_url}/")
+        laptop = spawn(
+            self,
+            "nbbridge pair (laptop)",
+            [
+                sys.executable,
+                "-m",
+                "nbbridge.cli",
+                "pair",
+                found.group(1),
+                "--relay",
+                self.relay_url,
+                "--dir",
+                str(self.laptop_dir),
+            ],
+            child_env(),
+        )
+        await laptop.wait_for("paired with agent gpu")
+        await agent.wait_for("Restart the agent")
+        await laptop.ended
+        await agent.ended
+        self.assertTrue(laptop.exited_cleanly(), laptop.tail())
+        self.assertTrue(agent.exited_cleanly(), agent.tail())
+
+        port, _ = await self.serve(_tcp.Echo)
+        agent_args = self.agent_args({"echo": f"tcp:127.0.0.1:{port}"})
+        agent_args[agent_args.index("--authorized-keys") + 1] = str(self.authorized)
+        mark = self.relay_mark()
+        spawn(self, "nbbridge-agent", twistd_command("nbbridge-agent", agent_args), child_env())
+        await self.relay_says("agent gpu online", since=mark)
+        config = tomllib.loads((self.laptop_dir / "client.toml").read_text())
+        client = spawn(
+            self,
+            "nbbridge-client",
+            twistd_command("nbbridge-client", self.client_flags(config)),
+            child_env(),
+        )
+        listening = await client.wait_for(r"echo → 127\.0\.0\.1:(\d+)")
+        await self.echo_once(int(listening.group(1)))

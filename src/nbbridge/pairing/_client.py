@@ -35,7 +35,11 @@ OfferHandler = Callable[[bytes], None]
 
 
 class PairingSession:
-    """One end's pairing over one WebSocket; `result` fires once both ends are done."""
+    """One end's pairing over one WebSocket.
+
+    `result` fires once both ends are done and the WebSocket has closed, or fails with
+    `PairingFailed`.
+    """
 
     _log = Logger()
 
@@ -108,6 +112,10 @@ class PairingSession:
         """The WebSocket closed (CODE and REASON as the relay said, if it did)."""
         if self.result.called:
             return
+        if self.exchange is not None and self.exchange.finished:
+            # Only now is everything we sent (our 'done' included) known to be delivered.
+            self.result.callback(None)
+            return
         if self._failure is not None:
             self.result.errback(self._failure)
             return
@@ -129,7 +137,8 @@ class PairingSession:
             self._ws.sendMessage(data, isBinary=True)
 
     def _finish(self) -> None:
-        self.result.callback(None)
+        # Success is reported once the close handshake is over (`closed`), not now: a
+        # process that exits now could drop our 'done' still in its write buffer.
         if self._ws is not None:
             self._ws.sendClose(int(CloseCode.NORMAL), "paired")
 
