@@ -103,6 +103,7 @@ class Exchange:
         spake = SPAKE2_A if role is Role.AGENT else SPAKE2_B
         self._spake = spake(code.password, idA=_ID_AGENT, idB=_ID_CLIENT)
         self._state = _State.WAIT_PAKE
+        self._started = False
         self._seal: ChaCha20Poly1305 | None = None
         self._open: ChaCha20Poly1305 | None = None
         self._expected_confirm = b""
@@ -116,6 +117,7 @@ class Exchange:
 
     def start(self) -> bytes:
         """The first message: this end's SPAKE2 message."""
+        self._started = True
         return bytes([PAKE]) + self._spake.start()
 
     def receive(self, message: bytes) -> list[Event]:
@@ -123,7 +125,7 @@ class Exchange:
         if not message:
             raise PairingFailed("the other side sent an empty message")
         kind, body = message[0], message[1:]
-        if self._state is _State.WAIT_PAKE and kind == PAKE:
+        if self._state is _State.WAIT_PAKE and kind == PAKE and self._started:
             return self._got_pake(body)
         if self._state is _State.WAIT_CONFIRM and kind == CONFIRM:
             if not hmac.compare_digest(body, self._expected_confirm):
