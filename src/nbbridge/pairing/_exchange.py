@@ -118,7 +118,8 @@ class Exchange:
     def start(self) -> bytes:
         """The first message: this end's SPAKE2 message."""
         self._started = True
-        return bytes([PAKE]) + self._spake.start()
+        message: bytes = self._spake.start()
+        return bytes([PAKE]) + message
 
     def receive(self, message: bytes) -> list[Event]:
         """What to do about MESSAGE from the other end; `PairingFailed` ends the exchange."""
