@@ -17,6 +17,7 @@ import sys
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key
@@ -114,8 +115,9 @@ def _run(args: argparse.Namespace) -> None:
     outcome: list[BaseException | None] = []
 
     def done(result: Any) -> None:
-        outcome.append(result.value if hasattr(result, "value") else None)
-        reactor.stop()
+        outcome.append(result.value if isinstance(result, Failure) else None)
+        if reactor.running:
+            reactor.stop()
 
     d = Deferred.fromCoroutine(pair(reactor, args, sys.stdout, sys.stderr))
     d.addBoth(done)
