@@ -26,13 +26,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nbbridge.transport import (
     RelayCertificateError,
     RelayConnectError,
+    _trust,
     choose_trust_root,
     client_endpoint,
     explain_connect_error,
     load_trust_root,
     parse_relay_url,
 )
-from nbbridge.transport import _trust
 from tests._loopback import Collector, Echo, serve
 
 from ._certs import CA, write_ca, write_server_files

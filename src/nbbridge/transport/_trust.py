@@ -15,8 +15,8 @@ import warnings
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from OpenSSL import SSL, crypto
 from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
 from twisted.logger import Logger
