@@ -164,3 +164,14 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def add_trust_root_to_context(root: IOpenSSLTrustRoot, context: Any) -> None:
+    """Load ROOT's CAs into a pyOpenSSL ``SSL.Context``, as Twisted does for a connection.
+
+    ``_addCACertsToContext`` is the one method of Twisted's ``IOpenSSLTrustRoot`` (exported
+    only from its private TLS module); ``nbbridge.transport`` calls it to find out whether the
+    platform's store holds any CA at all (it holds none with the cryptography wheels on a
+    stock Mac), so that it can fall back to certifi's bundle.
+    """
+    root._addCACertsToContext(context)
