@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import stat
 import sys
 import tomllib
@@ -111,28 +112,14 @@ class _PairCase(TunnelTestCase):
             return str(e)
         self.fail("pairing succeeded")
 
-    def client_flags(self, config: dict[str, Any]) -> list[str]:
-        """client.toml's values as nbbridge-client flags (forward ports 0: no fixed port)."""
-        args = [
-            "--relay",
-            config["relay"],
-            "--agent",
-            config["agent"],
-            "--agent-key",
-            config["agent_key"],
-            "--key",
-            str(self.laptop_dir / config["key"]),
-            "--token-file",
-            str(self.laptop_dir / config["token_file"]),
-        ]
-        for forward in config["forward"]:
-            args += ["--forward", f"{forward.partition('=')[0]}=0"]
-        return args
-
     async def start_client_from(self, config: dict[str, Any]) -> Any:
-        """nbbridge-client with the flags client.toml holds (forward ports: 0)."""
+        """nbbridge-client from the written client.toml; only its forward ports become 0."""
+        forwards = [f"{f.partition('=')[0]}=0" for f in config["forward"]]
         options = client_tap.Options()
-        options.parseOptions(self.client_flags(config))
+        options.parseOptions(
+            ["--config", str(self.laptop_dir / "client.toml")]
+            + [arg for f in forwards for arg in ("--forward", f)]
+        )
         service = client_tap.makeService(options, reactor)
         service.startService()
         ports = {}
@@ -185,8 +172,8 @@ class PairTests(_PairCase):
         )
 
         # A link works with what was written: the agent with its own files and the new
-        # authorized_keys, the client with exactly client.toml's values (its forward's port
-        # replaced by 0, as a flag overrides the file, so the test takes no fixed port).
+        # authorized_keys, the client from client.toml (its forward's port replaced by 0 with
+        # a flag, so this test takes no fixed port; PairCommandTests runs it with no flags).
         port, _ = await self.serve(_tcp.Echo)
         agent_options = self.agent_args({"echo": f"tcp:127.0.0.1:{port}"})
         agent_options[agent_options.index("--authorized-keys") + 1] = str(self.authorized)
@@ -262,52 +249,41 @@ class PairTests(_PairCase):
 
 
 class PairCommandTests(_PairCase):
-    """The real `nbbridge pair` on both sides and real twistd daemons, each a child process."""
+    """The real `nbbridge pair` on both sides and real twistd daemons, each a child process.
+
+    As a user runs them: the GPU host's pairing and agent read agent.toml; the laptop pairs
+    with no --dir (HOME is a fresh directory) and its client starts with no flags at all,
+    from ~/.config/nbbridge/client.toml.
+    """
 
     async def test_commands_pair_and_daemons_link(self) -> None:
         await self.start()
+        root = Path(self.files.root.path)
+        echo_port, _ = await self.serve(_tcp.Echo)
+        agent_toml = root / "agent.toml"
+        agent_toml.write_text(
+            f'relay = "{self.relay_url}"\nname = "gpu"\ntoken_file = "gpu.token"\n'
+            'key = "agent.key"\nauthorized_keys = "gpu_authorized_keys"\n'
+            f'expose = ["echo=tcp:127.0.0.1:{echo_port}"]\n'
+        )
+        home = root / "home"
+        home.mkdir()
+        laptop_env = child_env({"HOME": str(home)})
+        nbbridge = [sys.executable, "-m", "nbbridge.cli"]
         agent = spawn(
             self,
             "nbbridge pair (GPU host)",
-            [
-                sys.executable,
-                "-m",
-                "nbbridge.cli",
-                "pair",
-                "--relay",
-                self.relay_url,
-                "--name",
-                "gpu",
-                "--token-file",
-                self.files.token_files["gpu"],
-                "--key",
-                self.files.key_files["agent"],
-                "--authorized-keys",
-                str(self.authorized),
-                "--expose",
-                "echo=1",
-                "--client-token-file",
-                self.files.token_files["laptop"],
-            ],
+            [*nbbridge, "pair", "--config", str(agent_toml), "--client-token-file", "laptop.token"],
             child_env(),
+            cwd=str(root),
         )
         found = await agent.wait_for(r"^nbbridge pair (\S+) --relay (\S+)$")
         self.assertEqual(found.group(2), f"{self.relay_url}/")
         laptop = spawn(
             self,
             "nbbridge pair (laptop)",
-            [
-                sys.executable,
-                "-m",
-                "nbbridge.cli",
-                "pair",
-                found.group(1),
-                "--relay",
-                self.relay_url,
-                "--dir",
-                str(self.laptop_dir),
-            ],
-            child_env(),
+            [*nbbridge, "pair", found.group(1), "--relay", found.group(2)],
+            laptop_env,
         )
         await laptop.wait_for("paired with agent gpu")
         await agent.wait_for("Restart the agent")
@@ -315,19 +291,37 @@ class PairCommandTests(_PairCase):
         await agent.ended
         self.assertTrue(laptop.exited_cleanly(), laptop.tail())
         self.assertTrue(agent.exited_cleanly(), agent.tail())
+        config_dir = home / ".config" / "nbbridge"
+        self.assertEqual(
+            sorted(p.name for p in config_dir.iterdir()),
+            ["client.key", "client.token", "client.toml"],
+        )
 
-        port, _ = await self.serve(_tcp.Echo)
-        agent_args = self.agent_args({"echo": f"tcp:127.0.0.1:{port}"})
-        agent_args[agent_args.index("--authorized-keys") + 1] = str(self.authorized)
         mark = self.relay_mark()
-        spawn(self, "nbbridge-agent", twistd_command("nbbridge-agent", agent_args), child_env())
-        await self.relay_says("agent gpu online", since=mark)
-        config = tomllib.loads((self.laptop_dir / "client.toml").read_text())
-        client = spawn(
+        spawn(
             self,
-            "nbbridge-client",
-            twistd_command("nbbridge-client", self.client_flags(config)),
+            "nbbridge-agent",
+            twistd_command("nbbridge-agent", ["--config", str(agent_toml)]),
             child_env(),
         )
+        await self.relay_says("agent gpu online", since=mark)
+        # No flags: everything comes from the written client.toml. Its forward is echo=8081
+        # (the first port for a service with no well-known one); only if another program
+        # holds 8081 on this machine is it replaced by a free port, as a flag would.
+        flags = [] if _port_free(8081) else ["--forward", "echo=0"]
+        client = spawn(
+            self, "nbbridge-client", twistd_command("nbbridge-client", flags), laptop_env
+        )
         listening = await client.wait_for(r"echo → 127\.0\.0\.1:(\d+)")
+        if not flags:
+            self.assertEqual(listening.group(1), "8081")
         await self.echo_once(int(listening.group(1)))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

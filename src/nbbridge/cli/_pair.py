@@ -14,6 +14,7 @@ import datetime
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
@@ -253,5 +254,9 @@ def _report_client(
         )
     if agent.relay.rstrip("/") != relay.rstrip("/"):
         say(f"(the agent itself reaches the relay at {agent.relay})")
-    say(f"Start the client: twistd -n nbbridge-client --config {path}")
+    default, _, _ = client_paths(DEFAULT_CLIENT_DIR)
+    if Path(path).absolute() == default.absolute():
+        say(f"Start the client: twistd -n nbbridge-client (it reads {path})")
+    else:
+        say(f"Start the client: twistd -n nbbridge-client --config {path}")
     out.flush()
