@@ -6,12 +6,14 @@ import datetime
 import io
 import os
 import stat
+import sys
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from nbbridge.cli import main
 from nbbridge.cli._main import _parser
 from nbbridge.cli._pair import pair
 from nbbridge.cli._pair_files import (
@@ -86,3 +88,20 @@ class FilesTests(unittest.TestCase):
         self.assertIn("client.toml exists (use --force to replace it)", str(error))
         self.assertEqual((self.dir / "client.toml").read_text(), "# mine\n")
         self.assertFalse((self.dir / "client.key").exists())
+
+
+class CommandLineTests(unittest.TestCase):
+    def test_a_mistake_is_one_line_and_status_2(self) -> None:
+        """Checked before any connection: a missing --relay, a mistyped word."""
+        for argv, line in [
+            (["pair", "7-crossover-clockwork"], "give the relay's URL"),
+            (["pair", "7-crossover-clockwrk", "--relay", "ws://127.0.0.1:1"], "'clockwrk' is not"),
+        ]:
+            out, err = io.StringIO(), io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.patch(sys, "stderr", err)
+            self.assertEqual(main(argv), 2)
+            self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+            self.assertTrue(err.getvalue().startswith("nbbridge: pairing failed: "))
+            self.assertIn(line, err.getvalue())
+            self.assertEqual(out.getvalue(), "")

@@ -36,6 +36,7 @@ from nbbridge.pairing import (
 )
 from nbbridge.transport import RelayConnectError, parse_relay_url
 
+from ._errors import UserError
 from ._pair_files import (
     DEFAULT_CLIENT_DIR,
     PairSetupError,
@@ -52,7 +53,6 @@ from ._pair_files import (
 CLIENT_TIMEOUT = 120.0
 #: The agent waits for the laptop at most this long (the relay's code TTL ends it earlier).
 AGENT_TIMEOUT = 3600.0
-EXIT_FAILED = 2
 
 #: What the command's steps can fail with; each is one line for the user.
 _ERRORS = (
@@ -129,8 +129,7 @@ def _run(args: argparse.Namespace) -> None:
         if not isinstance(error, _ERRORS):
             raise error
         message = error.strerror if isinstance(error, OSError) and error.strerror else error
-        print(f"nbbridge: pairing failed: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED)
+        raise UserError(f"pairing failed: {message}")
 
 
 async def pair(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
