@@ -21,6 +21,8 @@ with instrumented():
         data_path,
         dial_message,
         link_path,
+        pair_join_path,
+        pair_open_path,
         parse_bearer,
         parse_control_message,
         parse_route,
@@ -35,8 +37,14 @@ def _check_route(text: str) -> None:
     route = parse_route(segments)
     if route is None:
         return
+    if route.kind is RouteKind.PAIR_JOIN:
+        assert route.agent == "" and route.nameplate is not None, route
+        assert pair_join_path(route.nameplate) == "/v1/" + text, (route, text)
+        return
     assert valid_name(route.agent), route
-    if route.kind is RouteKind.CONTROL:
+    if route.kind is RouteKind.PAIR_OPEN:
+        path = pair_open_path(route.agent)
+    elif route.kind is RouteKind.CONTROL:
         path = control_path(route.agent)
     elif route.kind is RouteKind.LINK:
         path = link_path(route.agent)

@@ -199,3 +199,14 @@ def check_eof(transport: Any) -> str:
     except OSError as e:
         return NOT_ENDED if e.errno in _TRY_LATER else RESET
     return NOT_ENDED if peeked else EOF
+
+
+def add_trust_root_to_context(root: IOpenSSLTrustRoot, context: Any) -> None:
+    """Load ROOT's CAs into a pyOpenSSL ``SSL.Context``, as Twisted does for a connection.
+
+    ``_addCACertsToContext`` is the one method of Twisted's ``IOpenSSLTrustRoot`` (exported
+    only from its private TLS module); ``nbbridge.transport`` calls it to find out whether the
+    platform's store holds any CA at all (it holds none with the cryptography wheels on a
+    stock Mac), so that it can fall back to certifi's bundle.
+    """
+    root._addCACertsToContext(context)

@@ -10,6 +10,9 @@ Routes (one port; token in the handshake header `Authorization: Bearer <token>`)
 * agent control: `control_path(name)`  -> `/v1/agents/{name}/control` (agent token)
 * client link:   `link_path(name)`     -> `/v1/agents/{name}/link` (client token)
 * agent data:    `data_path(name, id)` -> `/v1/agents/{name}/data/{link_id}` (agent token)
+* pairing, agent: `pair_open_path(name)` -> `/v1/agents/{name}/pair` (agent token): the relay
+  answers `{"op": "nameplate", "nameplate": N, "ttl": S}`, later `{"op": "joined"}`
+* pairing, client: `pair_join_path(n)` -> `/v1/pair/{n}` (no token: the code is the secret)
 
 On its control connection an agent receives text messages: `{"op": "registered", "name": N}`
 once, then `{"op": "dial", "link": ID, "url": URL}` for each client link (`parse_control_message`);
@@ -40,6 +43,10 @@ class CloseCode(enum.IntEnum):
     OFFLINE = 4404
     DIAL_TIMEOUT = 4408
     REPLACED = 4409
+    #: pairing: the nameplate is unknown, used or expired (or expired while waiting)
+    PAIR_CODE_GONE = 4410
+    #: pairing: the other side of the rendezvous left (its reason follows)
+    PAIR_PEER_LEFT = 4411
     TOO_BIG = 4413
     LIMIT = 4429
     RELAY_ERROR = 4500
@@ -84,21 +91,48 @@ def data_path(agent: str, link_id: str) -> str:
     return f"/v1/agents/{_checked_name(agent)}/data/{link_id}"
 
 
+#: Pairing nameplates are 1 to 999999 (the number before the words of a code).
+NAMEPLATE_MAX = 999_999
+
+
+def valid_nameplate(text: str) -> bool:
+    """Whether TEXT is a nameplate number as a route carries it (no sign, no leading 0)."""
+    return text.isascii() and text.isdigit() and text[0] != "0" and int(text) <= NAMEPLATE_MAX
+
+
+def pair_open_path(agent: str) -> str:
+    """Path where agent AGENT opens a pairing nameplate (agent token)."""
+    return f"/v1/agents/{_checked_name(agent)}/pair"
+
+
+def pair_join_path(nameplate: int) -> str:
+    """Path where the client joins the pairing at NAMEPLATE (no token)."""
+    if not 1 <= nameplate <= NAMEPLATE_MAX:
+        raise ValueError("invalid nameplate")
+    return f"/v1/pair/{nameplate}"
+
+
 class RouteKind(enum.Enum):
-    """The three kinds of WebSocket the relay serves."""
+    """The kinds of WebSocket the relay serves."""
 
     CONTROL = "control"
     LINK = "link"
     DATA = "data"
+    PAIR_OPEN = "pair-open"
+    PAIR_JOIN = "pair-join"
 
 
 @attrs.frozen
 class Route:
-    """A parsed WebSocket route: which kind, for which agent, and the link id of a data route."""
+    """A parsed WebSocket route: which kind, for which agent, and its id (link or nameplate).
+
+    AGENT is "" on the pairing join route, which names no agent (only a nameplate).
+    """
 
     kind: RouteKind
     agent: str
     link_id: str | None = None
+    nameplate: int | None = None
 
 
 def parse_route(segments: Sequence[str]) -> Route | None:
@@ -110,6 +144,10 @@ def parse_route(segments: Sequence[str]) -> Route | None:
             return Route(RouteKind.LINK, agent)
         case ["agents", agent, "data", link_id] if valid_name(agent) and valid_link_id(link_id):
             return Route(RouteKind.DATA, agent, link_id)
+        case ["agents", agent, "pair"] if valid_name(agent):
+            return Route(RouteKind.PAIR_OPEN, agent)
+        case ["pair", nameplate] if valid_nameplate(nameplate):
+            return Route(RouteKind.PAIR_JOIN, "", nameplate=int(nameplate))
         case _:
             return None
 
@@ -181,6 +219,53 @@ def _dial_url_names(url: str, link_id: str) -> bool:
         return False
     route = parse_route(segments[-4:])
     return route is not None and route.kind is RouteKind.DATA and route.link_id == link_id
+
+
+@attrs.frozen
+class Nameplate:
+    """Pairing: the relay opened NAMEPLATE for the agent, usable for TTL seconds."""
+
+    nameplate: int
+    ttl: float
+
+
+@attrs.frozen
+class Joined:
+    """Pairing: the client joined the agent's nameplate; the exchange may begin."""
+
+
+def nameplate_message(nameplate: int, ttl: float) -> str:
+    """The text message telling a pairing agent its nameplate."""
+    return json.dumps({"op": "nameplate", "nameplate": nameplate, "ttl": ttl})
+
+
+def joined_message() -> str:
+    """The text message telling a pairing agent that the client joined."""
+    return json.dumps({"op": "joined"})
+
+
+def parse_pair_message(payload: str | bytes) -> Nameplate | Joined:
+    """Parse a relay -> pairing agent text message; ValueError says what is wrong."""
+    try:
+        message = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"pairing message is not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ValueError("pairing message is not a JSON object")
+    op = message.get("op")
+    if op == "joined":
+        return Joined()
+    nameplate, ttl = message.get("nameplate"), message.get("ttl")
+    if (
+        op == "nameplate"
+        and type(nameplate) is int
+        and 1 <= nameplate <= NAMEPLATE_MAX
+        and isinstance(ttl, int | float)
+        and not isinstance(ttl, bool)
+        and ttl > 0
+    ):
+        return Nameplate(nameplate, float(ttl))
+    raise ValueError(f"unknown pairing message {op!r}")
 
 
 def bearer_headers(token: str) -> dict[str, str]:

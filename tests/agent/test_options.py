@@ -14,6 +14,16 @@ from nbbridge.demo import write_secret
 from nbbridge.mux import ChannelLimits
 
 
+def refused(test: TestCase, args: list[str]) -> str:
+    """The one line a refused start-up exits with (twistd prints it, status 1)."""
+    with test.assertRaises(SystemExit) as caught:
+        Options().parseOptions(args)
+    message = str(caught.exception.code)
+    test.assertTrue(message.startswith("nbbridge-agent: "), message)
+    test.assertNotIn("\n", message)
+    return message
+
+
 class AgentOptionsTests(TestCase):
     def setUp(self) -> None:
         self.dir = self.mktemp()
@@ -59,17 +69,21 @@ class AgentOptionsTests(TestCase):
 
     def test_missing_authorized_keys_file(self) -> None:
         os.remove(self.authorized)
-        e = self.assertRaises(
-            usage.UsageError, Options().parseOptions, self.args("--expose", "a=1")
-        )
-        self.assertIn("authorized_keys", str(e))
+        self.assertIn("authorized_keys", refused(self, self.args("--expose", "a=1")))
 
     def test_key_with_open_permissions(self) -> None:
         os.chmod(self.key, 0o644)
-        e = self.assertRaises(
-            usage.UsageError, Options().parseOptions, self.args("--expose", "a=1")
+        self.assertIn("chmod 600", refused(self, self.args("--expose", "a=1")))
+
+    def test_unreadable_ca_refused_at_start_up(self) -> None:
+        """One line at start-up, not a traceback from makeService (issue 15)."""
+        args = self.args("--expose", "a=1")
+        args[1] = "wss://relay.example.com"
+        missing = os.path.join(self.dir, "missing.pem")
+        self.assertEqual(
+            refused(self, [*args, "--ca", missing]),
+            f"nbbridge-agent: --ca {missing}: cannot read it: No such file or directory",
         )
-        self.assertIn("chmod 600", str(e))
 
     def test_channel_limits(self) -> None:
         """--max-channels and --max-pending-opens bound every session the agent makes."""
@@ -89,3 +103,43 @@ class AgentOptionsTests(TestCase):
                 self.args("--expose", "ssh=22", "--max-channels", bad),
             )
             self.assertIn("--max-channels must be a positive number", str(e))
+
+
+class AgentConfigTests(TestCase):
+    def test_config_file_alone(self) -> None:
+        """`twistd -n nbbridge-agent --config agent.toml`: files beside it, named relatively."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        write_private_key(os.path.join(directory, "agent.key"), PrivateKey.generate())
+        write_secret(Path(directory, "agent.token"), "s3cret")
+        client = PrivateKey.generate().public_key
+        with open(os.path.join(directory, "authorized_keys"), "w") as f:
+            f.write(f"{client.to_text()} laptop\n")
+        config = os.path.join(directory, "agent.toml")
+        with open(config, "w") as f:
+            f.write(
+                'relay = "ws://127.0.0.1:8765"\nname = "gpu"\nkey = "agent.key"\n'
+                'token_file = "agent.token"\nauthorized_keys = "authorized_keys"\n'
+                'expose = ["jupyter=8888", "ssh=22"]\nmax_pending_opens = 3\n'
+            )
+        self.patch(Options, "default_config", os.path.join(directory, "absent.toml"))
+        o = Options()
+        o.parseOptions(["--config", config])
+        self.assertEqual(o["authorized-keys"], os.path.join(directory, "authorized_keys"))
+        self.assertIn(client, o["authorized"])
+        agent = makeService(o)
+        self.assertEqual(sorted(agent.acceptor.services), ["jupyter", "ssh"])  # type: ignore[attr-defined]
+        self.assertEqual(agent.channel_limits.max_pending_accepts, 3)  # type: ignore[attr-defined]
+        # The systemd unit passes its credentials as flags: they win over the file.
+        other = os.path.join(directory, "other.key")
+        write_private_key(other, PrivateKey.generate())
+        o = Options()
+        o.parseOptions(["--config", config, "--key", other])
+        self.assertEqual(o["key"], other)
+
+    def test_default_config_is_etc(self) -> None:
+        self.assertEqual(Options.default_config, "/etc/nbbridge/agent.toml")
+        with open(self.mktemp(), "w") as f:
+            f.write('forward = ["x=1"]\n')
+        e = refused(self, ["--config", f.name])
+        self.assertIn("unknown key 'forward'", e)  # the client's key, not the agent's

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from nbbridge.crypto import PrivateKey
 from nbbridge.mux import MuxSession
-from nbbridge.transport import parse_relay_url
+from nbbridge.transport import RelayCertificateError, parse_relay_url
 from nbbridge.tunnel import AgentLink, LinkDown, LinkState
 from nbbridge.websocket import LinkClosed
 
@@ -60,6 +60,23 @@ class AgentLinkTests(TestCase):
         f = self.failureResultOf(d, LinkDown)
         self.assertIn("4404", str(f.value))
         self.assertIn("offline", str(f.value))
+
+    def test_refused_certificate_fails_at_once_and_keeps_retrying(self) -> None:
+        """A certificate refusal closes waiting connections at once, like a refused key.
+
+        Retrying soon will not cure it, so nobody should hang for 30 s; the link keeps
+        trying in the background all the same (the certificate may be renewed).
+        """
+        clock = Clock()
+        why = "TLS: certificate of relay.example.com is not signed by a trusted CA (use --ca FILE?)"
+        link = FakeLink(clock, [lambda: fail(RelayCertificateError(why))] * 10)
+        d = link.session()
+        clock.advance(0)  # waiters hear on a later turn
+        f = self.failureResultOf(d, LinkDown)
+        self.assertEqual(str(f.value), why)
+        clock.advance(2)
+        clock.advance(4)
+        self.assertGreaterEqual(len(link.attempts), 2)
 
     def test_link_comes_up_for_waiting_connections(self) -> None:
         clock = Clock()

@@ -107,21 +107,41 @@ class ClientOptionsTests(TestCase):
         o.parseOptions(args)
         self.assertEqual(o["token"], "from-env")
         self.patch(os, "environ", {})
-        e = self.assertRaises(usage.UsageError, Options().parseOptions, args)
-        self.assertIn("NBBRIDGE_TOKEN", str(e))
+        self.assertIn("NBBRIDGE_TOKEN", refused(self, args))
 
     def test_world_readable_token_refused(self) -> None:
         os.chmod(self.token, 0o644)
-        e = self.assertRaises(
-            usage.UsageError, Options().parseOptions, self.args("--forward", "j=1")
+        self.assertIn("chmod 600", refused(self, self.args("--forward", "j=1")))
+
+    def test_unreadable_ca_refused_at_start_up(self) -> None:
+        """A --ca that cannot be read ends the start-up with one line, not failed attempts."""
+        args = self.args("--forward", "j=1")
+        args[1] = "wss://relay.example.com"
+        missing = os.path.join(self.dir, "missing.pem")
+        self.assertEqual(
+            refused(self, [*args, "--ca", missing]),
+            f"nbbridge-client: --ca {missing}: cannot read it: No such file or directory",
         )
-        self.assertIn("chmod 600", str(e))
+        self.assertEqual(
+            refused(self, [*args, "--ca", self.dir]),
+            f"nbbridge-client: --ca {self.dir}: cannot read it: Is a directory",
+        )
 
     def test_bad_service_name(self) -> None:
         e = self.assertRaises(
             usage.UsageError, Options().parseOptions, self.args("--forward", "no spaces=80")
         )
         self.assertIn("--forward", str(e))
+
+
+def refused(test: TestCase, args: list[str], options: type[Options] = Options) -> str:
+    """The one line a refused start-up exits with (twistd prints it, status 1)."""
+    with test.assertRaises(SystemExit) as caught:
+        options().parseOptions(args)
+    message = str(caught.exception.code)
+    test.assertTrue(message.startswith(f"{options.command}: "), message)
+    test.assertNotIn("\n", message)
+    return message
 
 
 class CredentialsDirectoryTests(TestCase):

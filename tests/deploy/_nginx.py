@@ -30,8 +30,11 @@ from tests.transport._certs import write_server_files
 NGINX = "/usr/sbin/nginx"
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "nginx" / "nbbridge-relay.conf"
+#: The main-context part (worker_shutdown_timeout), included at the top as Debian would.
+SHIPPED_MAIN_CONF = REPO / "deploy" / "nginx" / "nbbridge-main.conf"
 
 _MAIN_CONF = """\
+include {main};
 daemon off;
 master_process off;
 pid {tmp}/nginx.pid;
@@ -124,7 +127,7 @@ async def start_nginx(testcase: TestCase, relay_port: int) -> tuple[int, str]:
     files = write_server_files(os.path.join(tmp, "tls"), ("localhost", "127.0.0.1"))
     main_conf = os.path.join(tmp, "nginx.conf")
     with open(main_conf, "w") as f:
-        f.write(_MAIN_CONF.format(tmp=tmp))
+        f.write(_MAIN_CONF.format(tmp=tmp, main=SHIPPED_MAIN_CONF))
     shipped = SHIPPED_CONF.read_text()
 
     # The port is picked free, then bound by nginx: another process may take it in between,

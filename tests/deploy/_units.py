@@ -63,10 +63,14 @@ def exec_start(unit: dict[str, dict[str, list[str]]]) -> list[str]:
     return shlex.split(line)
 
 
-def materialize(args: Sequence[str], root: str, specifiers: dict[str, str]) -> list[str]:
+def materialize(
+    args: Sequence[str], root: str, specifiers: dict[str, str], config: str = "relay-config"
+) -> list[str]:
     """``args`` with systemd specifiers resolved and every file flag pointing at a real file.
 
     :param specifiers: e.g. ``{"%d": ".../credentials", "%h": ".../home"}``.
+    :param config: what ``--config`` names: ``relay-config``, ``agent-config`` or
+        ``client-config`` (each written with the files it names beside it).
     """
     out: list[str] = []
     args = [_resolve(a, specifiers) for a in args]
@@ -76,7 +80,8 @@ def materialize(args: Sequence[str], root: str, specifiers: dict[str, str]) -> l
         out.append(flag)
         i += 1
         if flag in _FILE_FLAGS and i < len(args):
-            out.append(_write(args[i], root, _FILE_FLAGS[flag]))
+            kind = config if flag == "--config" else _FILE_FLAGS[flag]
+            out.append(_write(args[i], root, kind))
             i += 1
         elif flag == "--agent-key" and i < len(args):
             value = args[i]
@@ -114,9 +119,37 @@ def _write(path: str, root: str, kind: str) -> str:
             f'[clients.laptop]\ntoken_sha256 = "{digest}"\nagents = ["gpu"]\n',
             0o644,
         )
+    elif kind == "agent-config":
+        _write(os.path.join(os.path.dirname(target), "authorized_keys"), root, "authorized")
+        _write(os.path.join(os.path.dirname(target), "relay-ca.pem"), root, "ca")
+        _write_text(target, AGENT_TOML, 0o644)
+    elif kind == "client-config":
+        _write(os.path.join(os.path.dirname(target), "client.key"), root, "key")
+        _write(os.path.join(os.path.dirname(target), "client.token"), root, "token")
+        agent_key = PrivateKey.generate().public_key.to_text()
+        _write_text(target, CLIENT_TOML.format(agent_key=agent_key), 0o600)
     else:
         raise AssertionError(kind)
     return target
+
+
+#: /etc/nbbridge/agent.toml as docs/deploy.md writes it (key and token come from the unit).
+AGENT_TOML = """\
+relay = "wss://relay.example.com"
+name = "gpu"
+authorized_keys = "authorized_keys"
+ca = "relay-ca.pem"
+expose = ["jupyter=8888", "ssh=22"]
+"""
+#: ~/.config/nbbridge/client.toml as docs/deploy.md (and `nbbridge pair`) writes it.
+CLIENT_TOML = """\
+relay = "wss://relay.example.com"
+agent = "gpu"
+agent_key = "{agent_key}"
+key = "client.key"
+token_file = "client.token"
+forward = ["jupyter=8080", "ssh=2222"]
+"""
 
 
 def _write_text(path: str, text: str, mode: int) -> None:

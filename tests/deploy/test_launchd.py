@@ -32,9 +32,9 @@ class LaunchdPlistTests(SynchronousTestCase):
             argv[:4], ["/opt/nbbridge/bin/twistd", "--nodaemon", "--pidfile=", "nbbridge-client"]
         )
         flags = {a for a in argv[4:] if a.startswith("--")}
-        self.assertEqual(
-            flags, {"--relay", "--agent", "--agent-key", "--token-file", "--key", "--forward"}
-        )
+        # Everything else is in ~/.config/nbbridge/client.toml, which `nbbridge pair` writes.
+        self.assertEqual(flags, {"--config"})
+        self.assertEqual(argv[5], "/Users/USERNAME/.config/nbbridge/client.toml")
         # Paths are absolute: launchd expands neither ~ nor $HOME.
         self.assertFalse([a for a in argv if "~" in a or "$" in a])
 
@@ -43,7 +43,7 @@ class LaunchdPlistTests(SynchronousTestCase):
 
         root = os.path.abspath(self.mktemp())
         argv = self.plist["ProgramArguments"]
-        args = materialize(plugin_args(argv, "nbbridge-client"), root, {})
+        args = materialize(plugin_args(argv, "nbbridge-client"), root, {}, "client-config")
         options = Options()
         options.parseOptions(args)
         self.assertEqual(options["relay"], "wss://relay.example.com")

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nbbridge.transport import client_endpoint, parse_relay_url, websocket_client_factory
 from tests.transport._servers import LINK_ROUTE, EchoClientProtocol, echo_site, http_get, serve
 
-from ._nginx import SHIPPED_CONF, adapt_config, start_nginx
+from ._nginx import SHIPPED_CONF, SHIPPED_MAIN_CONF, adapt_config, start_nginx
 
 TOKEN = "nginx-test-token"
 
@@ -94,6 +94,20 @@ class ShippedConfigTests(SynchronousTestCase):
             r"proxy_request_buffering off;",
         ):
             self.assertRegex(self.directives, directive)
+
+    def test_old_workers_let_go_of_tunnels_after_a_reload(self) -> None:
+        """worker_shutdown_timeout is main-context: in its own file, which nginx runs above."""
+        main = "\n".join(
+            line.split("#", 1)[0] for line in SHIPPED_MAIN_CONF.read_text().splitlines()
+        )
+        self.assertRegex(main, r"(?m)^worker_shutdown_timeout \d+[sm];$")
+        self.assertEqual(main.split(), ["worker_shutdown_timeout", main.split()[1]])
+        self.assertNotIn("worker_shutdown_timeout", self.directives)
+        self.assertIn("nbbridge-main.conf", self.text)
+
+    def test_no_web_front_that_does_not_exist(self) -> None:
+        self.assertNotIn("datalab", self.text)
+        self.assertNotIn("client_max_body_size", self.directives)
 
     def test_adapt_config_replaces_each_placeholder_once(self) -> None:
         adapted = adapt_config(self.text, listen_port=1, relay_port=2, cert="/c", key="/k")

@@ -128,12 +128,10 @@ class DirectiveTests(SynchronousTestCase):
     def test_contract_flags(self) -> None:
         expected = {
             "nbbridge-relay.service": {"--listen", "--config", "--admin-token-file"},
-            "nbbridge-agent.service": {
-                "--relay", "--name", "--token-file", "--key", "--authorized-keys", "--expose",
-            },
-            "nbbridge-client.service": {
-                "--relay", "--agent", "--agent-key", "--token-file", "--key", "--forward",
-            },
+            # The rest is in agent.toml; the secrets come from %d, and override the file.
+            "nbbridge-agent.service": {"--config", "--token-file", "--key"},
+            # All in ~/.config/nbbridge/client.toml, which `nbbridge pair` writes.
+            "nbbridge-client.service": {"--config"},
         }  # fmt: skip
         for name, flags in expected.items():
             args = exec_start(read_unit(SYSTEMD / name))[4:]
@@ -165,8 +163,7 @@ class DirectiveTests(SynchronousTestCase):
         self.assertEqual(unit["Service"]["Restart"], ["always"])
         self.assertNotIn("User", unit["Service"])
         args = exec_start(unit)
-        for flag in ("--token-file", "--key"):
-            self.assertTrue(args[args.index(flag) + 1].startswith("%h/"), flag)
+        self.assertEqual(args[args.index("--config") + 1], "%h/.config/nbbridge/client.toml")
 
 
 class CommandLineTests(SynchronousTestCase):
@@ -177,7 +174,8 @@ class CommandLineTests(SynchronousTestCase):
         root = os.path.abspath(self.mktemp())
         specifiers = {"%d": f"{root}/run/credentials", "%h": f"{root}/home/user"}
         argv = exec_start(read_unit(SYSTEMD / name))
-        return [argv[0], *materialize(argv[1:], root, specifiers)]
+        config = name.removeprefix("nbbridge-").removesuffix(".service") + "-config"
+        return [argv[0], *materialize(argv[1:], root, specifiers, config)]
 
     def _parse(self, name: str, plugin: str, options: type[usage.Options]) -> usage.Options:
         argv = self._args(name)
@@ -202,9 +200,17 @@ class CommandLineTests(SynchronousTestCase):
         options = self._parse("nbbridge-agent.service", "nbbridge-agent", Options)
         self.assertEqual(options["relay"], "wss://relay.example.com")
         self.assertEqual(options["name"], "gpu")
+        # the secrets from the credentials directory, the rest from /etc/nbbridge
+        self.assertIn("/run/credentials/", options["key"])
+        self.assertTrue(options["authorized-keys"].endswith("/etc/nbbridge/authorized_keys"))
+        self.assertTrue(options["ca"].endswith("/etc/nbbridge/relay-ca.pem"))
+        self.assertEqual([s for s, _ in options["expose"]], ["jupyter", "ssh"])
 
     def test_client(self) -> None:
         from nbbridge.client.tap import Options
 
         options = self._parse("nbbridge-client.service", "nbbridge-client", Options)
         self.assertEqual(options["agent"], "gpu")
+        self.assertTrue(options["key"].endswith("/home/user/.config/nbbridge/client.key"))
+        # 8080, not Jupyter's own 8888, which a laptop often runs itself
+        self.assertEqual(options["forward"][0][1], "tcp:8080:interface=127.0.0.1:backlog=1024")

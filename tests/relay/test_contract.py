@@ -160,3 +160,47 @@ class CloseMappingTests(unittest.TestCase):
         cut = truncate_reason(long)
         self.assertLessEqual(len(cut), 123)
         self.assertEqual(cut.decode("utf-8"), "é" * 61)
+
+
+class PairingContractTests(unittest.TestCase):
+    def test_routes(self) -> None:
+        from nbbridge.contract import pair_join_path, pair_open_path
+
+        for path, route in [
+            (pair_open_path("gpu"), Route(RouteKind.PAIR_OPEN, "gpu")),
+            (pair_join_path(7), Route(RouteKind.PAIR_JOIN, "", nameplate=7)),
+            (pair_join_path(999_999), Route(RouteKind.PAIR_JOIN, "", nameplate=999_999)),
+        ]:
+            self.assertEqual(parse_route(path.split("/")[2:]), route)
+        for segments in (
+            ["pair", "0"],
+            ["pair", "07"],
+            ["pair", "1000000"],
+            ["pair", "-1"],
+            ["pair", "٣"],
+            ["pair"],
+            ["agents", "../x", "pair"],
+        ):
+            self.assertIsNone(parse_route(segments), segments)
+        self.assertRaises(ValueError, pair_join_path, 0)
+
+    def test_messages(self) -> None:
+        from nbbridge.contract import (
+            Joined,
+            Nameplate,
+            joined_message,
+            nameplate_message,
+            parse_pair_message,
+        )
+
+        self.assertEqual(parse_pair_message(nameplate_message(7, 300)), Nameplate(7, 300.0))
+        self.assertEqual(parse_pair_message(joined_message()), Joined())
+        for bad in (
+            '{"op": "nameplate", "nameplate": 0, "ttl": 1}',
+            '{"op": "nameplate", "nameplate": true, "ttl": 1}',
+            '{"op": "nameplate", "nameplate": 3, "ttl": -1}',
+            "[]",
+            "x",
+            '{"op": 1}',
+        ):
+            self.assertRaises(ValueError, parse_pair_message, bad)

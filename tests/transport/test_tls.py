@@ -18,12 +18,16 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nbbridge.transport import (
+    RelayCertificateError,
     RelayConnectError,
+    _trust,
+    choose_trust_root,
     client_endpoint,
     explain_connect_error,
     load_trust_root,
@@ -111,6 +115,56 @@ class TLSEndpointTests(TestCase):
             "TLS: certificate of localhost (issued by 'nbbridge test CA') is not signed by "
             "a trusted CA (use --ca FILE?)",
         )
+
+    async def test_certificate_refusals_are_told_apart_from_outages(self) -> None:
+        """An untrusted, expired or misnamed certificate is a RelayCertificateError.
+
+        The tunnel fails waiting connections at once on those (retrying soon will not cure
+        them), and only on those: a refused TCP connection or a non-TLS port is an outage.
+        """
+        files, port = await self._server(names=("relay.example.test",))
+        other_ca = write_ca(CA.create("some other CA"), os.path.join(self.dir, "other.pem"))
+        expired_dir = os.path.join(self.dir, "expired")
+        os.makedirs(expired_dir)
+        expired = write_server_files(expired_dir, ("localhost",), expired=True)
+        expired_port = await serve(self, expired.ssl_endpoint(), Factory.forProtocol(Echo))
+        for url, ca in [
+            (f"wss://localhost:{port}", files.ca),  # a certificate for another host
+            (f"wss://localhost:{port}", other_ca),  # signed by a CA we do not trust
+            (f"wss://localhost:{expired_port}", expired.ca),  # expired
+        ]:
+            relay = parse_relay_url(url, insecure=False)
+            await self.assertFailure(
+                client_endpoint(reactor, relay, ca).connect(Factory.forProtocol(Collector)),
+                RelayCertificateError,
+            )
+        plain = await serve(self, "tcp:0:interface=127.0.0.1", Factory.forProtocol(_Hello))
+        refused = await _free_port()
+        for url in (f"wss://127.0.0.1:{plain}", f"wss://127.0.0.1:{refused}"):
+            relay = parse_relay_url(url, insecure=False)
+            f = await self.assertFailure(
+                client_endpoint(reactor, relay, files.ca).connect(Factory.forProtocol(Collector)),
+                RelayConnectError,
+            )
+            self.assertNotIsInstance(f, RelayCertificateError)
+
+    async def test_empty_system_store_falls_back_to_certifi(self) -> None:
+        """Without --ca, a system store that trusts nothing (a stock Mac) means certifi's CAs.
+
+        What the platform store loads is injected: here it knows no CA at all, and the
+        "certifi bundle" is the test CA, so the test server is trusted only through the
+        fallback; with the system store of this machine it is not.
+        """
+        files, port = await self._server()
+        relay = parse_relay_url(f"wss://localhost:{port}", insecure=False)
+        empty = trustRootFromCertificates([])
+        self.patch(_trust, "default_trust_root", lambda: choose_trust_root(empty, files.ca))
+        protocol = await client_endpoint(reactor, relay, None).connect(
+            Factory.forProtocol(Collector)
+        )
+        self.assertTrue(protocol.made)  # type: ignore[attr-defined]
+        protocol.transport.loseConnection()  # type: ignore[attr-defined]
+        await protocol.lost  # type: ignore[attr-defined]
 
     async def test_expired_certificate(self) -> None:
         files, port = await self._server(expired=True)
@@ -223,6 +277,20 @@ class TrustRootTests(SynchronousTestCase):
             f.write("hello\n")
         e = self.assertRaises(ValueError, load_trust_root, path)
         self.assertEqual(str(e), f"--ca {path}: no PEM certificate found in it")
+
+    def test_a_store_that_trusts_some_root_is_kept(self) -> None:
+        """The system store is used as it is when it trusts any root of the bundle."""
+        path = write_ca(CA.create("one"), self.mktemp())
+        with open(path, "rb") as f:
+            knows_it = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+        self.assertIs(choose_trust_root(knows_it, path), knows_it)
+        other = write_ca(CA.create("two"), self.mktemp())
+        fallback = choose_trust_root(knows_it, other)
+        self.assertIsNot(fallback, knows_it)
+
+    def test_default_is_decided_once(self) -> None:
+        self.assertIs(_trust.default_trust_root(), load_trust_root(None))
+        self.assertIs(load_trust_root(None), load_trust_root(None))
 
     def test_several_cas_in_one_file(self) -> None:
         path = self.mktemp()

@@ -30,10 +30,15 @@ class Options(TunnelOptions):
     longdesc = (
         "Keeps a connection to the relay and, for each authorized client, opens channels to "
         "the exposed services only (--expose jupyter=tcp:127.0.0.1:8888; --expose ssh=22). "
-        "The token comes from --token-file or $NBBRIDGE_TOKEN."
+        "The token comes from --token-file or $NBBRIDGE_TOKEN. Every flag may instead be set "
+        "in a TOML file (--config, default /etc/nbbridge/agent.toml if it exists): name = "
+        '"gpu", expose = ["jupyter=8888"], ...; flags given here override it.'
     )
+    command = "nbbridge-agent"
+    default_config = "/etc/nbbridge/agent.toml"
     required = ("name", "authorized-keys")
     mapping_flag = "expose"
+    path_flags = (*TunnelOptions.path_flags, "authorized-keys")
     complete_endpoint = staticmethod(client_endpoint_string)
     optParameters = [
         ["name", None, None, "the name this agent registers under"],

@@ -21,6 +21,7 @@ from nbbridge.crypto import (
 )
 
 from ._errors import UserError
+from ._pair import add_pair_command
 from ._service import add_service_commands
 from ._status import add_status_command
 
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_token)
     add_service_commands(commands)
     add_status_command(commands)
+    add_pair_command(commands)
     return parser
 
 

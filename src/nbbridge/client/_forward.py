@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -39,6 +41,23 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def cannot_listen(service: str, error: BaseException | None) -> str:
+    """One line saying why the forward for SERVICE cannot listen, and what to do."""
+    if isinstance(error, CannotListenError):
+        host = error.interface or "*"
+        where = f"[{host}]:{error.port}" if ":" in host else f"{host}:{error.port}"
+        cause = error.socketError
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            hint = " (a Jupyter of this machine?)" if service in _WEB_SERVICES else ""
+            return (
+                f"cannot listen on {where} for the {service} forward: another program uses "
+                f"that port{hint}; pick another port (--forward {service}=PORT) or stop it"
+            )
+        reason = getattr(cause, "strerror", None) or str(cause)
+        return f"cannot listen on {where} for the {service} forward: {reason}"
+    return f"cannot listen for the {service} forward: {error}"
+
+
 class ForwardService(Service):
     """Listens on ``endpoint`` and forwards each connection to ``service`` on the agent."""
 
@@ -65,8 +84,17 @@ class ForwardService(Service):
         return self._bound.when_fired()
 
     def startService(self) -> None:
+        """Listen; a forward that cannot listen ends the client with one line saying why.
+
+        A client running without one of its forwards looks healthy while the user's
+        connections go to whatever holds the port (often a local Jupyter on 8888). TCP and
+        UNIX listeners fail at once, so a taken port stops ``twistd`` before it runs, with
+        ``nbbridge-client: ...`` and exit status 1; a listener that fails later is logged
+        the same way and stops the reactor.
+        """
         super().startService()
         d = self._endpoint.listen(self._factory)
+        refusal: list[str] = []
 
         def listening(port: IListeningPort) -> None:
             self.port = port
@@ -74,12 +102,17 @@ class ForwardService(Service):
             self._bound.fire(port)
 
         def failed(failure: Any) -> None:
-            self._log.failure("cannot listen for {service}", failure, service=self.service_name)
+            why = cannot_listen(self.service_name, failure.value)
             self._bound.fire(failure)
-            # A client that cannot listen is useless: end the process, with the reason logged.
-            self._reactor.stop()
+            if self._reactor.running:
+                self._log.critical("{why}", why=why)
+                self._reactor.stop()
+            else:
+                refusal.append(why)
 
         d.addCallbacks(listening, failed)
+        if refusal:
+            raise SystemExit(f"nbbridge-client: {refusal[0]}")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

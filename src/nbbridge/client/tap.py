@@ -24,8 +24,12 @@ class Options(TunnelOptions):
     longdesc = (
         "Listens on each LISTEN endpoint (a bare port means 127.0.0.1:PORT) and carries every "
         "connection, end-to-end encrypted, to SERVICE on the agent. The token comes from "
-        "--token-file or $NBBRIDGE_TOKEN."
+        "--token-file or $NBBRIDGE_TOKEN. Every flag may instead be set in a TOML file "
+        "(--config, default ~/.config/nbbridge/client.toml if it exists): agent_key = "
+        '"nbb1...", forward = ["jupyter=8080"], ...; flags given here override it.'
     )
+    command = "nbbridge-client"
+    default_config = "~/.config/nbbridge/client.toml"
     required = ("agent", "agent-key")
     mapping_flag = "forward"
 
@@ -56,7 +60,7 @@ class Options(TunnelOptions):
         """SERVICE=LISTEN: listen on LISTEN, forward to SERVICE (repeatable)"""
         self.add_mapping(value)
 
-    def load(self) -> None:
+    def parse(self) -> None:
         self["agent_public_key"] = parse_public_key(self["agent-key"])
         self["status"] = check_status_endpoint(self["status"])
 

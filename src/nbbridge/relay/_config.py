@@ -78,6 +78,14 @@ class Limits:
     per_ip_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
     #: GET /status requests per second, all clients together (a burst of as many is allowed)
     status_per_second: float = 20.0
+    #: pairing (`nbbridge pair`): seconds a code stays valid unused, seconds the two sides
+    #: then have to finish, codes open at once per agent, attempts (opens and joins) per
+    #: minute from one address and in all
+    pairing_code_ttl: float = 300.0
+    pairing_timeout: float = 60.0
+    pairings_per_agent: int = 4
+    pairings_per_ip_per_minute: int = 10
+    pairings_per_minute: int = 60
 
     def connection_limits(self) -> ConnectionLimits:
         """What the relay's connection tracker enforces before a handshake is finished."""
@@ -100,6 +108,9 @@ _INT_LIMITS = {
     "pending_dials_per_agent": (1, 100_000),
     "max_message_size": (1024, 64 * 1024 * 1024),
     "pending_buffer": (1024, 64 * 1024 * 1024),
+    "pairings_per_agent": (1, 1000),
+    "pairings_per_ip_per_minute": (1, 1_000_000),
+    "pairings_per_minute": (1, 1_000_000),
 }
 _FLOAT_LIMITS = {
     "dial_timeout": (0.1, 3600.0),
@@ -107,6 +118,8 @@ _FLOAT_LIMITS = {
     "ping_timeout": (1.0, 3600.0),
     "handshake_timeout": (0.1, 300.0),
     "status_per_second": (0.1, 1_000_000.0),
+    "pairing_code_ttl": (0.1, 3600.0),
+    "pairing_timeout": (0.1, 3600.0),
 }
 _ADDRESS_LISTS = ("per_ip_exempt",)
 

@@ -29,6 +29,7 @@ from nbbridge.websocket import RefusalLog
 from .. import __version__
 from ._auth import Authority, Refusal
 from ._config import Limits
+from ._pairing import Rendezvous
 
 
 class ControlPeer(Protocol):
@@ -130,6 +131,8 @@ class Relay:
         self.registry = registry if registry is not None else AgentRegistry(MemoryStore(clock))
         #: how this relay names itself in the registry: its URL, or an id of this process
         self.where = self.advertise_url or f"relay:{secrets.token_hex(8)}"
+        #: pairing rendezvous (`nbbridge pair`): nameplates in the same store
+        self.pairing = Rendezvous(authority, limits, clock, self.registry.store, self.where)
         self._agents: dict[str, AgentState] = {}
         self._links = 0
         self._bytes = 0

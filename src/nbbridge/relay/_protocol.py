@@ -21,6 +21,7 @@ from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, Message
 from ._auth import Refusal
 from ._config import Limits
 from ._core import PendingLink, Relay
+from ._pairing import MAX_PAIR_MESSAGE
 from ._splice import PEER_FULL, Splice
 
 _CONTROL_MAX_MESSAGE = 64 * 1024
@@ -199,11 +200,55 @@ class DataProtocol(_SpliceProtocol):
         client.join(self.splice)
 
 
+class _PairProtocol(RelayWebSocket):
+    """Either side of a pairing rendezvous: its messages are carried, unread, to the other."""
+
+    gone = False
+
+    @property
+    def _address(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(peer, "host", "peer"))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.relay.pairing.carry(self, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.gone = True
+        self.relay.pairing.left(self, code, reason)
+
+    def send_text(self, text: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    def send_binary(self, data: bytes) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=True)
+
+
+class PairOpenProtocol(_PairProtocol):
+    """An agent (with its agent token) opens a pairing nameplate and waits for the client."""
+
+    def onOpen(self) -> None:
+        self.relay.pairing.open(self.route.agent, self.take_token(), self, self._address)
+
+
+class PairJoinProtocol(_PairProtocol):
+    """A client joins a nameplate by number (no token: the code is its secret)."""
+
+    def onOpen(self) -> None:
+        assert self.route.nameplate is not None
+        self.relay.pairing.join(self.route.nameplate, self, self._address)
+
+
 _PROTOCOLS: dict[RouteKind, type[RelayWebSocket]] = {
     RouteKind.CONTROL: ControlProtocol,
     RouteKind.LINK: LinkProtocol,
     RouteKind.DATA: DataProtocol,
+    RouteKind.PAIR_OPEN: PairOpenProtocol,
+    RouteKind.PAIR_JOIN: PairJoinProtocol,
 }
+_PAIRING = (RouteKind.PAIR_OPEN, RouteKind.PAIR_JOIN)
 
 
 class RelayWebSocketFactory(WebSocketServerFactory):
@@ -215,6 +260,8 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         self.protocol = _PROTOCOLS[kind]
         limits: Limits = relay.limits
         size = _CONTROL_MAX_MESSAGE if kind is RouteKind.CONTROL else limits.max_message_size
+        if kind in _PAIRING:
+            size = MAX_PAIR_MESSAGE
         # The relay never decodes what a link carries, not even to check its UTF-8.
         set_server_options(
             self,

@@ -5,15 +5,18 @@
 * :func:`parse_relay_url` -> :class:`RelayURL` — ``ws://``/``wss://`` relay addresses, with
   ``ws://`` refused off loopback unless ``--insecure``.
 * :func:`client_endpoint` — an ``IStreamClientEndpoint`` to the relay, TLS-verified with
-  service-identity against the system CAs or ``--ca FILE``; failures are
-  :class:`RelayConnectError` with a plain-words reason, see :func:`explain_connect_error`.
+  service-identity against the system CAs (certifi's bundle where the system store is empty
+  to OpenSSL, as on a stock Mac: :func:`default_trust_root`) or ``--ca FILE``; failures are
+  :class:`RelayConnectError` with a plain-words reason, see :func:`explain_connect_error`
+  (:class:`RelayCertificateError` when the certificate was refused).
 * :func:`websocket_client_factory`, :func:`websocket_options` — Autobahn settings for
   control, link and data connections (2 MiB messages, 20 s pings).
 """
 
 from ._endpoints import check_service_name, endpoint_string, parse_mapping
-from ._explain import RelayConnectError, explain_connect_error
-from ._tls import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, client_endpoint, load_trust_root
+from ._explain import RelayCertificateError, RelayConnectError, explain_connect_error
+from ._tls import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, client_endpoint
+from ._trust import choose_trust_root, default_trust_root, load_trust_root
 from ._url import RelayURL, is_loopback_host, parse_relay_url
 from ._websocket import (
     MAX_MESSAGE_SIZE,
@@ -31,10 +34,13 @@ __all__ = [
     "OPEN_HANDSHAKE_TIMEOUT",
     "PING_INTERVAL",
     "PING_TIMEOUT",
+    "RelayCertificateError",
     "RelayConnectError",
     "RelayURL",
     "check_service_name",
+    "choose_trust_root",
     "client_endpoint",
+    "default_trust_root",
     "endpoint_string",
     "explain_connect_error",
     "is_loopback_host",

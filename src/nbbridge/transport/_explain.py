@@ -36,6 +36,27 @@ class RelayConnectError(error.ConnectError):
         return self.message
 
 
+class RelayCertificateError(RelayConnectError):
+    """The relay's certificate was refused (untrusted, expired, or for another host).
+
+    Unlike an outage, retrying right away will not cure it: whoever waits for the connection
+    should hear at once, while a daemon may keep retrying in the background (the certificate
+    may be renewed, or the clock set right).
+    """
+
+
+def refusal(value: BaseException, context: ConnectContext | None) -> RelayConnectError:
+    """VALUE explained, as a :class:`RelayCertificateError` if it refuses the certificate."""
+    if isinstance(value, RelayConnectError):
+        return value
+    message = describe(value, context)
+    if isinstance(value, VerificationError) or (
+        isinstance(value, SSL.Error) and "certificate verify failed" in openssl_reasons(value)
+    ):
+        return RelayCertificateError(message)
+    return RelayConnectError(message)
+
+
 @attrs.frozen
 class ConnectContext:
     """What the caller knows about a connection attempt, to name things in messages.

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
@@ -32,17 +31,13 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.ssl import (
-    Certificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._explain import ConnectContext, RelayConnectError, describe
+from ._explain import ConnectContext, RelayConnectError, refusal
+from ._trust import load_trust_root
 from ._url import RelayURL
 
 #: Twisted 26.4 added ``wrapClientTLS(clock=)``, the clock its TLS layer batches small writes
@@ -50,34 +45,10 @@ from ._url import RelayURL
 #: ``client_endpoint``'s everywhere but in a test that injects another.
 _TLS_TAKES_CLOCK = "clock" in inspect.signature(wrapClientTLS).parameters
 
-if TYPE_CHECKING:
-    from nbbridge._internals import IOpenSSLTrustRoot
-
 #: Seconds for the TCP connect to each resolved address.
 CONNECT_TIMEOUT = 15.0
 #: Seconds from TCP connected to TLS verified; a silent server must not hang an agent forever.
 HANDSHAKE_TIMEOUT = 15.0
-
-
-def load_trust_root(ca_file: str | None) -> IOpenSSLTrustRoot:
-    """The CAs to trust: the system store, or only the certificates in a PEM file (``--ca``).
-
-    :raises ValueError: the file cannot be read or holds no PEM certificate; checked at start-up
-        so a typo in ``--ca`` is reported once, clearly, rather than as failed handshakes.
-    """
-    if ca_file is None:
-        return platformTrust()  # type: ignore[no-untyped-call, unused-ignore, no-any-return]
-    try:
-        with open(ca_file, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"--ca {ca_file}: cannot read it: {e.strerror}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"--ca {ca_file}: no PEM certificate found in it") from None
-    roots = [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certs]
-    return trustRootFromCertificates(roots)  # type: ignore[no-untyped-call, unused-ignore, no-any-return]
 
 
 def client_endpoint(
@@ -174,7 +145,7 @@ class _RelayEndpoint:
             return failure
         if not isinstance(value, RelayConnectError):
             assert value is not None
-            value = RelayConnectError(describe(value, self._context(None, None)))
+            value = refusal(value, self._context(None, None))
         if self._log_failures:
             self._log.warn("cannot connect to {relay}: {why}", relay=str(self._relay), why=value)
         return Failure(value)  # type: ignore[no-untyped-call, unused-ignore]
@@ -266,16 +237,18 @@ class _HandshakeGate(Protocol):
         # Only reached before the handshake completed: afterwards the app is wrapped instead.
         self._stop_timer()
         if not self.verified.called:
-            self.verified.errback(RelayConnectError(self._why(reason)))
+            self.verified.errback(self._refusal(reason))
 
-    def _why(self, reason: Failure) -> str:
+    def _refusal(self, reason: Failure) -> RelayConnectError:
         context = self._context(self._peer(), self._certificate())
         if self._timed_out:
-            return f"TLS handshake with {context.host}:{context.port} timed out"
+            return RelayConnectError(f"TLS handshake with {context.host}:{context.port} timed out")
         value = reason.value
         if value is None or isinstance(value, error.ConnectionDone | error.ConnectionLost):
-            return f"{context.host}:{context.port} closed the connection during the TLS handshake"
-        return describe(value, context)
+            return RelayConnectError(
+                f"{context.host}:{context.port} closed the connection during the TLS handshake"
+            )
+        return refusal(value, context)
 
     def _peer(self) -> str | None:
         address = self._tls.getPeer()

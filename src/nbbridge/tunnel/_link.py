@@ -3,8 +3,9 @@
 The link is opened on first use and, once used, kept up: after a loss it is re-opened with
 exponential backoff (with jitter, capped at 60 s). Connections that need it while it is down
 wait for it, up to ``wait`` seconds; a refusal that waiting cannot cure (the agent is offline,
-our token or key is refused, the agent's key is not the pinned one) fails them at once, so
-the user's program sees a prompt close rather than a hang.
+our token or key is refused, the agent's key is not the pinned one, the relay's certificate is
+refused) fails them at once, so the user's program sees a prompt close rather than a hang. The
+link keeps retrying in the background all the same.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
 from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, ChannelEndpoint, ChannelLimits, MuxSession
 from nbbridge.transport import (
+    RelayCertificateError,
     RelayURL,
     client_endpoint,
     explain_connect_error,
@@ -64,7 +66,7 @@ class LinkState(enum.Enum):
 
 def _is_final(error: BaseException) -> bool:
     """A refusal that retrying right away will not cure."""
-    if isinstance(error, HandshakeError):
+    if isinstance(error, HandshakeError | RelayCertificateError):
         return True
     if isinstance(error, LinkClosed):
         return error.code is not None and 4400 <= error.code < 4500
