@@ -19,7 +19,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nbbridge.crypto import parse_public_key
+from nbbridge.crypto import PrivateKey, parse_public_key, write_private_key
+from nbbridge.demo import write_secret
 
 from ._units import REPO
 
@@ -127,3 +128,44 @@ class GuideTests(SynchronousTestCase):
         self.assertEqual(client["token"], tokens["laptop"])
         self.assertEqual(client["agent_public_key"].to_text(), agent_key.strip())
         self.assertEqual(client["relay"], "wss://relay.example.com")
+
+
+class ReadmeConfigTests(SynchronousTestCase):
+    """The README's example config files, with the files they name beside them, are accepted."""
+
+    def example(self, first_line: str) -> str:
+        blocks = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+        (found,) = [b for b in blocks if b.startswith(first_line)]
+        return found
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+
+    def test_client_example(self) -> None:
+        from nbbridge.client.tap import Options
+
+        write_private_key(os.path.join(self.dir, "client.key"), PrivateKey.generate())
+        write_secret(Path(self.dir, "client.token"), "t")
+        agent_key = PrivateKey.generate().public_key.to_text()
+        text = self.example("# ~/.config/nbbridge/client.toml")
+        config = Path(self.dir, "client.toml")
+        config.write_text(text.replace("nbb1...the-agent's-public-key...", agent_key))
+        self.patch(Options, "default_config", str(config))
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual([s for s, _ in options["forward"]], ["jupyter", "ssh"])
+
+    def test_agent_example(self) -> None:
+        from nbbridge.agent.tap import Options
+
+        write_private_key(os.path.join(self.dir, "agent.key"), PrivateKey.generate())
+        write_secret(Path(self.dir, "agent.token"), "t")
+        Path(self.dir, "authorized_keys").write_text(
+            PrivateKey.generate().public_key.to_text() + " laptop\n"
+        )
+        config = Path(self.dir, "agent.toml")
+        config.write_text(self.example("# /etc/nbbridge/agent.toml"))
+        options = Options()
+        options.parseOptions(["--config", str(config)])
+        self.assertEqual([s for s, _ in options["expose"]], ["jupyter", "ssh"])
