@@ -11,7 +11,7 @@ from ._errors import (
     TooManyChannels,
     UnknownService,
 )
-from ._forwarding import ForwardingFactory, SpliceFactory, TcpSide
+from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
 from ._session import (
     DEFAULT_CHANNEL_LIMITS,
     DEFAULT_MAX_WINDOW,
@@ -31,6 +31,7 @@ __all__ = [
     "ChannelLimits",
     "ChannelOpenFailed",
     "ChannelReset",
+    "ForwardCounters",
     "ForwardingFactory",
     "MuxSession",
     "OpenRequest",
