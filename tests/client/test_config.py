@@ -63,7 +63,7 @@ class ClientConfigTests(TestCase):
         service = makeService(o)
         self.assertEqual(
             sorted(type(s).__name__ for s in service if type(s).__name__ != "IdleTrim"),
-            ["AgentLink", "ForwardService", "ForwardService"],
+            ["AgentLink", "ForwardService", "ForwardService", "StatusService"],
         )
 
     def test_flags_override_the_file_and_lists_replace_it(self) -> None:

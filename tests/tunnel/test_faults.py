@@ -241,7 +241,13 @@ class RelayRestartTests(FaultTestCase):
 
 
 class _StopRecorder:
-    """The reactor given to makeService: the real one, except that stop() is only counted."""
+    """The reactor given to makeService: the real one, except that stop() is only counted.
+
+    It says it is running, as after twistd's start-up: before that, a forward that cannot
+    listen ends the start-up with SystemExit instead (tests/client/test_startup.py).
+    """
+
+    running = True
 
     def __init__(self, real: Any) -> None:
         self._real = real

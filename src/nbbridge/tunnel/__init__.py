@@ -8,7 +8,8 @@ encrypted channels. The link opens on first use, is kept up with backoff, and fa
 connections with :class:`LinkDown` and a reason.
 
 :class:`TunnelOptions` are the command-line flags every such daemon shares (``--relay``,
-``--token-file``, ``--key``, ``--ca``, ``--insecure``).
+``--token-file``, ``--key``, ``--ca``, ``--insecure``), and the TOML config file (``--config``)
+that may hold any of them.
 
 The other end, the agent, accepts channels through a ``nbbridge.mux.Acceptor`` (a fixed
 ``ServiceMap`` by default; anything that maps an open request to an endpoint will do).
