@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict --untyped-calls-exclude twisted -p nbbridge.wire -p nbbridge.mux -p nbbridge.crypto
+	$(BIN)/mypy --strict --untyped-calls-exclude twisted -p nbbridge.wire -p nbbridge.mux -p nbbridge.crypto -p nbbridge.store
 
 trial: $(STAMP)
 	PYTHONPATH=. $(BIN)/trial $(TRIAL_ARGS) tests

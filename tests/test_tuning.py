@@ -9,9 +9,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from nbbridge._internals import write_now
 
@@ -30,8 +34,28 @@ class _Sink(Protocol):
         self.done.callback(bytes(self.data))
 
 
+@implementer(IHalfCloseableProtocol)
+class _Ending(Protocol):
+    """Records whether it saw an EOF, and how its connection ended."""
+
+    def __init__(self) -> None:
+        self.eof = False
+        #: fires with the exception the connection ended with
+        self.lost: Deferred[BaseException | None] = Deferred()
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.callback(reason.value)
+
+
 class WriteNowTests(TestCase):
-    async def _pair(self) -> tuple[Protocol, _Sink]:
+    async def _pair(self, sender_protocol: type[Protocol] = Protocol) -> tuple[Any, _Sink]:
         accepted: Deferred[_Sink] = Deferred()
 
         def make_sink() -> _Sink:
@@ -44,7 +68,7 @@ class WriteNowTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         sender = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
-            Factory.forProtocol(Protocol)
+            Factory.forProtocol(sender_protocol)
         )
         self.addCleanup(sender.transport.abortConnection)
         return sender, await accepted
@@ -74,3 +98,19 @@ class WriteNowTests(TestCase):
         transport = StringTransport()
         write_now(transport, b"data")
         self.assertEqual(transport.value(), b"data")
+
+    async def test_reset_is_never_taken_for_an_eof(self) -> None:
+        """The peer reset the connection; write_now's send meets the error first.
+
+        The kernel reports a reset once: swallowed by write_now, it would leave the next read
+        returning b"", and the protocol would see a clean EOF after a cut stream (issue 16).
+        """
+        sender, sink = await self._pair(_Ending)
+        sender.transport.pauseProducing()  # so only write_now can meet the reset
+        sink.transport.abortConnection()  # SO_LINGER 0: the kernel sends a RST
+        await sink.done
+        write_now(sender.transport, b"x" * 1000)
+        sender.transport.resumeProducing()
+        reason = await sender.lost
+        self.assertFalse(sender.eof, "the reset was read as an EOF")
+        self.assertNotIsInstance(reason, ConnectionDone)

@@ -13,6 +13,7 @@ It sits below the mux and the WebSocket layers (both use it), and imports neithe
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.tcp import Connection
@@ -123,6 +124,10 @@ class SizeLimitHook:
 # -- Twisted ------------------------------------------------------------------------------------
 
 
+#: Errors of ``send`` after which the socket is fine: Twisted queues the data and retries.
+_TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR})
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but sent at once when nothing is queued before it.
 
@@ -146,7 +151,14 @@ def write_now(transport: Any, data: bytes) -> None:
     ):
         try:
             sent = transport.socket.send(data)
-        except OSError:  # EAGAIN, or an error Twisted will find and report itself
+        except OSError as e:
+            if e.errno not in _TRY_LATER:
+                # The kernel reports a reset (ECONNRESET, EPIPE) once, to whichever call
+                # meets it first; after that a read returns b"", which Twisted takes for a
+                # clean EOF. So the error must not be swallowed here: the connection is
+                # aborted, and its protocol learns that it ended in error (issue 16).
+                transport.abortConnection()
+                return
             sent = 0
         if sent == len(data):
             return

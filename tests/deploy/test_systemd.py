@@ -109,6 +109,13 @@ class DirectiveTests(SynchronousTestCase):
                 read_unit(SYSTEMD / name)["Install"]["WantedBy"], ["multi-user.target"]
             )
 
+    def test_system_units_raise_the_descriptor_limit(self) -> None:
+        """Every connection costs a descriptor: the default soft limit (1024) is a few hundred
+        slow clients away from EMFILE, which locks agents out of the relay."""
+        for name in SYSTEM_UNITS:
+            [limit] = read_unit(SYSTEMD / name)["Service"]["LimitNOFILE"]
+            self.assertGreaterEqual(int(limit.split(":")[0]), 65536, name)
+
     def test_exec_start_is_twistd_in_the_foreground(self) -> None:
         for name, plugin in (
             ("nbbridge-relay.service", "nbbridge-relay"),

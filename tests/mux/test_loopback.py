@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
-from tests._loopback import listen
+from nbbridge.wire import Data, FrameDecoder, Open, OpenOk, Reset, encode
+from tests._loopback import LOOPBACK, TrackingFactory, listen, serve
 
 from ._helpers import HalfCloseEcho, HashSink, tcp_endpoint
 
@@ -134,3 +135,55 @@ class LoopbackTests(TestCase):
         port = await listen(self, ForwardingFactory(ChannelEndpoint.on(self.session, "nope")))
         _source, reply = await self._upload(port, 10)
         self.assertEqual(reply, b"")
+
+
+class _RawPeer(Protocol):
+    """A hostile mux peer: writes frames by hand and collects the frames it gets back."""
+
+    def __init__(self, expected_resets: int) -> None:
+        self._decoder = FrameDecoder()
+        self._expected = expected_resets
+        self.frames: list[object] = []
+        self.resets: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.frames += self._decoder.feed(data)
+        resets = sum(isinstance(f, Reset) for f in self.frames)
+        if resets >= self._expected and not self.resets.called:
+            self.resets.callback(None)
+
+
+class EarlyDataTests(TestCase):
+    async def test_data_before_open_ok_leaks_no_service_connection(self) -> None:
+        """Issue 16: 20 OPENs each followed at once by DATA left 20 service connections open."""
+        service = TrackingFactory(Factory.forProtocol(Protocol))
+        service_port = await serve(self, LOOPBACK, service)
+        acceptor = ServiceMap({"s": tcp_endpoint(service_port)})
+        sessions: list[MuxSession] = []
+
+        def make_session() -> MuxSession:
+            sessions.append(MuxSession(initiator=True, acceptor=acceptor, label="agent"))
+            return sessions[-1]
+
+        mux_port = await listen(self, Factory.forProtocol(make_session))
+        peer = _RawPeer(expected_resets=20)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", mux_port).connect(
+            Factory.forProtocol(lambda: peer)
+        )
+        self.addCleanup(lambda: peer.transport.abortConnection())  # type: ignore[union-attr]
+        cids = range(2, 42, 2)
+        peer.transport.write(  # type: ignore[union-attr]
+            b"".join(encode(Open(cid, "s", 1000)) + encode(Data(cid, b"early")) for cid in cids)
+        )
+        await peer.resets
+        # Every connect was given up; whatever the service accepted anyway is closed again.
+        idle = service.when_idle()
+        idle.addTimeout(10, reactor)
+        await idle
+        self.assertEqual(
+            [(f.channel, f.text) for f in peer.frames if isinstance(f, Reset)],
+            [(cid, "DATA before OPEN_OK") for cid in cids],
+        )
+        self.assertFalse([f for f in peer.frames if isinstance(f, OpenOk)])
+        (session,) = sessions
+        self.assertEqual((session.channels, session._accepting), ({}, {}))

@@ -6,7 +6,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -24,7 +26,19 @@ from nbbridge.mux import (
     TooManyChannels,
     UnknownService,
 )
-from nbbridge.wire import Data, FrameDecoder, GoAway, Open, OpenOk, Reason, Reset, Window, encode
+from nbbridge.wire import (
+    Close,
+    Data,
+    FrameDecoder,
+    GoAway,
+    Open,
+    OpenFail,
+    OpenOk,
+    Reason,
+    Reset,
+    Window,
+    encode,
+)
 from tests._loopback import Collector
 
 from ._helpers import StringEndpoint, lost_reason, session_pair
@@ -343,7 +357,8 @@ class CloseTests(TestCase):
 
     def test_session_loss_ends_channels_and_opens(self) -> None:
         service = StringEndpoint()
-        a, b, pump = session_pair(ServiceMap({"s": service}))
+        clock = Clock()
+        a, b, pump = session_pair(ServiceMap({"s": service}), clock=clock)
         channel = opened(_completed(a, "s", pump))
         app = Collector()
         channel.attach(app)
@@ -353,7 +368,13 @@ class CloseTests(TestCase):
         pump.flush()
         lost_reason(self, app).trap(SessionClosed)
         self.failureResultOf(pending, SessionClosed)
+        self.assertNoResult(closed)  # waiters are called on a later turn, never inside
+        clock.advance(0)
         self.assertIn("agent shutting down", self.successResultOf(closed))
+        late = a.when_closed()
+        self.assertNoResult(late)  # the same for one who asks once it is over
+        clock.advance(0)
+        self.assertIn("agent shutting down", self.successResultOf(late))
         self.failureResultOf(a.open("s"), SessionClosed)
 
 
@@ -374,7 +395,10 @@ def _done() -> Failure:
 
 class BadPeerTests(TestCase):
     def _session(self) -> tuple[MuxSession, StringTransport]:
-        session = MuxSession(initiator=True, acceptor=ServiceMap({"s": StringEndpoint()}))
+        self.clock = Clock()
+        session = MuxSession(
+            initiator=True, acceptor=ServiceMap({"s": StringEndpoint()}), clock=self.clock
+        )
         transport = StringTransport()
         session.makeConnection(transport)
         return session, transport
@@ -388,6 +412,7 @@ class BadPeerTests(TestCase):
         self.assertIn("unknown frame type 255", frames[-1].text)  # type: ignore[union-attr]
         self.assertTrue(transport.disconnecting)
         session.connectionLost(_done())
+        self.clock.advance(0)
         self.assertIn("protocol violation", self.successResultOf(closed))
 
     def test_data_for_unknown_channel_is_reset(self) -> None:
@@ -409,3 +434,102 @@ class BadPeerTests(TestCase):
         session.dataReceived(b"\x04\x00\x00\x00\x00\x02\xff\xff\xff\xff")
         frames = FrameDecoder().feed(transport.value())
         self.assertIn("more than", frames[-1].text)  # type: ignore[union-attr]
+
+
+class _PendingEndpoint:
+    """A service whose connects wait: ``finish()`` connects the last one anyway, even if it
+    was cancelled (as an endpoint that cannot cancel would)."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+        self.factories: list[Factory] = []
+        self.transports: list[StringTransport] = []
+
+    def connect(self, factory: Factory) -> Deferred[object]:
+        self.factories.append(factory)
+
+        def cancel(d: Deferred[object]) -> None:
+            self.cancelled += 1
+
+        return Deferred(cancel)
+
+    def finish(self) -> StringTransport:
+        protocol = self.factories[-1].buildProtocol(None)
+        transport = StringTransport()
+        assert protocol is not None
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return transport
+
+
+class PendingAcceptTests(TestCase):
+    """Issue 16: frames before OPEN_OK leaked the service connection; warnings flooded."""
+
+    def _session(self, **kwargs: int) -> tuple[MuxSession, StringTransport, _PendingEndpoint]:
+        service = _PendingEndpoint()
+        session = MuxSession(
+            initiator=True,
+            acceptor=ServiceMap({"s": service}),  # type: ignore[dict-item]
+            **kwargs,  # type: ignore[arg-type]
+        )
+        transport = StringTransport()
+        session.makeConnection(transport)
+        return session, transport, service
+
+    def test_data_before_open_ok_gives_up_the_accept(self) -> None:
+        session, transport, service = self._session()
+        session.dataReceived(encode(Open(2, "s", 1000)) + encode(Data(2, b"too early")))
+        frames = FrameDecoder().feed(transport.value())
+        self.assertEqual(frames, [Reset(2, Reason.PROTOCOL_ERROR, "DATA before OPEN_OK")])
+        self.assertEqual(service.cancelled, 1)
+        # An endpoint that connects anyway: that connection is aborted at once, never used.
+        late = service.finish()
+        self.assertTrue(late.disconnected, "the late service connection was left open")
+        self.assertEqual(session.channels, {})
+        self.assertEqual(FrameDecoder().feed(transport.value()), frames)  # no OPEN_OK
+        self.assertTrue(session.is_open)
+
+    def test_window_and_close_before_open_ok(self) -> None:
+        for frame in (Window(2, 10), Close(2)):
+            session, _transport, service = self._session()
+            session.dataReceived(encode(Open(2, "s", 1000)) + encode(frame))
+            self.assertEqual(service.cancelled, 1, frame)
+            self.assertTrue(service.finish().disconnected, frame)
+            self.assertEqual(session.channels, {}, frame)
+
+    def test_reset_and_session_end_give_up_accepts(self) -> None:
+        session, _transport, service = self._session()
+        session.dataReceived(encode(Open(2, "s", 1000)) + encode(Reset(2, Reason.ABORTED, "x")))
+        self.assertTrue(service.finish().disconnected)
+        session.dataReceived(encode(Open(4, "s", 1000)))
+        session.connectionLost(_done())
+        self.assertEqual(service.cancelled, 2)
+        self.assertTrue(service.finish().disconnected)
+
+    def test_pending_accepts_are_capped_with_a_clear_reason(self) -> None:
+        session, transport, _service = self._session(max_pending_accepts=2)
+        session.dataReceived(b"".join(encode(Open(cid, "s", 1000)) for cid in (2, 4, 6)))
+        (refusal,) = FrameDecoder().feed(transport.value())
+        self.assertIsInstance(refusal, OpenFail)
+        assert isinstance(refusal, OpenFail)
+        self.assertEqual((refusal.channel, refusal.code), (6, Reason.TOO_MANY_CHANNELS))
+        self.assertIn("pending-open limit reached: 2", refusal.text)
+
+    def test_pending_accepts_count_against_the_channel_limit(self) -> None:
+        session, transport, _service = self._session(max_channels=2)
+        session.dataReceived(b"".join(encode(Open(cid, "s", 1000)) for cid in (2, 4, 6)))
+        (refusal,) = FrameDecoder().feed(transport.value())
+        self.assertIn("channel limit reached: 2", refusal.text)  # type: ignore[union-attr]
+
+    def test_unknown_channel_warnings_are_aggregated(self) -> None:
+        session, transport, _service = self._session()
+        with capturedLogs() as events:
+            session.dataReceived(b"".join(encode(Data(cid, b"x")) for cid in range(2, 4002, 2)))
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual([e["count"] for e in warnings], [1, 10, 100, 1000])
+        self.assertEqual(session.unknown_frames, 2000)
+        self.assertIn("(1000 such frames in this session)", formatEvent(warnings[-1]))
+        self.assertEqual(len(FrameDecoder().feed(transport.value())), 2000)  # each reset once
+        with capturedLogs() as events:
+            session.connectionLost(_done())
+        self.assertIn("2000 frames for unknown channels", "".join(map(formatEvent, events)))

@@ -128,6 +128,7 @@ class RelayCoreTests(unittest.TestCase):
         self.online()
         _, pending = self.request()
         self.relay.abandon_link(pending)
+        self.clock.advance(0)  # the registry's answers arrive on a later turn
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.relay.abandon_link(pending)  # twice is harmless
         self.assertIsInstance(self.relay.answer_dial("gpu", pending.link_id, AGENT_TOKEN), Refusal)
@@ -219,6 +220,7 @@ class RelayCoreTests(unittest.TestCase):
         self.relay.link_ended(spliced)  # twice is harmless
         self.assertEqual(self.relay.status()["links"], 0)
         self.assertEqual(self.relay.status()["bytes"], 10)
+        self.clock.advance(0)  # the registry's answers arrive on a later turn
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_limits(self) -> None:
@@ -340,3 +342,43 @@ class SpliceUnitTests(unittest.TestCase):
         self.agent.server_close = (CloseCode.TOO_BIG, "too big")
         self.splice.end_closed(self.agent, 1000, "")
         self.assertEqual(self.client.closed, (CloseCode.TOO_BIG, "too big"))
+
+
+class ClientQuotaTests(unittest.TestCase):
+    """links_per_client counts a client's waiting and spliced links to one agent, and frees
+    them when they end however they end (answered and closed, abandoned, timed out)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.relay = Relay(Authority(make_config()), Limits(links_per_client=1), self.clock)
+        self.assertIsNone(self.relay.register_agent("gpu", AGENT_TOKEN, FakeControl()))
+
+    def request(self) -> PendingLink | Refusal:
+        return self.relay.request_link("gpu", CLIENT_TOKEN, FakeLink())
+
+    def test_quota_and_its_release(self) -> None:
+        pending = self.request()
+        assert isinstance(pending, PendingLink)
+        refusal = refused(self.request())
+        self.assertEqual(refusal.code, CloseCode.LIMIT)
+        self.assertEqual(
+            refusal.reason, "client 'laptop' holds 1 links to this agent (links_per_client)"
+        )
+        self.relay.abandon_link(pending)
+        pending = self.request()
+        assert isinstance(pending, PendingLink)
+        self.clock.advance(Limits().dial_timeout)
+        pending = self.request()
+        assert isinstance(pending, PendingLink)
+        result = self.relay.answer_dial("gpu", pending.link_id, AGENT_TOKEN)
+        assert isinstance(result, tuple)
+        refused(self.request())
+        self.relay.link_ended(result[1])
+        self.assertIsInstance(self.request(), PendingLink)
+
+    def test_not_applied_without_config(self) -> None:
+        # Without relay.toml every client is "anyone": a shared quota would be a global one.
+        relay = Relay(Authority(None), Limits(links_per_client=1), self.clock)
+        relay.register_agent("gpu", None, FakeControl())
+        self.assertIsInstance(relay.request_link("gpu", None, FakeLink()), PendingLink)
+        self.assertIsInstance(relay.request_link("gpu", None, FakeLink()), PendingLink)

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import treq
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
@@ -57,8 +57,12 @@ class OptionsTests(FileTestCase):
         self.assertEqual(options["store"], "memory")
         service = makeService(options, reactor=reactor)
         self.assertIsInstance(service, RelayService)
-        [listener] = [s for s in service if not isinstance(s, IdleTrim)]
+        [listener, refresh] = [s for s in service if not isinstance(s, IdleTrim)]
         self.assertIsInstance(listener, StreamServerEndpointService)
+        # The registry entries of agents held here are refreshed three times per TTL.
+        self.assertIsInstance(refresh, TimerService)
+        self.assertEqual(refresh.step, service.relay.registry.ttl / 3)
+        self.assertEqual(refresh.call[0], service.relay.refresh_registry)
         self.assertTrue(service.relay.authority.open)
 
     def test_no_secret_options(self) -> None:

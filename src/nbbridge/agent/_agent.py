@@ -77,7 +77,10 @@ class _DataProtocol(StreamClientProtocol):
     def make_inner(self) -> IProtocol:
         agent: Agent = self.owner
         self.session = MuxSession(
-            initiator=False, acceptor=agent.acceptor, label=f"link {self.factory.link_id[:6]}"
+            initiator=False,
+            acceptor=agent.acceptor,
+            label=f"link {self.factory.link_id[:6]}",
+            clock=agent.clock,
         )
         # The handshake ends only with the client's first authenticated record, so a replayed
         # handshake message never counts as a client and is dropped after the deadline.

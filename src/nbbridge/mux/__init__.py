@@ -11,8 +11,8 @@ from ._errors import (
     TooManyChannels,
     UnknownService,
 )
+from ._forwarding import ForwardingFactory, SpliceFactory, TcpSide
 from ._session import DEFAULT_MAX_WINDOW, DEFAULT_WINDOW, MuxSession
-from ._splice import ForwardingFactory, SpliceFactory, TcpSide
 
 __all__ = [
     "DEFAULT_MAX_WINDOW",

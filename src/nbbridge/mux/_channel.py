@@ -23,6 +23,7 @@ growth, so many fast channels cannot pin unbounded memory if their consumers sta
 from __future__ import annotations
 
 from collections import deque
+from enum import Enum
 from typing import TYPE_CHECKING, cast
 
 import attrs
@@ -58,6 +59,39 @@ class ChannelAddress:
     session: str = ""
 
 
+class Sending(Enum):
+    """Our direction of a channel."""
+
+    OPEN = "open"  #: bytes go out as the peer's credit allows
+    CLOSING = "closing"  #: half-closed by us: CLOSE goes once the queued bytes are sent
+    CLOSED = "closed"  #: our CLOSE is sent
+
+
+class Receiving(Enum):
+    """The peer's direction of a channel."""
+
+    OPEN = "open"  #: the peer may send
+    CLOSE_QUEUED = "close queued"  #: its CLOSE waits behind bytes our consumer has not taken
+    CLOSED = "closed"  #: our protocol was told (readConnectionLost)
+
+
+class Ending(Enum):
+    """The channel as a whole."""
+
+    LIVE = "live"
+    CLOSING = "closing"  #: loseConnection: closing both ways; the peer's bytes are dropped
+    LOST = "lost"  #: connectionLost was delivered: nothing more happens
+
+
+# Module-level names for the members: the data path tests them on every frame.
+SEND_OPEN, SEND_CLOSING, SEND_CLOSED = Sending.OPEN, Sending.CLOSING, Sending.CLOSED
+RECV_OPEN, RECV_CLOSE_QUEUED, RECV_CLOSED = (
+    Receiving.OPEN,
+    Receiving.CLOSE_QUEUED,
+    Receiving.CLOSED,
+)
+LIVE, CLOSING, LOST = Ending.LIVE, Ending.CLOSING, Ending.LOST
+
 #: What a channel's producer is paused for when it is not paused: the empty frozenset is one
 #: shared object, so a channel that never pauses its producer holds no set of its own.
 _NOT_PAUSED: frozenset[str] = frozenset()
@@ -70,32 +104,34 @@ class Channel:
     A server may hold thousands of idle channels, so a channel has ``__slots__`` (no
     instance dict) and allocates its queues only while something waits in them: an empty
     deque costs some 760 bytes.
+
+    Its life is three small state machines, each only moving forward: ``_sending``
+    (:class:`Sending`), ``_receiving`` (:class:`Receiving`) and ``_ending`` (:class:`Ending`).
+    The channel is done once both directions are closed, or when it is lost. ``_ready``
+    (our OPEN_OK is out) and ``_paused`` (our consumer is full) are flow switches, not stages.
     """
 
     __slots__ = (
-        "_close_pending",
-        "_full_close",
+        "_ending",
         "_grant_threshold",
         "_grown",
-        "_lost",
         "_paused",
         "_producer",
         "_producer_paused_for",
         "_protocol",
-        "_read_closed",
         "_ready",
+        "_receiving",
         "_recv_allowed",
         "_recv_queue",
         "_recv_queued",
         "_send_credit",
         "_send_queue",
+        "_sending",
         "_session",
         "_since_growth",
         "_streaming",
         "_unacked",
         "_window",
-        "_write_closed",
-        "_write_closing",
         "bytes_received",
         "bytes_sent",
         "disconnecting",
@@ -134,19 +170,16 @@ class Channel:
         self._producer: IProducer | None = None
         self._streaming = False
         self._producer_paused_for = _NOT_PAUSED
-        self._write_closing = False
-        self._write_closed = False
+        self._sending = SEND_OPEN
         # Receiving.
         self._recv_allowed = window
         self._unacked = 0
         self._recv_queue: deque[bytes] | None = None  # bytes waiting for our consumer
         self._recv_queued = 0
         self._paused = False
-        self._close_pending = False
-        self._read_closed = False
+        self._receiving = RECV_OPEN
         # Ending.
-        self._full_close = False
-        self._lost = False
+        self._ending = LIVE
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -163,7 +196,7 @@ class Channel:
 
     def write(self, data: bytes) -> None:
         """Send ``data``; what exceeds the peer's credit waits and pauses our producer."""
-        if self._write_closing or self._lost or not data:
+        if self._sending is not SEND_OPEN or self._ending is LOST or not data:
             return
         self.bytes_sent += len(data)
         if not self._send_queue and len(data) <= self._send_credit and self._ready:
@@ -180,16 +213,16 @@ class Channel:
 
     def loseWriteConnection(self) -> None:
         """Half-close: send CLOSE once everything written so far has been sent."""
-        if self._write_closing or self._lost:
+        if self._sending is not SEND_OPEN or self._ending is LOST:
             return
-        self._write_closing = True
+        self._sending = SEND_CLOSING
         self._flush()
 
     def loseConnection(self) -> None:
         """Close both ways, after sending what is queued, like TCP's close."""
-        if self._full_close or self._lost:
+        if self._ending is not LIVE:
             return
-        self._full_close = True
+        self._ending = CLOSING
         self.disconnecting = True
         self.loseWriteConnection()
 
@@ -199,7 +232,7 @@ class Channel:
 
     def reset(self, code: int, reason: str, error: BaseException | None = None) -> None:
         """Abort the channel with a reason the peer will see."""
-        if self._lost:
+        if self._ending is LOST:
             return
         self._session._send_reset(self.id, code, reason)
         self._lose(Failure(error or ChannelReset(code, reason)))
@@ -238,14 +271,22 @@ class Channel:
         self._deliver_queued()
 
     def stopProducing(self) -> None:
-        """Our consumer went away: nothing more can be delivered."""
-        self.loseConnection()
+        """Our consumer went away: what the peer still sends can no longer be delivered.
+
+        That is a loss, so the channel is reset, never closed: a TCP connection calls this
+        as it dies, reset or not, before telling its protocol how it ended; a CLOSE here
+        would pass a reset off as an orderly end. Once the peer has finished sending, nothing
+        is lost, and the protocol above decides how the channel ends.
+        """
+        if self._ending is LOST or self._receiving is RECV_CLOSED:
+            return
+        self.abortConnection()
 
     # --- what the session calls -------------------------------------------------------------
 
     def _on_data(self, payload: bytes) -> None:
         n = len(payload)
-        if self._read_closed or self._close_pending:
+        if self._receiving is not RECV_OPEN:
             self._violation(Reason.PROTOCOL_ERROR, "DATA after CLOSE")
             return
         if n > self._recv_allowed:
@@ -256,7 +297,7 @@ class Channel:
             return
         self._recv_allowed -= n
         self.bytes_received += n
-        if self._full_close:
+        if self._ending is CLOSING:
             # We closed; like a closed socket, we drop what still comes, but keep crediting
             # it so the peer can flush and see our CLOSE.
             self._consumed(n)
@@ -277,10 +318,10 @@ class Channel:
         self._flush()
 
     def _on_close(self) -> None:
-        if self._read_closed or self._close_pending:
+        if self._receiving is not RECV_OPEN:
             self._violation(Reason.PROTOCOL_ERROR, "second CLOSE")
             return
-        self._close_pending = True
+        self._receiving = RECV_CLOSE_QUEUED
         self._deliver_queued()
 
     def _on_reset(self, code: int, reason: str) -> None:
@@ -316,7 +357,7 @@ class Channel:
                 self._pause_producer("credit")
             return
         queue = self._send_queue
-        while queue and self._send_credit > 0 and not self._lost:
+        while queue and self._send_credit > 0 and self._ending is not LOST:
             chunk = queue[0]
             if len(chunk) <= self._send_credit:
                 queue.popleft()
@@ -325,21 +366,21 @@ class Channel:
                 chunk = chunk[: self._send_credit]
             self._send_credit -= len(chunk)
             self._session._send_data(self.id, chunk)
-        if self._lost:
+        if self._ending is LOST:
             return
         if queue:
             self._pause_producer("credit")
             return
         self._send_queue = None
         self._resume_producer("credit")
-        if self._write_closing and not self._write_closed:
-            self._write_closed = True
+        if self._sending is SEND_CLOSING:
+            self._sending = SEND_CLOSED
             self._session._send_close(self.id)
             half = IHalfCloseableProtocol(self._protocol, None)
-            if half is not None and not self._full_close:
+            if half is not None and self._ending is LIVE:
                 half.writeConnectionLost()
             self._maybe_finish()
-        elif self._producer is not None and not self._streaming and not self._write_closing:
+        elif self._producer is not None and not self._streaming and self._sending is SEND_OPEN:
             self._producer.resumeProducing()  # type: ignore[attr-defined]
 
     def _deliver_queued(self) -> None:
@@ -349,15 +390,18 @@ class Channel:
             self._recv_queued -= len(chunk)
             self._protocol.dataReceived(chunk)
             self._consumed(len(chunk))
-            if self._lost:
+            if self._ending is LOST:
                 return
         if queue is not None and not queue and queue is self._recv_queue:
             self._recv_queue = None
-        if self._close_pending and not self._recv_queue and self._protocol is not None:
-            self._close_pending = False
-            self._read_closed = True
+        if (
+            self._receiving is RECV_CLOSE_QUEUED
+            and not self._recv_queue
+            and self._protocol is not None
+        ):
+            self._receiving = RECV_CLOSED
             half = IHalfCloseableProtocol(self._protocol, None)
-            if half is not None and not self._full_close:
+            if half is not None and self._ending is LIVE:
                 half.readConnectionLost()
             else:
                 # A protocol without half-close sees the peer's CLOSE as the end, as with TCP.
@@ -367,7 +411,7 @@ class Channel:
     def _consumed(self, n: int) -> None:
         self._unacked += n
         self._since_growth += n
-        if self._unacked >= self._grant_threshold and not self._lost:
+        if self._unacked >= self._grant_threshold and self._ending is not LOST:
             increment = self._unacked + self._grow()
             self._recv_allowed += increment
             self._session._send_window(self.id, increment)
@@ -389,10 +433,12 @@ class Channel:
 
     def _maybe_finish(self) -> None:
         """Both directions closed: the channel is done."""
-        if self._lost:
+        if self._ending is LOST:
             return
-        if self._write_closed and (self._read_closed or self._full_close):
-            if self._read_closed:
+        if self._sending is SEND_CLOSED and (
+            self._receiving is RECV_CLOSED or self._ending is CLOSING
+        ):
+            if self._receiving is RECV_CLOSED:
                 self._session._forget(self.id)
             else:
                 # We closed both ways first: stay in the table, dropping data, until the
@@ -410,9 +456,9 @@ class Channel:
         self.reset(code, reason)
 
     def _lose(self, reason: Failure) -> None:
-        if self._lost:
+        if self._ending is LOST:
             return
-        self._lost = True
+        self._ending = LOST
         self._session._return_window(self._grown)
         self._grown = 0
         self.disconnecting = True
@@ -426,7 +472,7 @@ class Channel:
 
     @property
     def lost(self) -> bool:
-        return self._lost
+        return self._ending is LOST
 
     @property
     def buffered(self) -> int:

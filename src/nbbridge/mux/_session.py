@@ -16,13 +16,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nbbridge._observer import OneShotObserver
 from nbbridge.wire import (
     MAX_CHANNEL_ID,
     MAX_PAYLOAD,
@@ -65,6 +71,7 @@ class MuxSession(Protocol):
         channel whose consumer is slow.
     :param max_window: how far a fast channel's window may grow.
     :param window_budget: the most growth lent to all channels together.
+    :param clock: fires ``when_closed`` waiters on a later turn (None: the global reactor).
     """
 
     _log = Logger()
@@ -80,6 +87,7 @@ class MuxSession(Protocol):
         max_channels: int = 4096,
         max_pending_accepts: int = 1024,
         label: str = "mux",
+        clock: IReactorTime | None = None,
     ) -> None:
         if not 0 < window <= 0x7FFFFFFF:
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
@@ -94,15 +102,22 @@ class MuxSession(Protocol):
         self._window = window
         self._max_channels = max_channels
         self._max_pending_accepts = max_pending_accepts
-        self._accepting: dict[int, Deferred[IProtocol]] = {}
+        #: OPENs from the peer whose service connection is being made, by channel id
+        self._accepting: dict[int, tuple[Deferred[IProtocol], Channel]] = {}
         self._draining: OrderedDict[int, None] = OrderedDict()
         self._recently_closed: OrderedDict[int, None] = OrderedDict()
         self._next_id = 1 if initiator else 2
         self._decoder = FrameDecoder()
         self._paused = False
         self._closed_reason: str | None = None
-        self._close_waiters: list[Deferred[str]] = []
+        if clock is None:
+            # Sessions built outside a service (tests, benchmarks) use the running reactor.
+            from twisted.internet import reactor as clock
+        assert clock is not None
+        self._ended: OneShotObserver[str] = OneShotObserver(clock)
         self._connected = False
+        #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
+        self.unknown_frames = 0
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -117,7 +132,7 @@ class MuxSession(Protocol):
         """
         if self._closed_reason is not None or not self._connected:
             return fail(SessionClosed(self._closed_reason or "not connected"))
-        if len(self.channels) + len(self.opening) >= self._max_channels:
+        if self._channels_in_use() >= self._max_channels:
             return fail(TooManyChannels(f"{self._max_channels} channels already open"))
         cid = self._next_id
         if cid > MAX_CHANNEL_ID:
@@ -150,12 +165,8 @@ class MuxSession(Protocol):
                 self.transport.loseConnection()
 
     def when_closed(self) -> Deferred[str]:
-        """A new Deferred that fires with the reason once the session has ended."""
-        if self._closed_reason is not None and not self._connected:
-            return succeed(self._closed_reason)
-        d: Deferred[str] = Deferred()
-        self._close_waiters.append(d)
-        return d
+        """A new Deferred that fires (on a later turn) with the reason once the session ended."""
+        return self._ended.when_fired()
 
     @property
     def is_open(self) -> bool:
@@ -194,9 +205,7 @@ class MuxSession(Protocol):
         why = self._closed_reason or _describe(reason)
         self._shutdown(why)
         self._connected = False
-        waiters, self._close_waiters = self._close_waiters, []
-        for d in waiters:
-            d.callback(why)
+        self._ended.fire(why)
 
     # --- IPushProducer: the transport below is full / has room again ------------------------
 
@@ -219,6 +228,13 @@ class MuxSession(Protocol):
 
     def _dispatch(self, frame: Frame) -> None:
         cid = frame.channel
+        if isinstance(frame, (Data, Window, Close)) and cid in self._accepting:
+            # The peer learns of the channel from our OPEN_OK, so it cannot speak on it before.
+            kind = type(frame).__name__.upper()
+            self._abandon_accept(cid, f"{kind} before OPEN_OK")
+            self._send_reset(cid, Reason.PROTOCOL_ERROR, f"{kind} before OPEN_OK")
+            self._count_unknown(frame, "before OPEN_OK")
+            return
         if isinstance(frame, Data):
             ch = self.channels.get(cid)
             if ch is not None:
@@ -272,11 +288,20 @@ class MuxSession(Protocol):
         if cid in self.channels or cid in self._accepting or cid in self._draining:
             self._protocol_error(f"OPEN for channel {cid}, which is in use")
             return
-        if len(self.channels) + len(self.opening) >= self._max_channels:
-            self._refuse(cid, Reason.TOO_MANY_CHANNELS, f"{self._max_channels} channels open")
+        if self._channels_in_use() >= self._max_channels:
+            self._refuse(
+                cid,
+                Reason.TOO_MANY_CHANNELS,
+                f"channel limit reached: {self._max_channels} channels per session",
+            )
             return
         if len(self._accepting) >= self._max_pending_accepts:
-            self._refuse(cid, Reason.TOO_MANY_CHANNELS, "too many opens in progress")
+            self._refuse(
+                cid,
+                Reason.TOO_MANY_CHANNELS,
+                f"pending-open limit reached: {self._max_pending_accepts} opens in progress "
+                "per session",
+            )
             return
         if self._acceptor is None:
             self._refuse(cid, Reason.REFUSED, "this side accepts no channels")
@@ -293,15 +318,17 @@ class MuxSession(Protocol):
         self._connect(channel, endpoint)
 
     def _connect(self, channel: Channel, endpoint: IStreamClientEndpoint) -> None:
-        from ._splice import SpliceFactory
+        from ._forwarding import SpliceFactory
 
         cid = channel.id
         d = endpoint.connect(SpliceFactory(channel))
-        self._accepting[cid] = d
+        self._accepting[cid] = (d, channel)
 
         def connected(_: object) -> None:
             if self._accepting.pop(cid, None) is None:
                 return
+            if channel.lost:
+                return  # the service reset the connection at once; the peer got a RESET
             if self._closed_reason is not None:
                 channel._on_session_lost(self._closed_reason)
                 return
@@ -351,10 +378,8 @@ class MuxSession(Protocol):
             self._remember_closed(cid)
             ch._on_reset(frame.code, frame.text)
             return
-        pending = self._accepting.pop(cid, None)
-        if pending is not None:
+        if self._abandon_accept(cid, f"peer reset: {frame.text}"):
             self._remember_closed(cid)
-            pending.cancel()
             return
         opening = self.opening.pop(cid, None)
         self._open_requests.pop(cid, None)
@@ -369,14 +394,45 @@ class MuxSession(Protocol):
         cid = frame.channel
         if cid in self._recently_closed:
             return  # in flight when we closed it: normal, not an error
-        self._log.warn(
-            "{label}: {kind} for unknown channel {cid}; resetting it",
-            label=self.label,
-            kind=type(frame).__name__.upper(),
-            cid=cid,
-        )
+        self._count_unknown(frame, "for an unknown channel")
         self._send_reset(cid, Reason.PROTOCOL_ERROR, f"unknown channel {cid}")
         self._remember_closed(cid)
+
+    def _count_unknown(self, frame: Frame, what: str) -> None:
+        """Log a frame the channel table has no place for, at 1, 10, 100, ... of them.
+
+        A peer can send such frames as fast as it can write; one warning each would let it
+        fill the disk with log (4 MiB of frames made 51 MB of log), so they are counted, and
+        each power of ten is logged with the count so far.
+        """
+        self.unknown_frames += 1
+        n = self.unknown_frames
+        if n == 10 ** (len(str(n)) - 1):
+            self._log.warn(
+                "{label}: {kind} {what} {cid}; reset it ({count} such frames in this session)",
+                label=self.label,
+                kind=type(frame).__name__.upper(),
+                what=what,
+                cid=frame.channel,
+                count=n,
+            )
+
+    def _abandon_accept(self, cid: int, why: str) -> bool:
+        """Give up the pending accept of channel CID, if there is one.
+
+        Its connect is cancelled; the channel is marked lost first, so a connection made
+        anyway (by an endpoint that cannot cancel) is aborted as soon as it joins.
+        """
+        pending = self._accepting.pop(cid, None)
+        if pending is None:
+            return False
+        d, channel = pending
+        channel._on_reset(Reason.ABORTED, why)
+        d.cancel()
+        return True
+
+    def _channels_in_use(self) -> int:
+        return len(self.channels) + len(self.opening) + len(self._accepting)
 
     def _refuse(self, cid: int, code: int, reason: str) -> None:
         self._write(encode(OpenFail(cid, code, reason)))
@@ -457,8 +513,15 @@ class MuxSession(Protocol):
             ch._on_session_lost(reason)
         for d in opening.values():
             d.errback(SessionClosed(reason))
-        for pending in accepting.values():
-            pending.cancel()
+        for connecting, channel in accepting.values():
+            channel._on_session_lost(reason)
+            connecting.cancel()
+        if self.unknown_frames > 1:
+            self._log.info(
+                "{label}: {count} frames for unknown channels in this session",
+                label=self.label,
+                count=self.unknown_frames,
+            )
 
 
 def _describe(reason: Failure) -> str:

@@ -10,6 +10,8 @@ agents = ["gpu"]            # or ["*"]
 
 [limits]                    # all optional
 links_per_agent = 64
+links_per_client = 16
+handshake_timeout = 15
 
 [hub]                       # optional: the topic hub, /stats, /metrics (see nbbridge.hub)
 prefix = "/hub"
@@ -23,6 +25,7 @@ file and the key, in one line, so an operator can fix it without reading code.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import attrs
 
 from nbbridge.contract import valid_name
+from nbbridge.websocket import ConnectionLimits
 
 ALL_AGENTS = "*"
 
@@ -50,6 +54,10 @@ class Limits:
 
     max_agents: int = 1000
     links_per_agent: int = 64
+    #: links (waiting or spliced) one client may hold to one agent, so that a single client
+    #: cannot take all of an agent's links_per_agent (not applied without a relay.toml, where
+    #: every client is the same "anyone")
+    links_per_client: int = 16
     pending_dials_per_agent: int = 16
     max_message_size: int = 2 * 1024 * 1024
     #: bytes a client may send before its agent answered the dial (reading is paused meanwhile)
@@ -58,11 +66,37 @@ class Limits:
     #: a dead peer is noticed within ping_interval + ping_timeout seconds
     ping_interval: float = 25.0
     ping_timeout: float = 30.0
+    #: seconds a connection may take to finish its WebSocket handshake (or its next HTTP
+    #: request); the deadline does not restart when bytes arrive
+    handshake_timeout: float = 15.0
+    #: connections that have not finished their handshake, from one address and in all
+    handshakes_per_ip: int = 32
+    handshakes_total: int = 1024
+    #: open connections from one address
+    connections_per_ip: int = 256
+    #: addresses the per-address limits skip: a reverse proxy on this machine
+    per_ip_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: GET /status requests per second, all clients together (a burst of as many is allowed)
+    status_per_second: float = 20.0
+
+    def connection_limits(self) -> ConnectionLimits:
+        """What the relay's connection tracker enforces before a handshake is finished."""
+        return ConnectionLimits(
+            handshake_timeout=self.handshake_timeout,
+            handshakes_per_ip=self.handshakes_per_ip,
+            handshakes_total=self.handshakes_total,
+            connections_per_ip=self.connections_per_ip,
+            exempt=frozenset(self.per_ip_exempt),
+        )
 
 
 _INT_LIMITS = {
     "max_agents": (1, 1_000_000),
     "links_per_agent": (1, 1_000_000),
+    "links_per_client": (1, 1_000_000),
+    "handshakes_per_ip": (1, 1_000_000),
+    "handshakes_total": (1, 1_000_000),
+    "connections_per_ip": (1, 1_000_000),
     "pending_dials_per_agent": (1, 100_000),
     "max_message_size": (1024, 64 * 1024 * 1024),
     "pending_buffer": (1024, 64 * 1024 * 1024),
@@ -71,7 +105,10 @@ _FLOAT_LIMITS = {
     "dial_timeout": (0.1, 3600.0),
     "ping_interval": (1.0, 3600.0),
     "ping_timeout": (1.0, 3600.0),
+    "handshake_timeout": (0.1, 300.0),
+    "status_per_second": (0.1, 1_000_000.0),
 }
+_ADDRESS_LISTS = ("per_ip_exempt",)
 
 
 @attrs.frozen
@@ -197,6 +234,9 @@ def _parse_limits(fail: Any, table: Mapping[str, Any]) -> Limits:
         key = f"limits.{name}"
         low: float
         high: float
+        if name in _ADDRESS_LISTS:
+            values[name] = _address_list(fail, key, value)
+            continue
         if name in _INT_LIMITS:
             low, high = _INT_LIMITS[name]
             if isinstance(value, bool) or not isinstance(value, int):
@@ -207,9 +247,21 @@ def _parse_limits(fail: Any, table: Mapping[str, Any]) -> Limits:
                 raise fail(key, "must be a number of seconds")
             value = float(value)
         else:
-            known = ", ".join(sorted([*_INT_LIMITS, *_FLOAT_LIMITS]))
+            known = ", ".join(sorted([*_INT_LIMITS, *_FLOAT_LIMITS, *_ADDRESS_LISTS]))
             raise fail(key, f"unknown limit (known: {known})")
         if not low <= value <= high:
             raise fail(key, f"must be between {low} and {high}")
         values[name] = value
     return Limits(**values)
+
+
+def _address_list(fail: Any, key: str, value: Any) -> tuple[str, ...]:
+    """A list of IP addresses (as the peer's address is written: "127.0.0.1", "::1")."""
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise fail(key, 'must be a list of IP addresses, e.g. ["127.0.0.1", "::1"]')
+    for address in value:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise fail(key, f"{address!r} is not an IP address") from None
+    return tuple(value)

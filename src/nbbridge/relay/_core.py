@@ -3,6 +3,10 @@
 The core never touches a transport or the reactor. It talks to connections through the small
 `ControlPeer` and `LinkPeer` interfaces (the Autobahn protocols implement them) and keeps time
 with an injected `IReactorTime`, so tests drive it with a `Clock`.
+
+Which agents are online, and where, is also written to an `AgentRegistry` in a store
+(`nbbridge.store`; in memory by default): the fact several relays will share once they scale
+out. The live peers, pending links and timers stay here: they belong to this process.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nbbridge.contract import CloseCode, data_path
+from nbbridge.store import AgentRegistry, MemoryStore, Refresh
+from nbbridge.websocket import RefusalLog
 
 from .. import __version__
 from ._auth import Authority, Refusal
@@ -65,6 +73,13 @@ class AgentState:
     #: connection names its agent, so a link is found here), so no second one can disagree
     pending: dict[str, PendingLink] = attrs.field(factory=dict)
     bytes: int = 0
+    #: spliced links by client name (for links_per_client)
+    client_links: dict[str, int] = attrs.field(factory=dict)
+
+    def held_by(self, client: str) -> int:
+        """Links CLIENT holds to this agent: spliced or waiting for the dial answer."""
+        waiting = sum(1 for p in self.pending.values() if p.client == client)
+        return self.client_links.get(client, 0) + waiting
 
 
 @attrs.define(eq=False)
@@ -101,6 +116,7 @@ class Relay:
         clock: IReactorTime,
         make_link_id: Callable[[], str] = new_link_id,
         advertise_url: str | None = None,
+        registry: AgentRegistry | None = None,
     ) -> None:
         self.authority = authority
         #: where agents dial back to reach this relay, when several share the work (else the
@@ -110,11 +126,18 @@ class Relay:
         #: the relay's time (the hub beside it keeps the same)
         self.clock = clock
         self._make_link_id = make_link_id
+        #: which agents are online and where, in a store (kept here: the peers themselves)
+        self.registry = registry if registry is not None else AgentRegistry(MemoryStore(clock))
+        #: how this relay names itself in the registry: its URL, or an id of this process
+        self.where = self.advertise_url or f"relay:{secrets.token_hex(8)}"
         self._agents: dict[str, AgentState] = {}
         self._links = 0
         self._bytes = 0
         #: dials an agent never answered: timed out, or the agent went offline first (/metrics)
         self.dial_failures = 0
+        #: refusals for a limit, logged at most once a minute per limit (a flood of opens by
+        #: one client must not fill the log)
+        self.refusals = RefusalLog(clock)
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -127,12 +150,12 @@ class Relay:
         state = self._agents.get(name)
         online = sum(1 for a in self._agents.values() if a.peer is not None)
         if (state is None or state.peer is None) and online >= self.limits.max_agents:
-            reason = f"relay serves at most {self.limits.max_agents} agents"
-            self._log.warn("agent {agent} refused: {reason}", agent=name, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            reason = f"relay serves at most {self.limits.max_agents} agents (max_agents)"
+            return self._over_limit("max_agents", f"agent {name}", reason)
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
+        self._record("register", name, self.registry.register(name, self.where))
         peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
@@ -157,6 +180,7 @@ class Relay:
             return
         state.peer = None
         self._log.info("agent {agent} offline", agent=state.name)
+        self._record("unregister", agent, self.registry.unregister(agent, self.where))
         for pending in list(state.pending.values()):
             self._drop_pending(pending)
             self.dial_failures += 1
@@ -169,6 +193,67 @@ class Relay:
         if state.peer is None and state.links == 0 and not state.pending:
             del self._agents[state.name]
 
+    def _over_limit(self, limit: str, who: str, reason: str) -> Refusal:
+        """Refuse WHO (4429) for LIMIT with REASON, logged at most once a minute per limit."""
+        self.refusals.refused(limit, who, reason)
+        return Refusal(CloseCode.LIMIT, reason)
+
+    # -- the registry in the store -----------------------------------------------------------
+
+    def _record(self, what: str, agent: str, d: Deferred[Any]) -> None:
+        """Let a registry write run on; if it fails, say so (the local state stands)."""
+        d.addErrback(self._registry_failed, what, agent)
+
+    def _registry_failed(self, failure: Failure, what: str, agent: str) -> None:
+        self._log.error(
+            "registry: could not {what} agent {agent}: {error}",
+            what=what,
+            agent=agent,
+            error=failure.getErrorMessage(),
+        )
+
+    def refresh_registry(self) -> Deferred[None]:
+        """Refresh the entry of every agent online here, before its TTL ends.
+
+        The relay service calls this every `registry.refresh_interval`. It never fails: a
+        problem is logged, and the next round tries again.
+        """
+        return Deferred.fromCoroutine(self._refresh_registry())
+
+    async def _refresh_registry(self) -> None:
+        online: list[tuple[str, ControlPeer]] = []
+        for state in self._agents.values():
+            if state.peer is not None:
+                online.append((state.name, state.peer))
+        try:
+            results = await DeferredList(
+                [self.registry.refresh(name, self.where) for name, _ in online],
+                consumeErrors=True,
+            )
+        except Exception:
+            self._log.failure("registry: refresh failed")
+            return
+        for (name, peer), (_, result) in zip(online, results, strict=True):
+            if isinstance(result, Failure):  # DeferredList hands failures over as results
+                self._registry_failed(result, "refresh", name)
+            elif result is Refresh.RESTORED:
+                self._log.info("registry: entry of agent {agent} written again", agent=name)
+                if not self.is_online(name):
+                    # It went offline while the refresh ran: take the entry back out. (A
+                    # newer connection of it here keeps the entry: it names this relay too.)
+                    self._record("unregister", name, self.registry.unregister(name, self.where))
+            elif result is Refresh.LOST and self._holds(name, peer):
+                # Another relay registered a newer connection of this agent: it wins.
+                self._log.info(
+                    "agent {agent} registered elsewhere since; closing its connection here",
+                    agent=name,
+                )
+                peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
+
+    def _holds(self, agent: str, peer: ControlPeer) -> bool:
+        state = self._agents.get(agent)
+        return state is not None and state.peer is peer
+
     # -- links -------------------------------------------------------------------------------
 
     def request_link(self, agent: str, token: str | None, peer: LinkPeer) -> Refusal | PendingLink:
@@ -177,18 +262,24 @@ class Relay:
         if isinstance(who, Refusal):
             self._log.info("link to {agent} refused: {reason}", agent=agent, reason=who.reason)
             return who
+        link = f"link from {who.name} to {agent}"
         state = self._agents.get(agent)
         if state is None or state.peer is None:
             self._log.info("link to {agent} refused: agent offline", agent=agent)
             return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is offline")
         if len(state.pending) >= self.limits.pending_dials_per_agent:
-            reason = f"agent {agent!r} has {len(state.pending)} dials pending already"
-            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            n = len(state.pending)
+            reason = f"agent {agent!r} has {n} dials pending (pending_dials_per_agent)"
+            return self._over_limit("pending_dials_per_agent", link, reason)
         if state.links + len(state.pending) >= self.limits.links_per_agent:
-            reason = f"agent {agent!r} has reached its limit of {self.limits.links_per_agent} links"
-            self._log.warn("link to {agent} refused: {reason}", agent=agent, reason=reason)
-            return Refusal(CloseCode.LIMIT, reason)
+            limit = self.limits.links_per_agent
+            reason = f"agent {agent!r} has reached its limit of {limit} links (links_per_agent)"
+            return self._over_limit("links_per_agent", link, reason)
+        quota = self.limits.links_per_client
+        # Without a relay.toml every client is "anyone": one quota would be everyone's.
+        if not self.authority.open and state.held_by(who.name) >= quota:
+            reason = f"client {who.name!r} holds {quota} links to this agent (links_per_client)"
+            return self._over_limit("links_per_client", link, reason)
         link_id = self._make_link_id()
         pending = PendingLink(link_id, agent, who.name, peer)
         pending.timer = self.clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
@@ -265,6 +356,7 @@ class Relay:
         link = ActiveLink(link_id, agent, pending.client)
         state = self._agents[agent]  # exists: pending links keep their agent's state
         state.links += 1
+        state.client_links[link.client] = state.client_links.get(link.client, 0) + 1
         self._links += 1
         self._log.info(
             "link {link} from {client} to {agent}: spliced",
@@ -291,6 +383,9 @@ class Relay:
         state = self._agents.get(link.agent)
         if state is not None:
             state.links -= 1
+            left = state.client_links.pop(link.client, 0) - 1
+            if left > 0:
+                state.client_links[link.client] = left
             self._forget_if_idle(state)
         self._log.info(
             "link {link} to {agent} closed after {bytes} bytes",

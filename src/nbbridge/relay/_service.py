@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -107,12 +107,19 @@ class RelayService(MultiService):
         self.relay = relay
         self._reactor = reactor
         site = build_site(relay, make_factories(relay, reactor), admin_sha256, reactor, mounts)
-        self.connections = ConnectionTracker(site, reactor)
+        self.connections = ConnectionTracker(
+            site, reactor, relay.limits.connection_limits(), timer=relay.clock
+        )
         self._endpoint = _AnnouncingEndpoint(
             endpoint, "wss" if secure else "ws", on_listen_failure, reactor
         )
         listener = StreamServerEndpointService(self._endpoint, self.connections)
         listener.setServiceParent(self)
+        # The registry entries of the agents held here expire unless refreshed; the refresh
+        # logs its own problems, so the loop never stops on one.
+        refresh = TimerService(relay.registry.refresh_interval, relay.refresh_registry)
+        refresh.clock = relay.clock
+        refresh.setServiceParent(self)
 
     def startService(self) -> None:
         if self.relay.authority.open:

@@ -22,7 +22,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from nbbridge.contract import RouteKind, parse_bearer, parse_route
-from nbbridge.websocket import RouteBinding
+from nbbridge.websocket import RefusalLog, RouteBinding, request_done
 
 from ._auth import check_admin
 from ._core import Relay
@@ -106,6 +106,13 @@ class BoundedRequest(Request):
         if not self._refused:
             super().process()
 
+    def finish(self) -> None:
+        channel = getattr(self, "channel", None)  # the channel forgets us once we finish
+        transport = channel.transport if channel is not None else None
+        super().finish()
+        # A keep-alive connection gets a fresh deadline for its next request.
+        request_done(transport)
+
     def _refuse(self) -> None:
         self._refused = True
         transport = self.channel.transport
@@ -138,8 +145,32 @@ class WebSocketRoutes(Resource):
         return WebSocketResource(binding).render(request)
 
 
+class RateLimit:
+    """A token bucket: RATE events per second on average, bursts of up to RATE (at least 1)."""
+
+    def __init__(self, rate: float, clock: IReactorTime) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._at = clock.seconds()
+
+    def allow(self) -> bool:
+        """Take one token if there is one."""
+        now = self._clock.seconds()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class StatusResource(Resource):
-    """`GET /status`: counters for everyone; with the admin token, also each agent."""
+    """`GET /status`: counters for everyone; with the admin token, also each agent.
+
+    Requests beyond `status_per_second` (all clients together) get 429 naming the limit.
+    """
 
     isLeaf = True
 
@@ -147,10 +178,19 @@ class StatusResource(Resource):
         super().__init__()
         self._relay = relay
         self._admin_sha256 = admin_sha256
+        self._rate = RateLimit(relay.limits.status_per_second, relay.clock)
+        self._refusals = RefusalLog(relay.clock)
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if not self._rate.allow():
+            why = f"too many /status requests (status_per_second = {self._rate.rate:g})"
+            peer = request.getClientAddress()
+            self._refusals.refused("status_per_second", getattr(peer, "host", "peer"), why)
+            request.setResponseCode(429, b"Too Many Requests")
+            request.setHeader(b"retry-after", b"1")
+            return json.dumps({"error": why}).encode("utf-8") + b"\n"
         header = request.getHeader(b"authorization")
         admin = False
         if header is not None and self._admin_sha256 is not None:

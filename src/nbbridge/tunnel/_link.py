@@ -77,7 +77,7 @@ class _LinkProtocol(StreamClientProtocol):
 
     def make_inner(self) -> IProtocol:
         link: AgentLink = self.owner
-        self.session = MuxSession(initiator=True, label=f"link to {link.agent}")
+        self.session = MuxSession(initiator=True, label=f"link to {link.agent}", clock=link.clock)
         secure = SecureProtocol(self.session, Initiator(link.key, link.agent_key), link.clock)
         secure.handshake.addCallbacks(self._secured, self._refused)
         return secure

@@ -7,7 +7,11 @@ Server side (the relay's routes, the hub, the gateway):
   its transport's write buffer is full (:class:`WriteWatch`), and closes on shutdown;
 * :func:`set_server_options` — size limit, heartbeats and timeouts for a server factory;
 * :class:`RouteBinding` — one protocol per request that knows what its path named;
-* :class:`ConnectionTracker` — every open connection of a Site, to close them and wait.
+* :class:`ConnectionTracker` — every open connection of a Site, to close them and wait, and
+  with :class:`ConnectionLimits` a guard on those that have not finished their handshake
+  (deadline, per-address and total caps, an early look for HTTP); refusals are logged through
+  a :class:`RefusalLog` that aggregates them; :func:`request_done` gives a keep-alive HTTP
+  connection its next deadline.
 
 Data path (client links, agent data connections, the relay's splice):
 
@@ -22,6 +26,7 @@ Whatever these need of Autobahn's and Twisted's undocumented internals is in
 """
 
 from ._dataframes import DataFrames, xor_frame
+from ._guard import ConnectionLimits, RefusalLog, could_be_http
 from ._server import (
     MAX_REASON,
     RouteBinding,
@@ -31,13 +36,15 @@ from ._server import (
     truncate_reason,
 )
 from ._stream import LinkClosed, StreamClientProtocol, WebSocketStream, bind
-from ._tracking import ConnectionTracker, TrackedConnection
+from ._tracking import ConnectionTracker, TrackedConnection, refusal_response, request_done
 
 __all__ = [
     "MAX_REASON",
+    "ConnectionLimits",
     "ConnectionTracker",
     "DataFrames",
     "LinkClosed",
+    "RefusalLog",
     "RouteBinding",
     "ServerWebSocket",
     "StreamClientProtocol",
@@ -45,6 +52,9 @@ __all__ = [
     "WebSocketStream",
     "WriteWatch",
     "bind",
+    "could_be_http",
+    "refusal_response",
+    "request_done",
     "set_server_options",
     "truncate_reason",
     "xor_frame",

@@ -145,6 +145,8 @@ class ServerWebSocket(SizeLimitHook, WebSocketServerProtocol):  # type: ignore[m
     def makeConnection(self, transport: Any) -> None:
         # Talk to the transport under our connection tracker: Autobahn must see TLS as TLS.
         if isinstance(transport, TrackedConnection):
+            # The HTTP request is in: the handshake no longer counts against the limits.
+            transport.upgraded()
             transport = transport.transport
         super().makeConnection(transport)
 

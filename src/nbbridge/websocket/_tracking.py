@@ -1,29 +1,175 @@
 # twisted.protocols.policies is untyped.
 # mypy: disable-error-code="no-untyped-call"
-"""Knowing every open connection of a server's Site, so that stopping can close them and wait.
+"""Knowing every open connection of a server's Site, so that stopping can close them and wait;
+and bounding the connections that have not finished their handshake (`ConnectionLimits`).
 
 A `WrappingFactory` puts a `TrackedConnection` between each transport and the Site's protocol.
 The relay's WebSocket protocols talk to the transport underneath it directly (Autobahn needs to
-see the TLS transport itself), but the wrapper still hears the connection end.
+see the TLS transport itself), but the wrapper still hears the connection end, and every byte
+read, because Autobahn's `WebSocketResource` makes the WebSocket the wrapper's protocol.
+
+With limits, the tracker refuses a connection at accept time when its source address or the
+server has too many (429 or 503, one line naming the limit), checks that the first bytes can
+start an HTTP request (400 at once otherwise), and closes a connection that has not finished
+its handshake within the deadline (408). A connection has finished once a `ServerWebSocket`
+took it over (`TrackedConnection.upgraded`); a plain HTTP connection gets a fresh deadline
+after each response (`request_done`), so keep-alive works but dribbling bytes does not.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from nbbridge._observer import Waiters
 
+from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
-class TrackedConnection(ProtocolWrapper):
-    """One connection the tracker knows about."""
+#: How long a refused connection may take to read its one-line answer before it is dropped.
+REFUSAL_LINGER = 1.0
+
+_PHRASES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+def refusal_response(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 response with STATUS and MESSAGE as its one-line body; closes."""
+    body = f"{message}\n".encode()
+    head = (
+        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Refused')}\r\n"
+        "Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def peer_ip(addr: IAddress | None) -> str | None:
+    """The source address of a TCP peer (None for a UNIX socket or anything else)."""
+    if isinstance(addr, IPv4Address | IPv6Address):
+        return addr.host
+    return None
+
+
+def _send_and_close(transport: Any, clock: IReactorTime, response: bytes) -> IDelayedCall:
+    """Write RESPONSE, close, and drop the connection if the peer has not read it in time."""
+    transport.write(response)
+    transport.loseConnection()
+    return clock.callLater(REFUSAL_LINGER, transport.abortConnection)
+
+
+class _Refused(Protocol):
+    """A connection refused at accept time: answers with its one line and closes."""
+
+    def __init__(self, clock: IReactorTime, response: bytes) -> None:
+        self._clock = clock
+        self._response = response
+        self._linger: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._linger = _send_and_close(self.transport, self._clock, self._response)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Whatever the peer sends is ignored."""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+
+
+class TrackedConnection(ProtocolWrapper):
+    """One connection the tracker knows about (and, with limits, guards until it upgrades)."""
+
+    factory: ConnectionTracker
+
+    def __init__(self, factory: ConnectionTracker, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.peer_ip: str | None = None
+        #: counted as an unfinished handshake (limits only)
+        self.handshaking = False
+        self._start: bytes | None = None
+        self._deadline: IDelayedCall | None = None
+        self._linger: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        limits = self.factory.limits
+        if limits is not None:
+            self.handshaking = True
+            self._start = b""
+            self.factory.handshake_started(self)
+            self._deadline = self.factory.clock.callLater(
+                limits.handshake_timeout, self._deadline_passed
+            )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # refused: nothing more is read
+        if self._start is not None:
+            self._start += data[:16]
+            verdict = could_be_http(self._start)
+            if verdict is False:
+                self.refuse(400, "not_http", "not an HTTP request (closed at once)")
+                return
+            if verdict:
+                self._start = None
+        super().dataReceived(data)
+
+    def upgraded(self) -> None:
+        """A WebSocket took this connection over: its handshake is finished."""
+        self._start = None
+        self._cancel_deadline()
+        if self.handshaking:
+            self.handshaking = False
+            self.factory.handshake_finished(self)
+
+    def request_done(self) -> None:
+        """An HTTP response was sent: the next request gets a deadline of its own."""
+        limits = self.factory.limits
+        if self.handshaking and limits is not None and self._linger is None:
+            self._cancel_deadline()
+            self._deadline = self.factory.clock.callLater(
+                limits.handshake_timeout, self._deadline_passed
+            )
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        limits = self.factory.limits
+        assert limits is not None
+        self.refuse(
+            408,
+            "handshake_timeout",
+            f"handshake not finished within {limits.handshake_timeout:g} s (handshake_timeout)",
+        )
+
+    def refuse(self, status: int, limit: str, message: str) -> None:
+        """Answer STATUS with MESSAGE (naming LIMIT), log it (aggregated), and close."""
+        if self._linger is not None or self.transport is None:
+            return
+        self._cancel_deadline()
+        self.factory.refusals.refused(limit, self.peer_ip or "peer", message)
+        self._linger = _send_and_close(
+            self.transport, self.factory.clock, refusal_response(status, message)
+        )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         # Unlike ProtocolWrapper, tell the protocol first: "idle" must mean "all cleaned up".
         wrapped: Any = self.wrappedProtocol
         try:
@@ -34,19 +180,98 @@ class TrackedConnection(ProtocolWrapper):
             self.wrappedProtocol = None  # type: ignore[assignment]
 
 
-class ConnectionTracker(WrappingFactory):
-    """Wraps the Site's factory and keeps its open connections."""
+class ConnectionTracker(WrappingFactory[Any]):
+    """Wraps the Site's factory and keeps its open connections; LIMITS guard the new ones."""
 
     protocol = TrackedConnection
 
-    def __init__(self, wrapped: Any, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        wrapped: Any,
+        clock: IReactorTime,
+        limits: ConnectionLimits | None = None,
+        *,
+        timer: IReactorTime | None = None,
+    ) -> None:
+        """Track WRAPPED's connections; CLOCK runs the idle waiters (the reactor).
+
+        TIMER (default CLOCK) keeps the handshake deadlines and the refusal log's intervals:
+        the service's own clock, which tests may drive by hand.
+        """
         super().__init__(wrapped)
+        self.limits = limits
+        #: the clock of deadlines and refusal intervals
+        self.clock = timer or clock
+        self.refusals = RefusalLog(self.clock)
         self._idle: Waiters[None] = Waiters(clock)
+        self._connections_by_ip: Counter[str] = Counter()
+        self._handshakes_by_ip: Counter[str] = Counter()
+        #: connections that have not finished their handshake
+        self.handshakes = 0
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        ip = peer_ip(addr)
+        refusal = self._admission(ip) if self.limits is not None else None
+        if refusal is not None:
+            status, limit, message = refusal
+            self.refusals.refused(limit, ip or "peer", message)
+            return _Refused(self.clock, refusal_response(status, message))
+        wrapper = super().buildProtocol(addr)
+        if isinstance(wrapper, TrackedConnection):
+            wrapper.peer_ip = ip
+        return wrapper
+
+    def _limited(self, ip: str | None) -> bool:
+        return ip is not None and self.limits is not None and ip not in self.limits.exempt
+
+    def _admission(self, ip: str | None) -> tuple[int, str, str] | None:
+        """Why a new connection from IP is refused: (status, limit, message), or None."""
+        limits = self.limits
+        assert limits is not None
+        if self._limited(ip):
+            assert ip is not None
+            if self._connections_by_ip[ip] >= limits.connections_per_ip:
+                n = limits.connections_per_ip
+                why = f"too many connections from {ip} (connections_per_ip = {n})"
+                return 429, "connections_per_ip", why
+            if self._handshakes_by_ip[ip] >= limits.handshakes_per_ip:
+                n = limits.handshakes_per_ip
+                why = f"too many unfinished handshakes from {ip} (handshakes_per_ip = {n})"
+                return 429, "handshakes_per_ip", why
+        if self.handshakes >= limits.handshakes_total:
+            n = limits.handshakes_total
+            why = f"server busy: too many unfinished handshakes (handshakes_total = {n})"
+            return 503, "handshakes_total", why
+        return None
+
+    def registerProtocol(self, p: Any) -> None:
+        super().registerProtocol(p)
+        if self._limited(p.peer_ip):
+            self._connections_by_ip[p.peer_ip] += 1
 
     def unregisterProtocol(self, p: Any) -> None:
+        if p in self.protocols and self._limited(p.peer_ip):
+            _decrement(self._connections_by_ip, p.peer_ip)
+        if p.handshaking:
+            p.handshaking = False
+            self.handshake_finished(p)
         super().unregisterProtocol(p)
         if not self.protocols:
             self._idle.fire(None)
+
+    def handshake_started(self, p: TrackedConnection) -> None:
+        """P counts as an unfinished handshake."""
+        self.handshakes += 1
+        if self._limited(p.peer_ip):
+            assert p.peer_ip is not None
+            self._handshakes_by_ip[p.peer_ip] += 1
+
+    def handshake_finished(self, p: TrackedConnection) -> None:
+        """P no longer counts as an unfinished handshake (upgraded or gone)."""
+        self.handshakes -= 1
+        if self._limited(p.peer_ip):
+            assert p.peer_ip is not None
+            _decrement(self._handshakes_by_ip, p.peer_ip)
 
     def open_protocols(self) -> list[Any]:
         """The protocols (HTTP channels, WebSockets) of the open connections."""
@@ -72,3 +297,15 @@ class ConnectionTracker(WrappingFactory):
         for wrapper in list(self.protocols):
             if wrapper.transport is not None:
                 wrapper.transport.abortConnection()
+
+
+def request_done(transport: Any) -> None:
+    """An HTTP response on TRANSPORT (a request's channel's) was sent; see `request_done`."""
+    if isinstance(transport, TrackedConnection):
+        transport.request_done()
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

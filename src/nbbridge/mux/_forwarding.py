@@ -29,7 +29,12 @@ from ._channel import Channel
 
 
 def _clean(reason: Failure) -> bool:
+    """Whether a connection ended in order (FIN); anything else lost bytes in flight."""
     return reason.check(ConnectionDone) is not None
+
+
+#: How a TcpSide's connection ended (its ``_gone``): not yet, closed in order, or not.
+_OPEN, _CLOSED, _RESET = 0, 1, 2
 
 
 class _Slotted(Protocol):
@@ -90,7 +95,7 @@ class TcpSide(_Slotted):
         self.channel = channel
         self._read_done = False
         self._write_done = False
-        self._gone = False
+        self._gone = _OPEN
 
     def channel_protocol(self) -> Protocol:
         """The protocol to attach to this connection's channel."""
@@ -100,8 +105,18 @@ class TcpSide(_Slotted):
         """The channel is attached: carry data both ways from now on."""
         self.channel = channel
         tcp = self.transport
+        if channel.lost:
+            # The open was given up while this connection was being made (the peer reset
+            # it, or the session ended): the connection has nothing to carry.
+            if tcp is not None and not self._gone:
+                tcp.abortConnection()  # type: ignore[attr-defined]
+            return
         if self._gone or tcp is None:
-            channel.loseConnection()
+            # The connection ended before the channel was up: end the channel the same way.
+            if self._gone == _RESET:
+                channel.abortConnection()
+            else:
+                channel.loseConnection()
             return
         channel.registerProducer(tcp, True)  # type: ignore[arg-type]
         tcp.registerProducer(channel, True)  # type: ignore[attr-defined]
@@ -130,7 +145,7 @@ class TcpSide(_Slotted):
         self._maybe_close()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._gone = True
+        self._gone = _CLOSED if _clean(reason) else _RESET
         channel = self.channel
         if channel is None or channel.lost:
             return
