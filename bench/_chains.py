@@ -150,6 +150,7 @@ class Nbbridge(Chain):
         work = self.work
         env = dict(child_env(), **self.extra_env)
         agent_key = write_tunnel_files(work, agent="bench", client="bench")
+        (work / "agent.pub").write_text(agent_key.public_key.to_text() + "\n")
         if self.relay_extra:
             with open(work / "relay.toml", "a") as f:
                 f.write("\n" + self.relay_extra)

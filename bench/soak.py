@@ -22,10 +22,10 @@ Traffic, all at once and each bounded by the end time:
 Every ``--every`` seconds it samples, per daemon: RSS (VmRSS), open file descriptors
 (/proc/PID/fd) and pending Deferreds (SIGUSR1), at a quiet moment: the tunnel threads are
 held before their next operation and the sample taken 2 s after the last one ended (the
-hub keeps going), so it shows what the daemons keep, not what is in flight. At the end it prints the samples, and per
-daemon and figure the change from the first sample after ``--warmup`` minutes to the last,
-and the spread (max - min) over that span, both in % of the first; "flat" means both
-within 5 %. With ``--png`` it plots the three figures over time, warm-up marked.
+hub keeps going), so it shows what the daemons keep, not what is in flight. At the end it
+prints, per daemon and figure, the change from the first sample after ``--warmup``
+minutes to the last, and the spread (max - min) over that span, both in % of the first;
+"flat" means both within 5 %. With ``--png`` it plots the three figures over time, warm-up marked.
 The soft fd limit is raised to the hard limit (``resource.setrlimit``) before anything
 starts; the daemons inherit it.
 """
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                         if next_at > end + 1:
                             break
                     time.sleep(min(1.0, max(0.0, next_at - time.monotonic())))
-            except BaseException as e:  # noqa: BLE001 - reported after the reactor stops
+            except BaseException as e:  # reported after the reactor stops
                 failure.append(e)
             finally:
                 reactor.callFromThread(finish)
@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
         reactor.callWhenRunning(begin)
         reactor.run()
+        traffic.end = 0.0  # ended early (Ctrl-C): the threads stop after their operation
         traffic.join()
     finally:
         chain.stop()
@@ -401,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  errors in {kind}: {len(errors)}, first: {errors[0]}")
     if hub.unexpected_closes:
         print(f"  hub members closed unexpectedly: {hub.unexpected_closes[:5]}")
-    print(f"  after warm-up (first -> last; change, spread in % of first; flat = both <= {FLAT_PCT:g} %):")
+    print(
+        "  after warm-up (first -> last; change, spread in % of first; "
+        f"flat = both <= {FLAT_PCT:g} %):"
+    )
     for role in ROLES:
         for key, label in FIGURES:
             f = flat[role].get(key)
