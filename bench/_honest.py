@@ -9,7 +9,8 @@ agent.pub). Set-up: at most CONCURRENCY links opening at once; each link's time 
 asking for its session to the session being up (TCP, WebSocket upgrade, Noise handshake).
 Traffic: then, for SECONDS, every link keeps one channel to SERVICE (the bench target)
 busy sinking 256 KiB blocks (``S`` + length, wait for ``K``). Prints one JSON line:
-set-up times, links that failed and why, bytes acknowledged by the sink per link.
+set-up times, attempts that failed and were retried (AgentLink backs off about 1 s), links
+that failed and why, bytes acknowledged by the sink per link.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import struct
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import provider
 
 from nbbridge._secrets import read_secret
 from nbbridge.crypto import load_private_key, parse_public_key
@@ -81,20 +86,37 @@ async def run(argv: list[str]) -> dict[str, Any]:
         except Exception as e:  # every refusal is a figure
             failed.append(f"link {i}: {e}")
 
+    retries: list[str] = []
+
+    @provider(ILogObserver)
+    def count_retries(event: dict[str, Any]) -> None:
+        # AgentLink logs each failed attempt before it backs off and tries again.
+        if str(event.get("log_format", "")).startswith("cannot open link"):
+            retries.append(str(event.get("why")))
+
+    globalLogPublisher.addObserver(count_retries)
     t0 = time.monotonic()
-    await gatherResults(
-        [gate.run(lambda i=i: Deferred.fromCoroutine(open_one(i))) for i in range(count)]
-    )
+    await gatherResults([gate.run(open_one, i) for i in range(count)])
     setup_all = time.monotonic() - t0
     up = [i for i in range(count) if setup[i] is not None]
     deadline = time.monotonic() + seconds
     results: list[Deferred[int]] = []
+
+    def sink_loop(deadline: float, done: Deferred[int], addr: object) -> SinkLoop:
+        return SinkLoop(deadline, done)
+
+    def no_channel(failure: Failure, done: Deferred[int]) -> None:
+        failed.append(f"channel: {failure.value}")
+        if not done.called:
+            done.callback(0)
+
     for i in up:
         done: Deferred[int] = Deferred()
         results.append(done)
-        factory = Factory.forProtocol(lambda d=done: SinkLoop(deadline, d))
-        d = links[i].endpoint(service).connect(factory)
-        d.addErrback(lambda f, d=done: d.called or d.callback(0) or failed.append(str(f.value)))
+        factory = Factory()
+        factory.buildProtocol = partial(sink_loop, deadline, done)  # type: ignore[method-assign]
+        connecting = links[i].endpoint(service).connect(factory)
+        connecting.addErrback(no_channel, done)
     t1 = time.monotonic()
     acked = await gatherResults(results) if results else []
     traffic_s = time.monotonic() - t1
@@ -106,6 +128,8 @@ async def run(argv: list[str]) -> dict[str, Any]:
         "up": len(up),
         "setup_s": [s for s in setup if s is not None],
         "setup_all_s": setup_all,
+        "retries": len(retries),
+        "retry_reasons": sorted(set(retries))[:5],
         "failed": failed[:20],
         "failed_count": len(failed),
         "acked_bytes": list(acked),

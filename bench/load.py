@@ -49,7 +49,16 @@ from typing import Any
 
 from _chains import ROLES, Nbbridge
 from _load import open_many, round_trips, short_connections
-from _procs import Child, child_env, cpu_seconds, fd_count, free_port, raise_fd_limit, rss_kib
+from _procs import (
+    Child,
+    child_env,
+    cpu_seconds,
+    fd_count,
+    free_port,
+    machine_cpu,
+    raise_fd_limit,
+    rss_kib,
+)
 
 #: what a hostile connection sends, one byte at a time, never finishing the headers
 SLOW_REQUEST = (
@@ -68,7 +77,7 @@ class LoadChain(Nbbridge):
 
     name = "load"
     probe = True
-    relay_extra = "[limits]\nlinks_per_agent = 1000\n"
+    relay_extra = "[limits]\nlinks_per_agent = 1000\nlinks_per_client = 1000\n"
 
 
 def daemons(chain: Nbbridge) -> dict[str, dict[str, float | None]]:
@@ -174,6 +183,7 @@ def honest(
     """Run _honest.py once (blocking); its JSON result, with the relay's figures."""
     traffic = args.traffic if traffic is None else traffic
     before = daemons(chain)
+    all0, own0 = machine_cpu(), time.process_time()
     child = Child(
         f"honest-{label}",
         [
@@ -195,6 +205,7 @@ def honest(
     finally:
         child.stop()
     after = daemons(chain)
+    all1, own1 = machine_cpu(), time.process_time()
     lines = [ln for ln in child.log_path.read_text().splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"_honest.py printed no result; see {child.log_path}")
@@ -204,6 +215,11 @@ def honest(
     result["relay_fds_after"] = after["relay"]["fds"]
     result["relay_cpu_s"] = (after["relay"]["cpu_s"] or 0) - (before["relay"]["cpu_s"] or 0)
     result["relay_rss_MiB"] = after["relay"]["rss_MiB"]
+    wall = result["setup_all_s"] + result["traffic_s"]
+    # This process is the attacker: its CPU is taken from the machine the honest links share.
+    result["attacker_cpu_pct"] = 100 * (own1 - own0) / wall if wall else None
+    busy, total = all1[0] - all0[0], all1[1] - all0[1]
+    result["machine_cpu_pct"] = 100 * busy / total if total else None
     return result
 
 
@@ -249,6 +265,9 @@ def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
         "setup_max_ms": 1000 * setup[-1] if setup else None,
         "setup_all_s": r["setup_all_s"],
         "relay_cpu_s": r["relay_cpu_s"],
+        "retries": r["retries"],
+        "attacker_cpu_pct": r["attacker_cpu_pct"],
+        "machine_cpu_pct": r["machine_cpu_pct"],
     }
 
 
@@ -278,10 +297,13 @@ def report_hostile(
         ("setup_max_ms", "link set-up max, ms", "{:.0f}"),
         ("setup_all_s", f"all {args.links} links up, s", "{:.2f}"),
         ("relay_cpu_s", "relay CPU during the run, s", "{:.1f}"),
+        ("retries", "link attempts refused, retried", "{:.0f}"),
+        ("attacker_cpu_pct", "attacker (this process) CPU, %", "{:.0f}"),
+        ("machine_cpu_pct", "machine CPU busy (2 cores), %", "{:.0f}"),
     ):
         a, b = q[key], h[key]
         cells = [fmt.format(v) if v is not None else "-" for v in (q1[key], q2[key], a, b)]
-        ratio = f"x{b / a:.2f}" if a and b is not None else "-"
+        ratio = f"x{b / a:.2f}" if a and b is not None and key != "attacker_cpu_pct" else "-"
         print(f"   {label:34} " + " ".join(f"{c:>9}" for c in cells) + f" {ratio:>7}")
     hs = loud["hostile"]
     print(
@@ -293,6 +315,8 @@ def report_hostile(
         f"{hs['relay_fds_during']} during, {loud['relay_fds_after']} after"
     )
     for name, r in (("quiet 1", quiet), ("hostile", loud), ("quiet 2", again)):
+        if r["retry_reasons"]:
+            print(f"   {name}: honest link attempts refused: {r['retry_reasons']}")
         if r["failed_count"]:
             print(f"   {name}: {r['failed_count']} honest failures, first: {r['failed'][0]}")
     for key, label in (("throughput_MBps", "throughput"), ("setup_p50_ms", "set-up p50")):
@@ -357,9 +381,16 @@ def channels_phase(chain: Nbbridge, target_port: int, args: argparse.Namespace) 
                     f"   {role:6}: RSS {b['rss_MiB']:.1f} -> {h['rss_MiB']:.1f} MiB "
                     f"({per:.2f} KiB per channel), fds {b['fds']} -> {h['fds']}"
                 )
-    after = daemons(chain)
+    # Closing 10 000 channels takes a while: wait (bounded) until the fds are back.
+    baseline = rows["nbbridge"][2]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        after = daemons(chain)
+        if all((after[r]["fds"] or 0) <= (baseline[r]["fds"] or 0) + 2 for r in ROLES):
+            break
+        time.sleep(0.5)
     print(
-        "   after closing them (3 s later): "
+        f"   after closing them ({time.monotonic() - t0 + 3:.1f} s later): "
         + ", ".join(f"{r} {after[r]['fds']} fds {after[r]['rss_MiB']:.1f} MiB" for r in ROLES)
     )
 
@@ -412,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="hostile,channels,short")
     parser.add_argument("--hostile", type=int, default=2000, help="slow connections")
-    parser.add_argument("--hostile-addresses", type=int, default=20)
+    parser.add_argument("--hostile-addresses", type=int, default=100)
     parser.add_argument("--drip", type=float, default=1.0, help="seconds between their bytes")
     parser.add_argument("--links", type=int, default=100, help="honest links")
     parser.add_argument("--concurrency", type=int, default=10, help="links opening at once")

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup must be shorter than --minutes")
 
     soft, now = raise_fd_limit()
-    info = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine()}
+    info: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine()}
     log(f"soak: fd soft limit {soft} -> {now}; load average {os.getloadavg()[0]:.2f}")
     work = Path(tempfile.mkdtemp(prefix="nbbridge-soak-"))
     target_port = free_port()
