@@ -132,6 +132,8 @@ class Nbbridge(Chain):
     probe = False
     #: extra environment for the three daemons
     extra_env: dict[str, str] = {}
+    #: extra command-line options per daemon (role -> options), e.g. --max-channels
+    daemon_args: dict[str, list[str]] = {}
 
     def twistd(self) -> list[str]:
         if self.probe:
@@ -167,6 +169,7 @@ class Nbbridge(Chain):
                 f"tcp:{relay_port}:interface=127.0.0.1",
                 "--config",
                 "relay.toml",
+                *self.daemon_args.get("relay", []),
             ],
             work,
             envs["relay"],
@@ -193,6 +196,7 @@ class Nbbridge(Chain):
                 "authorized_keys",
                 "--expose",
                 f"{SERVICE}=tcp:127.0.0.1:{self.target_port}",
+                *self.daemon_args.get("agent", []),
             ],
             work,
             envs["agent"],
@@ -216,6 +220,7 @@ class Nbbridge(Chain):
                 "client.key",
                 "--forward",
                 f"{SERVICE}={forward_port}",
+                *self.daemon_args.get("client", []),
             ],
             work,
             envs["client"],

@@ -7,10 +7,6 @@ installing a SIGUSR1 handler that walks ``gc.get_objects()`` and appends one JSO
 ``{"t": ..., "deferreds": N, "pending": N, "objects": N}`` to the file named by
 ``$NBBRIDGE_BENCH_PROBE`` ("pending" = not yet called). The handler runs on the reactor's
 thread between bytecodes, so the count is consistent; nothing in nbbridge changes.
-
-``$NBBRIDGE_BENCH_MAX_CHANNELS``, if set, raises ``MuxSession``'s default channel limit
-(4096, not configurable from the command line) so that bench/load.py can open more channels
-over one link than the shipped default allows; the bench says when it does.
 """
 
 from __future__ import annotations
@@ -48,20 +44,8 @@ def _on_usr1(signum: int, frame: FrameType | None) -> None:
         f.write(line + "\n")
 
 
-def _raise_channel_limit() -> None:
-    limit = os.environ.get("NBBRIDGE_BENCH_MAX_CHANNELS")
-    if not limit:
-        return
-    from nbbridge.mux import MuxSession
-
-    defaults = MuxSession.__init__.__kwdefaults__
-    assert defaults is not None and "max_channels" in defaults
-    defaults["max_channels"] = int(limit)
-
-
 def main() -> None:
     signal.signal(signal.SIGUSR1, _on_usr1)
-    _raise_channel_limit()
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", *sys.argv[1:]]

@@ -6,7 +6,7 @@
 (with ``PYTHONPATH=src`` in a checkout without an editable install). Starts on 127.0.0.1
 one target (``_target.py``: sink + echo) and the nbbridge chain of bench/tunnel.py
 (``twistd -n nbbridge-relay``, ``-agent``, ``-client`` with a forward to the target, run
-under ``_probe.py``, which is twistd itself plus two bench-only hooks), then:
+under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), then:
 
 1. **Hostile load.** ``_honest.py`` (a child process, one reactor) opens ``--links``
    links to the agent through the relay, ``--concurrency`` at a time, timing each link's
@@ -20,9 +20,8 @@ under ``_probe.py``, which is twistd itself plus two bench-only hooks), then:
 2. **Idle channels.** ``--channels`` connections to the client's forward, all held open,
    each a channel over the client's one link (opened ``--batch`` at a time, each echoing a
    byte); time, and RSS / fds of each daemon per channel. Reference: the same count
-   straight to the target. MuxSession allows 4096 channels per session and the command
-   line cannot change that, so the daemons run with it raised to ``--max-channels``
-   (``_probe.py`` sets MuxSession's default; 0 keeps the shipped limit).
+   straight to the target. A link carries at most 4096 channels unless told otherwise,
+   so the agent and the client get ``--max-channels`` (default 12000; 0 keeps theirs).
 3. **Short connections.** ``--rate`` connections a second for ``--seconds`` to the forward,
    each connect, echo one byte, close (at most ``--in-flight`` at once); reference: the same
    straight to the target. RSS and fds of each daemon before and after (a leak check).
@@ -362,8 +361,8 @@ def channels_phase(chain: Nbbridge, target_port: int, args: argparse.Namespace) 
         f"\n2. {n} idle channels over one link ({args.batch} opened at a time, each echoes a "
         "byte, all held open), vs the same count straight to the target"
     )
-    limit = "shipped 4096" if not args.max_channels else f"raised to {args.max_channels}"
-    print(f"   MuxSession channel limit: {limit}")
+    limit = "the default" if not args.max_channels else f"--max-channels {args.max_channels}"
+    print(f"   agent and client run with {limit}")
     d_s = rows["direct"][0]
     for name, (seconds, error, before, held) in rows.items():
         if error:
@@ -468,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, str(Path(__file__).with_name("_target.py")), str(target_port)],
         work,
     )
-    LoadChain.extra_env = (
-        {"NBBRIDGE_BENCH_MAX_CHANNELS": str(args.max_channels)} if args.max_channels else {}
-    )
+    if args.max_channels:
+        limit = ["--max-channels", str(args.max_channels)]
+        LoadChain.daemon_args = {"agent": limit, "client": limit}
     chain = LoadChain(work, target_port)
     started = time.monotonic()
     try:
