@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test lint typecheck trial demo bench clean
+.PHONY: all install test test-lowest lint typecheck trial demo bench fuzz faults clean
 
 all: test
 
@@ -13,24 +13,49 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # A plain (non-editable) install, so the twistd plug-ins are found exactly as users get them.
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find src -name '*.py')
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml $(shell find src systemd deploy/launchd -type f -not -name '*.pyc')
 	$(BIN)/pip install -q '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	PYTHONPATH=src $(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --untyped-calls-exclude twisted -p nbbridge.wire -p nbbridge.mux -p nbbridge.crypto -p nbbridge.store
 
+# Faults at scale kill each daemon FAULTS_KILLS times in `make test` (minutes per 50 kills;
+# `make faults` runs the full 50 and is where bench/RESULTS.md's figures come from).
+FAULTS_KILLS ?= 8
+
 trial: $(STAMP)
-	PYTHONPATH=. $(BIN)/trial $(TRIAL_ARGS) tests
+	FAULTS_KILLS=$(FAULTS_KILLS) PYTHONPATH=. $(BIN)/trial $(TRIAL_ARGS) tests
+
+faults: $(STAMP)
+	FAULTS_KILLS=50 PYTHONPATH=. $(BIN)/trial tests.tunnel.test_faults_at_scale
 
 test: lint typecheck trial
+
+# The suite again on the lowest Twisted and Autobahn setup.cfg allows (.ci/constraints-lowest.txt),
+# in a venv of its own. Lint and typecheck run once, on the newest, in `make test`.
+LOWEST       = .venv-lowest
+LOWEST_STAMP = $(LOWEST)/.installed
+
+$(LOWEST)/bin/python:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q --upgrade pip
+
+$(LOWEST_STAMP): $(LOWEST)/bin/python setup.cfg pyproject.toml .ci/constraints-lowest.txt $(shell find src -name '*.py')
+	$(LOWEST)/bin/pip install -q -c .ci/constraints-lowest.txt '.[test]'
+	touch $(LOWEST_STAMP)
+
+# The same suite on the lowest Twisted and Autobahn; the fuzz targets get a short smoke run
+# there (they exercise nbbridge's own parsers, which `make test` fuzzes with 10^5 inputs each).
+test-lowest: $(LOWEST_STAMP)
+	FAULTS_KILLS=3 NBBRIDGE_FUZZ_RUNS=2000 PYTHONPATH=. $(LOWEST)/bin/trial $(TRIAL_ARGS) tests
 
 demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
@@ -40,5 +65,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/mux_pipe.py
 	$(BIN)/python bench/tunnel.py --json bench/results.json --markdown bench/RESULTS.md
 
+# Every fuzz target for FUZZ_RUNS inputs (the bounded run is part of `make test`, in
+# tests/test_fuzz.py; bench/fuzz_long.py is the long one).
+FUZZ_RUNS ?= 1000000
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run --runs $(FUZZ_RUNS) --artifacts build/fuzz-artifacts
+
 clean:
-	rm -rf $(VENV) build _trial_temp* .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) build _trial_temp* .mypy_cache .ruff_cache .hypothesis

@@ -42,6 +42,9 @@ class InternalsTests(SynchronousTestCase):
         ):
             self.assertTrue(hasattr(protocol, name), name)
         self.assertEqual(_internals.take_handshake_leftover(protocol), b"")
+        self.assertFalse(_internals.auto_ping_pending(protocol))
+        protocol.autoPingPending = b"x" * 12
+        self.assertTrue(_internals.auto_ping_pending(protocol))
         self.assertFalse(_internals.autobahn_has_queued(protocol))
 
     def test_autobahn_factory_timer(self) -> None:

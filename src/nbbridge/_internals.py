@@ -79,6 +79,15 @@ def traffic_seen(protocol: Any) -> None:
         protocol._cancelAutoPingTimeoutCall()
 
 
+def auto_ping_pending(protocol: Any) -> bool:
+    """Whether Autobahn's own heartbeat ping is waiting for its pong.
+
+    A pong for a ping of ours that arrives then does not match Autobahn's payload, and Autobahn
+    logs it as unexpected; whoever measures the round-trip time skips that turn instead.
+    """
+    return protocol.autoPingPending is not None
+
+
 def take_handshake_leftover(protocol: Any) -> bytes:
     """What arrived with the opening handshake, unread by Autobahn (its ``data`` buffer)."""
     data: bytes = protocol.data

@@ -198,3 +198,16 @@ def parse_bearer(headers: Mapping[str, str]) -> str | None:
         return None
     token = token.strip()
     return token or None
+
+
+# -- the client's status page (loopback), read by `nbbridge status` -----------------------------
+
+#: Its default port, fixed so that `nbbridge status` and a bookmark find it. 8767 is in no
+#: common use: not Jupyter's 8888-8890, the forwards' 8080, dev servers' 3000, 5000, 8000 and
+#: 8081, Splunk's 8089, Gradio's 7860, Prometheus' 9090 or the relay's 8765, and not in
+#: /etc/services.
+STATUS_PORT = 8767
+#: Its default endpoint: loopback only.
+STATUS_ENDPOINT = f"tcp:{STATUS_PORT}:interface=127.0.0.1"
+#: The route of its JSON document.
+STATUS_JSON_PATH = "/status.json"

@@ -1,9 +1,14 @@
 """`make demo`: the whole product on one machine, on loopback, in a temporary directory.
 
-Starts a relay, a real Jupyter server, an agent exposing it and a client forwarding a local
-port to it, each a real ``twistd`` process with freshly made keys and tokens; checks that
-Jupyter answers through the tunnel; prints the URL to open; runs until Ctrl-C, then stops
-everything. ``--check`` stops right after the check (used by the tests).
+Starts a relay, a real JupyterLab, an agent exposing it and a client forwarding a local port
+to it (relay, agent and client each a real ``twistd`` process) with freshly made keys and
+tokens; checks that the Jupyter API and the JupyterLab page answer through the tunnel; prints
+the URL to open; runs until Ctrl-C (or SIGTERM), then stops everything. ``--check`` stops right
+after the check (used by the tests).
+
+JupyterLab's configuration, runtime files, settings and workspaces live in the temporary
+directory: a user's own Jupyter configuration (a password, a base URL) cannot break the demo,
+and the demo leaves nothing in ``~/.jupyter``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -27,6 +33,10 @@ from nbbridge._secrets import hash_token
 from nbbridge.crypto import PrivateKey, write_private_key
 
 BIN = Path(sys.executable).parent
+#: The JupyterLab server script (package ``jupyterlab``, in the ``demo`` extra).
+JUPYTER_LAB = BIN / "jupyter-lab"
+#: What the demo prints before the URL to open; the tests wait for this line.
+OPEN_PROMPT = "open in a browser:"
 
 
 def free_port() -> int:
@@ -58,6 +68,7 @@ class Process:
         self._changed = threading.Condition()
         self.popen = subprocess.Popen(
             args,
+            stdin=subprocess.DEVNULL,  # not the demo's terminal or pipe, which it may outlive
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=workdir,
@@ -138,11 +149,58 @@ def write_tunnel_files(work: Path, agent: str, client: str) -> PrivateKey:
     return agent_key
 
 
+def jupyter_env(env: dict[str, str], work: Path, token: str) -> dict[str, str]:
+    """ENV for JupyterLab: its token, and every file it writes kept under WORK."""
+    jupyter = work / "jupyter"
+    return dict(
+        env,
+        JUPYTER_TOKEN=token,
+        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(jupyter / "lab" / "user-settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "lab" / "workspaces"),
+    )
+
+
+def check_through_tunnel(base: str, token: str) -> dict[str, object]:
+    """Jupyter's API status and its JupyterLab page, fetched through the tunnel.
+
+    The page is what the printed URL opens: without JupyterLab installed, Jupyter Server
+    answers the API but 404 for ``/lab``, and the demo must say so instead of printing a URL
+    that does not work.
+    """
+    auth = {"Authorization": f"token {token}"}
+    request = urllib.request.Request(f"{base}/api/status", headers=auth)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        status: dict[str, object] = json.load(response)
+    request = urllib.request.Request(f"{base}/lab", headers=auth)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            page = response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"JupyterLab did not answer through the tunnel: /lab gave {e}") from e
+    if "jupyter-config-data" not in page:
+        raise SystemExit(f"{base}/lab answered, but not with the JupyterLab page")
+    return status
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the demo like Ctrl-C: through ``main``'s clean-up, which stops every child
+    (they run in their own sessions, so nothing else would)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run nbbridge end to end on loopback.")
     parser.add_argument("--check", action="store_true", help="stop once the check passed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
+    if not JUPYTER_LAB.exists():
+        raise SystemExit(
+            f"JupyterLab is not installed next to {sys.executable}: "
+            "pip install '.[demo]' (make demo does)"
+        )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     work = Path(tempfile.mkdtemp(prefix="nbbridge-demo-"))
     (work / "notebooks").mkdir()
@@ -156,12 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
     processes: list[Process] = []
     try:
-        jenv = dict(env, JUPYTER_TOKEN=jupyter_token)
         processes.append(
             Process(
                 "jupyter",
                 [
-                    str(BIN / "jupyter-server"),
+                    str(JUPYTER_LAB),
                     "--ServerApp.ip=127.0.0.1",
                     f"--ServerApp.port={jupyter_port}",
                     "--ServerApp.port_retries=0",
@@ -170,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     *(["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []),
                 ],
                 work,
-                jenv,
+                jupyter_env(env, work, jupyter_token),
             )
         )
         processes.append(
@@ -241,18 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         processes[0].wait_for("http://127.0.0.1", timeout=90)
 
         base = f"http://127.0.0.1:{forward_port}"
-        request = urllib.request.Request(
-            f"{base}/api/status", headers={"Authorization": f"token {jupyter_token}"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status = json.load(response)
-        print(f"nbbridge demo: Jupyter answered through the tunnel: {status}")
+        status = check_through_tunnel(base, jupyter_token)
+        print(f"nbbridge demo: Jupyter answered through the tunnel (API and JupyterLab): {status}")
         print(f"  work directory: {work} (logs: relay.log agent.log client.log jupyter.log)")
-        print(f"  open in a browser: {base}/lab?token={jupyter_token}")
-        print(f"                 or: {base}/tree?token={jupyter_token}")
+        print(f"  {OPEN_PROMPT} {base}/lab?token={jupyter_token}", flush=True)
         if args.check:
             return 0
-        print("Ctrl-C stops everything.")
+        print("Ctrl-C stops everything.", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from twisted.trial.unittest import TestCase
 from nbbridge.agent.tap import Options, makeService
 from nbbridge.crypto import PrivateKey, write_private_key
 from nbbridge.demo import write_secret
+from nbbridge.mux import ChannelLimits
 
 
 class AgentOptionsTests(TestCase):
@@ -69,3 +70,22 @@ class AgentOptionsTests(TestCase):
             usage.UsageError, Options().parseOptions, self.args("--expose", "a=1")
         )
         self.assertIn("chmod 600", str(e))
+
+    def test_channel_limits(self) -> None:
+        """--max-channels and --max-pending-opens bound every session the agent makes."""
+        o = Options()
+        o.parseOptions(
+            self.args("--expose", "ssh=22", "--max-channels", "8", "--max-pending-opens", "2")
+        )
+        agent = makeService(o)
+        self.assertEqual(agent.channel_limits, ChannelLimits(8, 2))  # type: ignore[attr-defined]
+        defaults = Options()
+        defaults.parseOptions(self.args("--expose", "ssh=22"))
+        self.assertEqual(defaults["channel_limits"], ChannelLimits())
+        for bad in ("0", "-3"):
+            e = self.assertRaises(
+                usage.UsageError,
+                Options().parseOptions,
+                self.args("--expose", "ssh=22", "--max-channels", bad),
+            )
+            self.assertIn("--max-channels must be a positive number", str(e))

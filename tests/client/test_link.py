@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from nbbridge.crypto import PrivateKey
 from nbbridge.mux import MuxSession
 from nbbridge.transport import parse_relay_url
-from nbbridge.tunnel import AgentLink, LinkDown
+from nbbridge.tunnel import AgentLink, LinkDown, LinkState
 from nbbridge.websocket import LinkClosed
 
 
@@ -82,6 +83,25 @@ class AgentLinkTests(TestCase):
         self.assertLess(gaps[0], 2)
         self.assertLessEqual(max(gaps), 61)
         self.assertGreater(max(gaps), 25)
+
+    def test_reconnects_and_uptime(self) -> None:
+        """What the status page shows: when the link came up, and how often it came back."""
+        clock = Clock()
+        first, second = (MuxSession(initiator=True, clock=clock) for _ in range(2))
+        link = FakeLink(clock, [lambda: succeed(first), lambda: succeed(second)])
+        link.session()
+        clock.advance(0)
+        self.assertEqual((link.state, link.reconnects, link.up_since), (LinkState.UP, 0, 0.0))
+        clock.advance(5)
+        first.connectionLost(Failure(ConnectionDone()))
+        clock.advance(0)  # the session says so on a later turn
+        self.assertEqual((link.state, link.up_since, link.rtt), (LinkState.BACKING_OFF, None, None))
+        self.assertIn("link lost", link.last_error)
+        clock.advance(1)  # the first retry comes within a second
+        clock.advance(0)
+        self.assertEqual((link.state, link.reconnects), (LinkState.UP, 1))
+        assert link.up_since is not None
+        self.assertGreater(link.up_since, 5.0)
 
     def test_open_session_is_reused(self) -> None:
         clock = Clock()

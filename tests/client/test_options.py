@@ -47,10 +47,36 @@ class ClientOptionsTests(TestCase):
         self.assertEqual(o["token"], "s3cret")
         service = makeService(o)
         kinds = sorted(type(child).__name__ for child in service)
-        # the link, two forwards, and giving memory back when idle (on glibc)
+        # the link, two forwards, the status page, and giving memory back when idle (glibc)
         self.assertEqual(
-            [k for k in kinds if k != "IdleTrim"], ["AgentLink"] + ["ForwardService"] * 2
+            [k for k in kinds if k != "IdleTrim"],
+            ["AgentLink", "ForwardService", "ForwardService", "StatusService"],
         )
+        self.assertEqual(o["status"], "tcp:8767:interface=127.0.0.1")
+
+    def test_status_endpoint(self) -> None:
+        for given, expected in (
+            ("9000", "tcp:9000:interface=127.0.0.1"),
+            ("tcp6:9000:interface=\\:\\:1", "tcp6:9000:interface=\\:\\:1"),
+            ("unix:/run/user/1000/nbb.sock", "unix:/run/user/1000/nbb.sock"),
+            ("off", None),
+        ):
+            o = Options()
+            o.parseOptions(self.args("--forward", "ssh=2222", "--status", given))
+            self.assertEqual(o["status"], expected, given)
+        o = Options()
+        o.parseOptions(self.args("--forward", "ssh=2222", "--status", "off"))
+        kinds = [type(child).__name__ for child in makeService(o)]
+        self.assertNotIn("StatusService", kinds)
+
+    def test_status_off_loopback_refused(self) -> None:
+        for given in ("tcp:9000:interface=0.0.0.0", "tcp:9000", "tcp6:9000:interface=\\:\\:"):
+            e = self.assertRaises(
+                usage.UsageError,
+                Options().parseOptions,
+                self.args("--forward", "ssh=2222", "--status", given),
+            )
+            self.assertIn(f"--status {given}", str(e))
 
     def test_needs_a_forward(self) -> None:
         e = self.assertRaises(usage.UsageError, Options().parseOptions, self.args())

@@ -3,50 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from html.parser import HTMLParser
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
-
-from tests._tools import unavailable
+from tests._chromium import Capture, chromium, chromium_missing
 
 from ._harness import HubTestCase
-
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1200,900",
-    # Long enough for the page to load and fetch stats/json once; its 5 s refresh never comes.
-    "--virtual-time-budget=4000",
-]
-
-
-class _Capture(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred[int | None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None))
 
 
 class _Cells(HTMLParser):
@@ -87,29 +48,10 @@ class _Cells(HTMLParser):
 
 class StatsPageBrowserTests(HubTestCase):
     timeout = 180
-    skip = unavailable(
-        "chromium not found: apt-get install chromium (Debian) to run the /stats page test"
-        if CHROMIUM is None
-        else None
-    )
+    skip = chromium_missing("/stats page")
 
-    async def chromium(self, *args: str) -> _Capture:
-        assert CHROMIUM is not None
-        profile = os.path.abspath(self.mktemp())
-        os.makedirs(profile)
-        capture = _Capture()
-        argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
-        env = {**os.environ, "HOME": profile}
-        process = reactor.spawnProcess(capture, CHROMIUM, argv, env=env)
-        self.addCleanup(self._reap, process, capture)
-        code = await capture.ended
-        self.assertEqual(code, 0, capture.err.decode("utf-8", "replace")[-2000:])
-        return capture
-
-    async def _reap(self, process: object, capture: _Capture) -> None:
-        if not capture.ended.called:
-            process.signalProcess("KILL")  # type: ignore[attr-defined]
-            await capture.ended
+    async def chromium(self, *args: str) -> Capture:
+        return await chromium(self, *args)
 
     async def test_page_shows_topics_and_counts(self) -> None:
         # A browser here cannot sign in (no form posts from the command line): this relay
@@ -139,6 +81,9 @@ class StatsPageBrowserTests(HubTestCase):
         self.assertEqual(int(room["messages_out"]), 3)
         self.assertGreater(int(cells.rows["video"]["messages_out"]), 0)
         self.assertIn('data-field="members"', dom)
+        # The live chart (the shared nbbridge.webpage chart.js) has a line per topic.
+        self.assertIn('<polyline points="', dom)
+        self.assertIn('data-series="both:lab/cam1"', dom)
 
         # The screenshot stays in the test's temp directory as an artifact.
         shot = os.path.abspath(os.path.join(self.mktemp() + "-stats.png"))

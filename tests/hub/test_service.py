@@ -15,6 +15,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from nbbridge.relay import hash_token
 from nbbridge.relay.tap import Options, makeService
+from tests._cleanup import add_async_cleanup
 
 from ..relay._harness import FileTestCase
 from ..relay._ws import Connector
@@ -108,11 +109,11 @@ class TwistdHubTests(unittest.TestCase):
         ]
         env = {**os.environ, "PYTHONPATH": SRC}
         transport: Any = reactor.spawnProcess(protocol, twistd, argv, env=env, path=cwd)
-        self.addCleanup(self._reap, protocol, transport)
+        add_async_cleanup(self, self._reap, protocol, transport)
         port = int((await protocol.matched).group(1))
 
         connector = Connector(reactor, port)
-        self.addCleanup(connector.all_lost)
+        add_async_cleanup(self, connector.all_lost)
         reader = await connector.connect("/lab/streams/out/cam1")
         refused = await connector.connect("/lab/streams/in/cam1")
         self.assertEqual((await refused.closed)[0], 4401)

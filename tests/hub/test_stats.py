@@ -162,6 +162,19 @@ class StatsDocumentTests(HubTestCase):
         self.assertEqual(doc["totals"]["members"], 2)
         self.assertEqual(self.documents.builds, 2)
 
+    async def test_request_rate(self) -> None:
+        """/stats and /metrics share one request rate; beyond it, 429 names the limit."""
+        clock = Clock()
+        await self.start_hub({"stats_requests_per_second": 2, **WITH_TOKEN}, clock)
+        codes = [(await self.http_get(path, BEARER))[0] for path in ("/stats/json", "/metrics")]
+        self.assertEqual(codes, [200, 200])
+        code, _headers, body = await self.http_get("/stats/json", BEARER)
+        self.assertEqual(code, 429)
+        self.assertIn(b"stats_requests_per_second = 2", body)
+        self.assertEqual((await self.http_get("/metrics"))[0], 429)
+        clock.advance(1.0)
+        self.assertEqual((await self.http_get("/stats/json", BEARER))[0], 200)
+
     async def test_page_and_files(self) -> None:
         await self.start_hub()
         code, headers, body = await self.http_get("/stats")

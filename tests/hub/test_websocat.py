@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nbbridge.hub._core import Member
+from tests._cleanup import add_async_cleanup
 from tests._tools import unavailable
 
 from ._harness import HubTestCase, collect
@@ -24,7 +25,7 @@ class WebsocatTests(HubTestCase):
         joined = self.when("joined", lambda m: m.route.path(self.hub.config.prefix) == path)
         before = {m.id for m in self.hub.members()}
         process = Websocat.start(WEBSOCAT, self.connector.url(path))
-        self.addCleanup(self._reap, process)
+        add_async_cleanup(self, self._reap, process)
         member: Member = await joined
         self.assertNotIn(member.id, before)
         return process

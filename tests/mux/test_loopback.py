@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
 from nbbridge.wire import Data, FrameDecoder, Open, OpenOk, Reset, encode
+from tests._cleanup import add_async_cleanup
 from tests._loopback import LOOPBACK, TrackingFactory, listen, serve
 
 from ._helpers import HalfCloseEcho, HashSink, tcp_endpoint
@@ -88,7 +89,7 @@ class LoopbackTests(TestCase):
         self.echo_forward = await listen(
             self, ForwardingFactory(ChannelEndpoint.on(self.session, "echo"))
         )
-        self.addCleanup(self._close)
+        add_async_cleanup(self, self._close)
 
     async def _close(self) -> None:
         closed = [self.session.when_closed()] + [s.when_closed() for s in self.server_sessions]

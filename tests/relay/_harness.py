@@ -20,6 +20,7 @@ from nbbridge.relay._core import Relay
 from nbbridge.relay._protocol import DataProtocol, LinkProtocol, RelayWebSocket
 from nbbridge.relay._service import RelayService
 from nbbridge.relay.tap import mounts
+from tests._cleanup import add_async_cleanup
 
 from ._ws import Connector, TestClient
 
@@ -104,7 +105,7 @@ class RelayTestCase(unittest.TestCase):
         self.service.startService()
         port = await self.service.when_listening()
         self.connector = Connector(reactor, port.getHost().port, ca_pem)
-        self.addCleanup(self._stop_relay)
+        add_async_cleanup(self, self._stop_relay)
         return self.connector
 
     async def _stop_relay(self) -> None:

@@ -25,6 +25,7 @@ from nbbridge._secrets import token_digest
 from nbbridge.relay import hash_token, tap
 from nbbridge.relay._service import RelayService
 from nbbridge.relay.tap import Options, makeService
+from tests._cleanup import add_async_cleanup
 
 from ._harness import FileTestCase
 
@@ -176,7 +177,7 @@ class TwistdTests(unittest.TestCase):
         protocol = _Twistd(pattern)
         argv = [twistd, "-n", "nbbridge-relay", *args]
         transport: Any = reactor.spawnProcess(protocol, twistd, argv, env=env, path=cwd)
-        self.addCleanup(self._reap, protocol, transport)
+        add_async_cleanup(self, self._reap, protocol, transport)
         return protocol
 
     async def _reap(self, protocol: _Twistd, transport: Any) -> None:

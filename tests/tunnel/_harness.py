@@ -36,6 +36,7 @@ from nbbridge.client._forward import ForwardService
 from nbbridge.relay import tap as relay_tap
 from nbbridge.relay._service import RelayService
 from nbbridge.tunnel import AgentLink
+from tests._cleanup import add_async_cleanup
 
 from . import _tcp
 from ._autobahn import cancel_stale_close_timeouts
@@ -74,7 +75,7 @@ class TunnelTestCase(unittest.TestCase):
         self._servers: list[Callable[[], Deferred[None]]] = []
         self._pool = HTTPConnectionPool(reactor)
         self.http = HTTPClient(WebAgent(reactor, pool=self._pool))
-        self.addCleanup(self._stop_everything)
+        add_async_cleanup(self, self._stop_everything)
 
     async def _stop_everything(self) -> None:
         for peer in self.peers:
@@ -162,6 +163,25 @@ class TunnelTestCase(unittest.TestCase):
         self.relay_port = int(found.group(1))
         self.relay_process = process
         return process
+
+    async def start_client_process(
+        self, forward: Mapping[str, int]
+    ) -> tuple[ChildProcess, dict[str, int]]:
+        """``twistd -n --pidfile= nbbridge-client ...`` as a child; returns once it listens.
+
+        FORWARD maps each service to the port to listen on (0: any); the ports taken are
+        returned, so that a client started again after a kill can listen where it did.
+        """
+        args = self.client_args([])
+        for service, port in forward.items():
+            args += ["--forward", f"{service}={port}"]
+        argv = twistd_command("nbbridge-client", args)
+        process = spawn(self, "nbbridge-client", argv, child_env(), cwd=self.files.root.path)
+        ports = {}
+        for service in forward:
+            found = await process.wait_for(rf"{re.escape(service)} → 127\.0\.0\.1:(\d+)")
+            ports[service] = int(found.group(1))
+        return process, ports
 
     async def start_agent_process(
         self, expose: Mapping[str, str], name: str = "gpu"
@@ -272,6 +292,9 @@ class TunnelTestCase(unittest.TestCase):
             self.files.token_files[token],
             "--key",
             self.files.key_files[key],
+            # Not the fixed default port: tests run side by side.
+            "--status",
+            "tcp:0:interface=127.0.0.1",
         ]
         for service in forward:
             args += ["--forward", f"{service}=0"]

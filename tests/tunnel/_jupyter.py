@@ -23,6 +23,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
+from tests._cleanup import add_async_cleanup
+
 from ._process import BIN, ChildProcess, child_env, spawn
 
 
@@ -193,6 +195,6 @@ async def open_channels(
             channels.sendClose(1000)
         await channels.lost
 
-    test.addCleanup(close)
+    add_async_cleanup(test, close)
     await channels.opened
     return channels

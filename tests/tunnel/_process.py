@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 import nbbridge
+from tests._cleanup import add_async_cleanup
 
 #: Where the nbbridge package in use lives: the child imports the same code (and plug-ins).
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nbbridge.__file__)))
@@ -167,5 +168,5 @@ def spawn(
     reactor.spawnProcess(  # type: ignore[attr-defined]
         child, argv[0], list(argv), env=dict(env), path=cwd, childFDs={0: "w", 1: "r", 2: "r"}
     )
-    test.addCleanup(child.stop)
+    add_async_cleanup(test, child.stop)
     return child

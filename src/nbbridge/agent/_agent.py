@@ -40,7 +40,7 @@ from nbbridge.crypto import (
     Responder,
     SecureProtocol,
 )
-from nbbridge.mux import Acceptor, MuxSession
+from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, Acceptor, ChannelLimits, MuxSession
 from nbbridge.transport import RelayURL, client_endpoint, websocket_client_factory
 from nbbridge.websocket import StreamClientProtocol, bind
 
@@ -81,6 +81,8 @@ class _DataProtocol(StreamClientProtocol):
             acceptor=agent.acceptor,
             label=f"link {self.factory.link_id[:6]}",
             clock=agent.clock,
+            max_channels=agent.channel_limits.max_channels,
+            max_pending_accepts=agent.channel_limits.max_pending_accepts,
         )
         # The handshake ends only with the client's first authenticated record, so a replayed
         # handshake message never counts as a client and is dropped after the deadline.
@@ -130,9 +132,11 @@ class Agent(MultiService):
         *,
         max_pending_dials: int = MAX_PENDING_DIALS,
         handshake_timeout: float = RESPONDER_HANDSHAKE_TIMEOUT,
+        channel_limits: ChannelLimits = DEFAULT_CHANNEL_LIMITS,
     ) -> None:
         super().__init__()
         self.handshake_timeout = handshake_timeout
+        self.channel_limits = channel_limits
         self.reactor = reactor
         self.clock = reactor
         self.relay = relay

@@ -61,6 +61,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["authorized"],
         services,
         options["ca"],
+        channel_limits=options["channel_limits"],
     )
     care_for_memory(agent, reactor)
     return agent

@@ -20,6 +20,10 @@ from nbbridge.crypto import (
     write_private_key,
 )
 
+from ._errors import UserError
+from ._service import add_service_commands
+from ._status import add_status_command
+
 EXIT_USAGE = 2
 _TOKEN_BYTES = 32
 
@@ -94,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a new random token, then the relay.toml line holding its SHA-256.",
     )
     token.set_defaults(run=_token)
+    add_service_commands(commands)
+    add_status_command(commands)
     return parser
 
 
@@ -103,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)
-    except (_Fail, KeyFileError, KeyFormatError) as e:
+    except (_Fail, UserError, KeyFileError, KeyFormatError) as e:
         print(f"nbbridge: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:

@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from nbbridge._observer import OneShotObserver
-from nbbridge.mux import ForwardingFactory
+from nbbridge.mux import ForwardCounters, ForwardingFactory
 from nbbridge.tunnel import AgentLink
 
 #: Services whose forward is opened in a browser rather than with a TCP client.
@@ -23,11 +23,20 @@ def describe(service: str, address: Any) -> str:
     port = getattr(address, "port", None)
     if host is None or port is None:
         return f"{service} → {address}"
-    if ":" in host:
-        host = f"[{host}]"
-    if service in _WEB_SERVICES:
-        return f"{service} → http://{host}:{port}/"
-    return f"{service} → {host}:{port}"
+    return f"{service} → {open_url(service, address) or _host(host) + f':{port}'}"
+
+
+def open_url(service: str, address: Any) -> str | None:
+    """The URL to open in a browser for a web service's forward (None for the others)."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if service not in _WEB_SERVICES or host is None or port is None:
+        return None
+    return f"http://{_host(host)}:{port}/"
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class ForwardService(Service):
@@ -44,6 +53,11 @@ class ForwardService(Service):
         self._factory = ForwardingFactory(link.endpoint(service), label=service)
         self.port: IListeningPort | None = None
         self._bound: OneShotObserver[IListeningPort] = OneShotObserver(reactor)
+
+    @property
+    def counters(self) -> ForwardCounters:
+        """Connections and bytes this forward has carried."""
+        return self._factory.counters
 
     @property
     def listening(self) -> Deferred[IListeningPort]:

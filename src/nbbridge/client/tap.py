@@ -13,6 +13,7 @@ from nbbridge.transport import endpoint_string
 from nbbridge.tunnel import AgentLink, TunnelOptions
 
 from ._forward import ForwardService
+from ._status import DEFAULT_STATUS, StatusService, check_status_endpoint
 
 
 class Options(TunnelOptions):
@@ -43,6 +44,12 @@ class Options(TunnelOptions):
     optParameters = [
         ["agent", None, None, "name of the agent to reach"],
         ["agent-key", None, None, "the agent's public key (nbb1...), pinned"],
+        [
+            "status",
+            None,
+            DEFAULT_STATUS,
+            "loopback endpoint of the status page and JSON (`nbbridge status`), or off",
+        ],
     ]
 
     def opt_forward(self, value: str) -> None:
@@ -51,6 +58,7 @@ class Options(TunnelOptions):
 
     def load(self) -> None:
         self["agent_public_key"] = parse_public_key(self["agent-key"])
+        self["status"] = check_status_endpoint(self["status"])
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -65,12 +73,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["private_key"],
         options["token"],
         options["ca"],
+        channel_limits=options["channel_limits"],
     )
     top = MultiService()
     link.setServiceParent(top)
-    for service, listen in options["forward"]:
-        ForwardService(serverFromString(reactor, listen), service, link, reactor).setServiceParent(
-            top
-        )
+    forwards = [
+        ForwardService(serverFromString(reactor, listen), service, link, reactor)
+        for service, listen in options["forward"]
+    ]
+    for forward in forwards:
+        forward.setServiceParent(top)
+    if options["status"] is not None:
+        status = serverFromString(reactor, options["status"])
+        StatusService(status, link, forwards, reactor).setServiceParent(top)
     care_for_memory(top, reactor)
     return top

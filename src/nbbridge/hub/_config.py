@@ -11,6 +11,7 @@ max_members = 1000              # hub connections in all
 max_members_per_topic = 256
 max_members_per_address = 64    # hub connections from one IP address
 stats_interval = 5.0            # seconds between /stats/ws updates (and the page's refresh)
+stats_requests_per_second = 10  # /stats/... and /metrics requests, all callers together
 stats_token_sha256 = "<hex>"    # /stats/json, /stats/ws and /metrics in full need this token
 stats_anonymous = "totals"      # what they show without it: "totals", "none" or "full"
 
@@ -79,6 +80,8 @@ class HubConfig:
     max_members_per_topic: int = 256
     max_members_per_address: int = 64
     stats_interval: float = 5.0
+    #: requests to /stats (its page, JSON, login, WebSocket) and /metrics, per second in all
+    stats_requests_per_second: float = 10.0
     #: rates are measured over this many seconds
     rate_window: float = 5.0
     stats_token_sha256: bytes | None = attrs.field(default=None, repr=False)
@@ -123,7 +126,11 @@ _INTS = {
     "max_members_per_topic": (1, 10_000_000),
     "max_members_per_address": (1, 10_000_000),
 }
-_FLOATS = {"stats_interval": (0.01, 3600.0), "rate_window": (0.1, 3600.0)}
+_FLOATS = {
+    "stats_interval": (0.01, 3600.0),
+    "rate_window": (0.1, 3600.0),
+    "stats_requests_per_second": (0.1, 1_000_000.0),
+}
 _KNOWN = {
     *_INTS,
     *_FLOATS,

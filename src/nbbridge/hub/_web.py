@@ -31,7 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
-from nbbridge.websocket import RouteBinding
+from nbbridge.webpage import StaticFile, shared_file
+from nbbridge.websocket import RateLimit, RateLimitedResource, RefusalLog, RouteBinding
 
 from ._config import HubConfig, StatsView
 from ._core import Hub
@@ -48,11 +49,6 @@ from ._stats import snapshot
 from ._stats_access import StatsLogin, StatsLogout, stats_token
 from ._stats_cache import StatsDocuments
 
-#: The page's security policy: only its own scripts, styles and connections.
-_CSP = (
-    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    b"img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
 _STATIC = {
     b"app.js": ("app.js", b"text/javascript; charset=utf-8"),
     b"app.css": ("app.css", b"text/css; charset=utf-8"),
@@ -115,24 +111,6 @@ class HubRoutes(Resource):
         return WebSocketResource(binding).render(request)
 
 
-class _StaticFile(Resource):
-    """One file of the page, read from package data once."""
-
-    isLeaf = True
-
-    def __init__(self, body: bytes, content_type: bytes) -> None:
-        super().__init__()
-        self._body = body
-        self._type = content_type
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", self._type)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"content-security-policy", _CSP)
-        return self._body
-
-
 class StatsJson(Resource):
     """`GET /stats/json`: this interval's stats document, in the view the request may see."""
 
@@ -163,9 +141,10 @@ class StatsPage(Resource):
         self, documents: StatsDocuments, config: HubConfig, stream: StatsStreamFactory
     ) -> None:
         super().__init__()
-        self._page = _StaticFile(_static("index.html"), b"text/html; charset=utf-8")
+        self._page = StaticFile(_static("index.html"), b"text/html; charset=utf-8")
         for name, (filename, content_type) in _STATIC.items():
-            self.putChild(name, _StaticFile(_static(filename), content_type))
+            self.putChild(name, StaticFile(_static(filename), content_type))
+        self.putChild(b"chart.js", StaticFile(shared_file("chart.js"), _STATIC[b"app.js"][1]))
         self.putChild(b"json", StatsJson(documents, config))
         self.putChild(b"ws", WebSocketResource(stream))
         self.putChild(b"login", StatsLogin(config))
@@ -269,13 +248,18 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConf
     stream = StatsStreamFactory(config, documents, heartbeat, reactor)
     if config.enabled:
         _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, heartbeat, reactor)))
-    root.putChild(b"stats", StatsPage(documents, config, stream))
+    # Anyone may ask for these, and each answer costs CPU: one rate for them all.
+    rate = RateLimit(config.stats_requests_per_second, relay.clock)
+    refusals = RefusalLog(relay.clock)
+
+    def limited(resource: Resource, what: str) -> Resource:
+        return RateLimitedResource(resource, rate, "stats_requests_per_second", what, refusals)
+
+    root.putChild(b"stats", limited(StatsPage(documents, config, stream), "/stats"))
     registries = {
         "full": make_registry(hub, tunnel, per_topic=True),
         "totals": make_registry(hub, tunnel, per_topic=False),
     }
-    root.putChild(
-        b"metrics",
-        MetricsResource(registries, lambda request: stats_view(config, request), token_in_url),
-    )
+    metrics = MetricsResource(registries, lambda request: stats_view(config, request), token_in_url)
+    root.putChild(b"metrics", limited(metrics, "/metrics"))
     return HubRuntime(hub, stream, relay.clock)

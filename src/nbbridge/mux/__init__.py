@@ -11,18 +11,27 @@ from ._errors import (
     TooManyChannels,
     UnknownService,
 )
-from ._forwarding import ForwardingFactory, SpliceFactory, TcpSide
-from ._session import DEFAULT_MAX_WINDOW, DEFAULT_WINDOW, MuxSession
+from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
+from ._session import (
+    DEFAULT_CHANNEL_LIMITS,
+    DEFAULT_MAX_WINDOW,
+    DEFAULT_WINDOW,
+    ChannelLimits,
+    MuxSession,
+)
 
 __all__ = [
+    "DEFAULT_CHANNEL_LIMITS",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
     "Acceptor",
     "Channel",
     "ChannelAddress",
     "ChannelEndpoint",
+    "ChannelLimits",
     "ChannelOpenFailed",
     "ChannelReset",
+    "ForwardCounters",
     "ForwardingFactory",
     "MuxSession",
     "OpenRequest",

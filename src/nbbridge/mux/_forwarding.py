@@ -198,15 +198,57 @@ class SpliceFactory(Factory):
         return TcpSide(self._channel)
 
 
+class ForwardCounters:
+    """What one forward has carried: connections open and in all, bytes each way.
+
+    Counted for the client's status page; ``bytes_up`` went from the local connections
+    into the tunnel, ``bytes_down`` came back out of it.
+    """
+
+    __slots__ = ("bytes_down", "bytes_up", "connections", "open")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.connections = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+
+class _CountedChannelSide(_ChannelSide):
+    __slots__ = ("_counters",)
+
+    def __init__(self, tcp: TcpSide, counters: ForwardCounters) -> None:
+        super().__init__(tcp)
+        self._counters = counters
+
+    def dataReceived(self, data: bytes) -> None:
+        self._counters.bytes_down += len(data)
+        write_now(self._tcp.transport, data)
+
+
 class _Forwarded(TcpSide):
     __slots__ = ("factory",)
 
     factory: ForwardingFactory
 
+    def channel_protocol(self) -> Protocol:
+        return _CountedChannelSide(self, self.factory.counters)
+
     def connectionMade(self) -> None:
+        counters = self.factory.counters
+        counters.open += 1
+        counters.connections += 1
         super().connectionMade()
         d = self.factory.endpoint.connect(_Once(self.channel_protocol()))
         d.addErrback(self._failed)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.counters.bytes_up += len(data)
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.counters.open -= 1
+        super().connectionLost(reason)
 
     def _failed(self, failure: Failure) -> None:
         self._log.info(
@@ -215,8 +257,10 @@ class _Forwarded(TcpSide):
             peer=self.transport.getPeer() if self.transport else None,
             why=failure.getErrorMessage(),
         )
+        # Reset, never a clean close: the user may have sent a request already, and a FIN
+        # would read as "the service answered nothing".
         if self.transport is not None and not self._gone:
-            self.transport.loseConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class ForwardingFactory(Factory):
@@ -230,6 +274,7 @@ class ForwardingFactory(Factory):
     def __init__(self, endpoint: IStreamClientEndpoint, label: str = "forward") -> None:
         self.endpoint = endpoint
         self.label = label
+        self.counters = ForwardCounters()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         protocol = _Forwarded()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IProtocol,
@@ -61,6 +62,25 @@ DEFAULT_WINDOW_BUDGET = 64 * 1024 * 1024
 _RECENT = 4096
 
 
+#: Channels per session (open, and being opened), and opens from the peer in progress.
+DEFAULT_MAX_CHANNELS = 4096
+DEFAULT_MAX_PENDING_ACCEPTS = 1024
+
+
+@attrs.frozen
+class ChannelLimits:
+    """How many channels one session may hold, and how many of the peer's opens may be in
+    progress at once (each is a connect to a service): set per daemon (``--max-channels``,
+    ``--max-pending-opens``) and handed to each session it makes."""
+
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    max_pending_accepts: int = DEFAULT_MAX_PENDING_ACCEPTS
+
+
+#: What a daemon uses unless told otherwise.
+DEFAULT_CHANNEL_LIMITS = ChannelLimits()
+
+
 @implementer(IPushProducer)
 class MuxSession(Protocol):
     """One end of a multiplexed session.
@@ -84,8 +104,8 @@ class MuxSession(Protocol):
         window: int = DEFAULT_WINDOW,
         max_window: int = DEFAULT_MAX_WINDOW,
         window_budget: int = DEFAULT_WINDOW_BUDGET,
-        max_channels: int = 4096,
-        max_pending_accepts: int = 1024,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
+        max_pending_accepts: int = DEFAULT_MAX_PENDING_ACCEPTS,
         label: str = "mux",
         clock: IReactorTime | None = None,
     ) -> None:

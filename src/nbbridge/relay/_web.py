@@ -22,7 +22,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request, Site
 
 from nbbridge.contract import RouteKind, parse_bearer, parse_route
-from nbbridge.websocket import RefusalLog, RouteBinding, request_done
+from nbbridge.websocket import RateLimit, RefusalLog, RouteBinding, request_done, too_many
 
 from ._auth import check_admin
 from ._core import Relay
@@ -145,27 +145,6 @@ class WebSocketRoutes(Resource):
         return WebSocketResource(binding).render(request)
 
 
-class RateLimit:
-    """A token bucket: RATE events per second on average, bursts of up to RATE (at least 1)."""
-
-    def __init__(self, rate: float, clock: IReactorTime) -> None:
-        self.rate = rate
-        self._clock = clock
-        self._capacity = max(1.0, rate)
-        self._tokens = self._capacity
-        self._at = clock.seconds()
-
-    def allow(self) -> bool:
-        """Take one token if there is one."""
-        now = self._clock.seconds()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
 class StatusResource(Resource):
     """`GET /status`: counters for everyone; with the admin token, also each agent.
 
@@ -185,12 +164,9 @@ class StatusResource(Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         if not self._rate.allow():
-            why = f"too many /status requests (status_per_second = {self._rate.rate:g})"
-            peer = request.getClientAddress()
-            self._refusals.refused("status_per_second", getattr(peer, "host", "peer"), why)
-            request.setResponseCode(429, b"Too Many Requests")
-            request.setHeader(b"retry-after", b"1")
-            return json.dumps({"error": why}).encode("utf-8") + b"\n"
+            return too_many(
+                request, "status_per_second", self._rate.rate, "/status", self._refusals
+            )
         header = request.getHeader(b"authorization")
         admin = False
         if header is not None and self._admin_sha256 is not None:

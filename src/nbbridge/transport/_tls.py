@@ -10,6 +10,7 @@ application protocol never sees an unverified connection.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,11 @@ from zope.interface import implementer
 
 from ._explain import ConnectContext, RelayConnectError, describe
 from ._url import RelayURL
+
+#: Twisted 26.4 added ``wrapClientTLS(clock=)``, the clock its TLS layer batches small writes
+#: on. Older ones, which setup.cfg still allows, take the global reactor: the same one as
+#: ``client_endpoint``'s everywhere but in a test that injects another.
+_TLS_TAKES_CLOCK = "clock" in inspect.signature(wrapClientTLS).parameters
 
 if TYPE_CHECKING:
     from nbbridge._internals import IOpenSSLTrustRoot
@@ -97,7 +103,10 @@ def client_endpoint(
     if not relay.secure:
         return _RelayEndpoint(reactor, relay, tcp, None, log_failures)
     creator = optionsForClientTLS(relay.host, trustRoot=load_trust_root(ca_file))
-    tls = wrapClientTLS(creator, tcp, clock=reactor)
+    if _TLS_TAKES_CLOCK:
+        tls = wrapClientTLS(creator, tcp, clock=reactor)
+    else:
+        tls = wrapClientTLS(creator, tcp)
     return _RelayEndpoint(reactor, relay, tls, ca_file, log_failures)
 
 
@@ -244,6 +253,11 @@ class _HandshakeGate(Protocol):
         if self.verified.called:
             return
         tls = self._tls
+        if getattr(tls, "disconnecting", False):
+            # Twisted before 26.4 checks the host name once the handshake is done and, on a
+            # mismatch, aborts the connection but still reports the handshake complete: the
+            # app must not get it. connectionLost follows, the VerificationError its reason.
+            return
         tls.wrappedProtocol = self._app
         self._app.makeConnection(tls)
         self.verified.callback(self._app)

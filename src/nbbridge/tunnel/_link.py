@@ -10,6 +10,7 @@ the user's program sees a prompt close rather than a hang.
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -21,10 +22,11 @@ from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTCP, IR
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nbbridge._internals import auto_ping_pending
 from nbbridge._observer import Waiters
 from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
-from nbbridge.mux import ChannelEndpoint, MuxSession
+from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, ChannelEndpoint, ChannelLimits, MuxSession
 from nbbridge.transport import (
     RelayURL,
     client_endpoint,
@@ -69,15 +71,47 @@ def _is_final(error: BaseException) -> bool:
     return False
 
 
+#: The start of the payload of our round-trip pings (Autobahn's own carry a timestamp).
+_RTT_PING = b"nbbridge-rtt:"
+
+
 class _LinkProtocol(StreamClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.ready: Deferred[MuxSession] = Deferred()
         self.session: MuxSession | None = None
+        self._ping: tuple[bytes, float, Deferred[float]] | None = None
+
+    def ping(self) -> Deferred[float] | None:
+        """Send a WebSocket ping; its pong sets the link's ``rtt`` (to the relay and back).
+
+        Skipped (None) while an earlier ping or Autobahn's own heartbeat waits for its pong;
+        else a Deferred that fires with the round trip when the pong comes (never, if the
+        link closes first).
+        """
+        if self.state != self.STATE_OPEN or self._ping is not None or auto_ping_pending(self):
+            return None
+        payload = _RTT_PING + os.urandom(8)
+        self._ping = (payload, self.owner.clock.seconds(), Deferred())
+        self.sendPing(payload)
+        return self._ping[2]
+
+    def onPong(self, payload: bytes) -> None:
+        if self._ping is not None and payload == self._ping[0]:
+            _, sent, measured = self._ping
+            self._ping = None
+            self.owner.rtt = rtt = self.owner.clock.seconds() - sent
+            measured.callback(rtt)
 
     def make_inner(self) -> IProtocol:
         link: AgentLink = self.owner
-        self.session = MuxSession(initiator=True, label=f"link to {link.agent}", clock=link.clock)
+        self.session = MuxSession(
+            initiator=True,
+            label=f"link to {link.agent}",
+            clock=link.clock,
+            max_channels=link.channel_limits.max_channels,
+            max_pending_accepts=link.channel_limits.max_pending_accepts,
+        )
         secure = SecureProtocol(self.session, Initiator(link.key, link.agent_key), link.clock)
         secure.handshake.addCallbacks(self._secured, self._refused)
         return secure
@@ -120,6 +154,7 @@ class AgentLink(Service):
         wait: float = 30.0,
         attempt_timeout: float = 30.0,
         max_backoff: float = 60.0,
+        channel_limits: ChannelLimits = DEFAULT_CHANNEL_LIMITS,
     ) -> None:
         self.reactor: IReactorTCP = reactor
         self.clock: IReactorTime = reactor
@@ -132,6 +167,7 @@ class AgentLink(Service):
         self._wait = wait
         self._attempt_timeout = attempt_timeout
         self._max_backoff = max_backoff
+        self.channel_limits = channel_limits
         self.state = LinkState.IDLE
         self._session: MuxSession | None = None
         self._attempt: Deferred[MuxSession] | None = None
@@ -140,6 +176,26 @@ class AgentLink(Service):
         self._delay = 1.0
         self._last_error = "not connected yet"
         self._last_final_at: float | None = None
+        self._protocol: _LinkProtocol | None = None
+        #: how often the link came up again after it was up once
+        self.reconnects = 0
+        #: when the current session came up (reactor seconds), None while down
+        self.up_since: float | None = None
+        #: the last measured WebSocket round trip to the relay, in seconds (see ``ping``)
+        self.rtt: float | None = None
+        self._ups = 0
+
+    @property
+    def last_error(self) -> str:
+        """Why the link is not up, or was last lost."""
+        return self._last_error
+
+    def ping(self) -> Deferred[float] | None:
+        """Measure the round trip to the relay once more, if up: it lands in ``rtt``, and the
+        Deferred returned fires with it (None: no ping sent, one is on its way already)."""
+        if self.state is LinkState.UP and self._protocol is not None:
+            return self._protocol.ping()
+        return None
 
     @property
     def url(self) -> str:
@@ -209,6 +265,7 @@ class AgentLink(Service):
         protocol: Any = await endpoint.connect(factory)
         try:
             session: MuxSession = await protocol.ready
+            self._protocol = protocol
             return session
         except BaseException:
             if protocol.transport is not None:
@@ -222,6 +279,10 @@ class AgentLink(Service):
             return
         self.state = LinkState.UP
         self._session = session
+        if self._ups:
+            self.reconnects += 1
+        self._ups += 1
+        self.up_since = self.clock.seconds()
         self._delay = 1.0
         self._last_final_at = None
         self._log.info(
@@ -253,6 +314,9 @@ class AgentLink(Service):
 
     def _lost(self, reason: str) -> None:
         self._session = None
+        self._protocol = None
+        self.up_since = None
+        self.rtt = None
         self._last_error = f"link lost: {reason}"
         if self.state is LinkState.STOPPED:
             return

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key
+from nbbridge.mux import ChannelLimits
 from nbbridge.transport import parse_mapping, parse_relay_url
 
 
@@ -31,6 +32,20 @@ class TunnelOptions(usage.Options):
         ["token-file", None, None, "file holding the token (else $NBBRIDGE_TOKEN)"],
         ["key", None, None, "this machine's private key file (nbbridge keygen)"],
         ["ca", None, None, "PEM file of the CA(s) to trust for wss:// instead of the system's"],
+        [
+            "max-channels",
+            None,
+            ChannelLimits().max_channels,
+            "channels one link may carry at once (open or being opened)",
+            int,
+        ],
+        [
+            "max-pending-opens",
+            None,
+            ChannelLimits().max_pending_accepts,
+            "opens from the other end that may be connecting to a service at once",
+            int,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -62,9 +77,19 @@ class TunnelOptions(usage.Options):
             self["relay_url"] = parse_relay_url(self["relay"], self["insecure"])
             self["private_key"] = load_private_key(self["key"])
             self["token"] = read_secret(self["token-file"], "NBBRIDGE_TOKEN")
+            self["channel_limits"] = ChannelLimits(
+                _positive(self, "max-channels"), _positive(self, "max-pending-opens")
+            )
             self.load()
         except (ValueError, KeyFileError, KeyFormatError, SecretError) as e:
             raise usage.UsageError(str(e)) from None
 
     def load(self) -> None:
         """Read the subclass's own files; raise ValueError or a key error to refuse."""
+
+
+def _positive(options: usage.Options, flag: str) -> int:
+    value = options[flag]
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"--{flag} must be a positive number")
+    return int(value)

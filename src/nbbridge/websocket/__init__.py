@@ -27,6 +27,7 @@ Whatever these need of Autobahn's and Twisted's undocumented internals is in
 
 from ._dataframes import DataFrames, xor_frame
 from ._guard import ConnectionLimits, RefusalLog, could_be_http
+from ._ratelimit import RateLimit, RateLimitedResource, too_many
 from ._server import (
     MAX_REASON,
     RouteBinding,
@@ -44,6 +45,8 @@ __all__ = [
     "ConnectionTracker",
     "DataFrames",
     "LinkClosed",
+    "RateLimit",
+    "RateLimitedResource",
     "RefusalLog",
     "RouteBinding",
     "ServerWebSocket",
@@ -56,6 +59,7 @@ __all__ = [
     "refusal_response",
     "request_done",
     "set_server_options",
+    "too_many",
     "truncate_reason",
     "xor_frame",
 ]

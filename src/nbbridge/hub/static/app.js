@@ -5,14 +5,6 @@
 (function () {
   "use strict";
 
-  var SVG = "http://www.w3.org/2000/svg";
-  var POINTS = 60;
-  var COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-                "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
-  var history = {};  // topic key -> [bytes/s, ...], newest last
-  var colorOf = {};
-  var nextColor = 0;
-
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
     Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
@@ -132,80 +124,11 @@
   }
 
   function renderChart(doc) {
-    var seen = {};
+    var rates = {};
     doc.topics.forEach(function (topic) {
-      var key = topic.kind + ":" + topic.name;
-      seen[key] = true;
-      if (!(key in colorOf)) { colorOf[key] = COLORS[nextColor++ % COLORS.length]; }
-      var points = history[key] || (history[key] = []);
-      points.push(topic.rates.bytes_in + topic.rates.bytes_out);
-      if (points.length > POINTS) { points.shift(); }
+      rates[topic.kind + ":" + topic.name] = topic.rates.bytes_in + topic.rates.bytes_out;
     });
-    Object.keys(history).forEach(function (key) {
-      if (!seen[key]) {
-        history[key].push(0);
-        if (history[key].length > POINTS) { history[key].shift(); }
-        if (Math.max.apply(null, history[key]) === 0) { delete history[key]; }
-      }
-    });
-
-    var width = 720, height = 180, pad = 40;
-    var max = 1;
-    Object.keys(history).forEach(function (key) {
-      max = Math.max(max, Math.max.apply(null, history[key]));
-    });
-    var svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("width", width);
-    svg.setAttribute("height", height);
-    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
-    svg.setAttribute("role", "img");
-    var axis = document.createElementNS(SVG, "text");
-    axis.setAttribute("x", 4);
-    axis.setAttribute("y", 14);
-    axis.setAttribute("font-size", "11");
-    axis.textContent = perSecond(max);
-    svg.appendChild(axis);
-    var base = document.createElementNS(SVG, "line");
-    base.setAttribute("x1", pad); base.setAttribute("x2", width - 4);
-    base.setAttribute("y1", height - 4); base.setAttribute("y2", height - 4);
-    base.setAttribute("stroke", "#999");
-    svg.appendChild(base);
-    var legend = document.getElementById("legend");
-    var items = [];
-    Object.keys(history).forEach(function (key) {
-      var points = history[key];
-      var step = (width - pad - 4) / (POINTS - 1);
-      var offset = POINTS - points.length;
-      var coords = points.map(function (v, i) {
-        var x = pad + (offset + i) * step;
-        var y = height - 4 - (v / max) * (height - 24);
-        return x.toFixed(1) + "," + y.toFixed(1);
-      });
-      var line = document.createElementNS(SVG, "polyline");
-      line.setAttribute("points", coords.join(" "));
-      line.setAttribute("fill", "none");
-      line.setAttribute("stroke", colorOf[key]);
-      line.setAttribute("stroke-width", "2");
-      line.setAttribute("data-topic", key);
-      svg.appendChild(line);
-      // The newest point gets a dot, so a topic shows from its first figure on.
-      var last = coords[coords.length - 1].split(",");
-      var dot = document.createElementNS(SVG, "circle");
-      dot.setAttribute("cx", last[0]);
-      dot.setAttribute("cy", last[1]);
-      dot.setAttribute("r", "3");
-      dot.setAttribute("fill", colorOf[key]);
-      svg.appendChild(dot);
-      var item = el("li", { "data-topic": key });
-      var swatch = el("span", { "class": "swatch" });
-      swatch.style.background = colorOf[key];
-      item.appendChild(swatch);
-      item.appendChild(document.createTextNode(key.replace(/^both:/, "").replace(/^stream:/, "stream ") +
-        " " + perSecond(points[points.length - 1])));
-      items.push(item);
-    });
-    document.getElementById("chart").replaceChildren(svg);
-    legend.replaceChildren.apply(legend, items);
+    chart.push(rates);
   }
 
   function setStatus(text, isError) {
@@ -218,6 +141,13 @@
     document.getElementById("sign-in").hidden = signedIn;
     document.getElementById("sign-out").hidden = !signedIn;
   }
+
+  // The chart is chart.js's (shared with the client's status page), loaded before this file.
+  var chart = window.nbbLiveChart(document.getElementById("chart"),
+    document.getElementById("legend"), {
+      format: perSecond,
+      label: function (key) { return key.replace(/^both:/, "").replace(/^stream:/, "stream "); }
+    });
 
   var refused = window.location.hash === "#sign-in-refused";
   if (refused) { history.replaceState(null, "", window.location.pathname); }
