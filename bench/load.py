@@ -318,14 +318,21 @@ def report_hostile(
             print(f"   {name}: honest link attempts refused: {r['retry_reasons']}")
         if r["failed_count"]:
             print(f"   {name}: {r['failed_count']} honest failures, first: {r['failed'][0]}")
-    for key, label in (("throughput_MBps", "throughput"), ("setup_p50_ms", "set-up p50")):
+    # The targets: every honest link up, the honest throughput at least 80 % of quiet, and
+    # link set-up (p50 and p95) at most 120 % of quiet.
+    checks = [
+        ("every honest link up", h["up"] == args.links, f"{h['up']} of {args.links}"),
+    ]
+    for key, label, ok_if in (
+        ("throughput_MBps", "honest throughput within 20 % of quiet", lambda r: r >= 0.8),
+        ("setup_p50_ms", "link set-up p50 within 20 % of quiet", lambda r: r <= 1.2),
+        ("setup_p95_ms", "link set-up p95 within 20 % of quiet", lambda r: r <= 1.2),
+    ):
         a, b = q[key], h[key]
         if a and b is not None:
-            ok = b >= 0.8 * a if key == "throughput_MBps" else b <= 1.2 * a
-            print(
-                f"   target: honest {label} within 20 % of quiet: x{b / a:.2f} - "
-                f"{'met' if ok else 'MISSED'}"
-            )
+            checks.append((label, ok_if(b / a), f"x{b / a:.2f}"))
+    for label, ok, shown in checks:
+        print(f"   target: {label}: {shown} - {'met' if ok else 'MISSED'}")
 
 
 def _mean(a: float | None, b: float | None) -> float | None:
