@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.logger import globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from nbbridge import __version__
@@ -118,3 +119,17 @@ class RequestBodyTests(RelayTestCase):
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", connector.port), raw)
         reply = await raw.done
         self.assertTrue(reply.startswith(b"HTTP/1.1 413 "), reply)
+
+    async def test_non_ascii_uri_is_400_without_a_traceback(self) -> None:
+        """Found by the relay_http fuzz target: twisted.web failed on it with a logged 500."""
+        connector = await self.start_relay(make_config())
+        errors: list[object] = []
+        observer = lambda event: errors.append(event) if event.get("isError") else None  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        raw = _Raw(b"POST \xafstatus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", connector.port), raw)
+        reply = await raw.done
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply)
+        self.assertIn(b"request URI must be ASCII", reply)
+        self.assertEqual(errors, [])

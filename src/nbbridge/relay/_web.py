@@ -103,8 +103,17 @@ class BoundedRequest(Request):
             super().handleContentChunk(data)
 
     def process(self) -> None:
-        if not self._refused:
-            super().process()
+        if self._refused:
+            return
+        if not self.uri.isascii():
+            # A URI is ASCII (RFC 3986); twisted.web would fail rendering an error page for
+            # one that is not, and log a traceback per request.
+            self.setResponseCode(400)
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.write(b"request URI must be ASCII (percent-encode other bytes)\n")
+            self.finish()
+            return
+        super().process()
 
     def finish(self) -> None:
         channel = getattr(self, "channel", None)  # the channel forgets us once we finish
