@@ -22,6 +22,8 @@ from pathlib import Path
 from _procs import Child, child_env, command_version, free_port
 
 BIN = Path(sys.executable).parent
+#: the three nbbridge daemons of a chain
+ROLES = ("client", "relay", "agent")
 SERVICE = "bench"
 #: -b: binary messages. -E: close a connection once either side reached EOF; websocat warns
 #: that a server for several clients leaks sockets without it, and the leaked ones would pile
@@ -124,15 +126,40 @@ class Nbbridge(Chain):
     name = "nbbridge"
     title = "nbbridge client>relay>agent"
     behind_nginx = False
+    #: TOML appended to the relay.toml (load.py and soak.py lift limits or enable the hub)
+    relay_extra = ""
+    #: run the daemons under ``_probe.py`` (twistd plus a SIGUSR1 Deferred counter)
+    probe = False
+    #: extra environment for the three daemons
+    extra_env: dict[str, str] = {}
+    #: extra command-line options per daemon (role -> options), e.g. --max-channels
+    daemon_args: dict[str, list[str]] = {}
+
+    def twistd(self) -> list[str]:
+        if self.probe:
+            start = [sys.executable, str(Path(__file__).with_name("_probe.py"))]
+        else:
+            start = [str(BIN / "twistd")]
+        return [*start, "--nodaemon", "--pidfile="]
+
+    def probe_file(self, role: str) -> Path:
+        """Where ``role``'s Deferred counts go (``_probe.py``) when it gets SIGUSR1."""
+        return self.work / f"{role}.deferreds.jsonl"
 
     def start(self) -> None:
         from nbbridge.demo import write_tunnel_files
 
         work = self.work
-        env = child_env()
+        env = dict(child_env(), **self.extra_env)
         agent_key = write_tunnel_files(work, agent="bench", client="bench")
+        (work / "agent.pub").write_text(agent_key.public_key.to_text() + "\n")
+        if self.relay_extra:
+            with open(work / "relay.toml", "a") as f:
+                f.write("\n" + self.relay_extra)
         relay_port, forward_port = free_port(), free_port()
-        twistd = [str(BIN / "twistd"), "--nodaemon", "--pidfile="]
+        self.relay_port = relay_port
+        twistd = self.twistd()
+        envs = {r: dict(env, NBBRIDGE_BENCH_PROBE=str(self.probe_file(r))) for r in ROLES}
         relay = Child(
             "relay",
             [
@@ -142,9 +169,10 @@ class Nbbridge(Chain):
                 f"tcp:{relay_port}:interface=127.0.0.1",
                 "--config",
                 "relay.toml",
+                *self.daemon_args.get("relay", []),
             ],
             work,
-            env,
+            envs["relay"],
         )
         self.children["relay"] = relay
         relay.wait_for("listening on")
@@ -168,9 +196,10 @@ class Nbbridge(Chain):
                 "authorized_keys",
                 "--expose",
                 f"{SERVICE}=tcp:127.0.0.1:{self.target_port}",
+                *self.daemon_args.get("agent", []),
             ],
             work,
-            env,
+            envs["agent"],
         )
         self.children["agent"] = agent
         agent.wait_for("online at")
@@ -191,9 +220,10 @@ class Nbbridge(Chain):
                 "client.key",
                 "--forward",
                 f"{SERVICE}={forward_port}",
+                *self.daemon_args.get("client", []),
             ],
             work,
-            env,
+            envs["client"],
         )
         self.children["client"] = client
         client.wait_for(f"{SERVICE} →")

@@ -106,15 +106,26 @@ def round_trips(port: int, count: int, warmup: int, size: int, timeout: float) -
     return times
 
 
-def open_many(port: int, count: int, timeout: float, while_open: Callable[[], Any]) -> float:
+def open_many(
+    port: int,
+    count: int,
+    timeout: float,
+    while_open: Callable[[], Any],
+    batch: int | None = None,
+) -> float:
     """Open COUNT connections at once, each echoing one byte; call WHILE_OPEN, then close.
+
+    With BATCH, open them BATCH at a time (each batch echoed before the next starts), all
+    held open until the end: more connections than a listen backlog without SYN retries.
 
     :returns: seconds from the first connect until every connection had its byte back.
     """
-    return asyncio.run(_open_many(port, count, timeout, while_open))
+    return asyncio.run(_open_many(port, count, timeout, while_open, batch or count))
 
 
-async def _open_many(port: int, count: int, timeout: float, while_open: Callable[[], Any]) -> float:
+async def _open_many(
+    port: int, count: int, timeout: float, while_open: Callable[[], Any], batch: int
+) -> float:
     writers: list[asyncio.StreamWriter] = []
 
     async def one() -> None:
@@ -124,11 +135,16 @@ async def _open_many(port: int, count: int, timeout: float, while_open: Callable
         if await reader.readexactly(1) != b"x":
             raise LoadError("echo answered another byte")
 
+    async def all_of_them() -> list[Any]:
+        results: list[Any] = []
+        for first in range(0, count, batch):
+            n = min(batch, count - first)
+            results += await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        return results
+
     start = time.perf_counter()
     try:
-        results = await asyncio.wait_for(
-            asyncio.gather(*(one() for _ in range(count)), return_exceptions=True), timeout
-        )
+        results = await asyncio.wait_for(all_of_them(), timeout)
     except TimeoutError:
         await _close_all(writers)
         raise LoadError(f"{count} connections: not all echoed after {timeout:g} s") from None
@@ -149,3 +165,74 @@ async def _close_all(writers: list[asyncio.StreamWriter]) -> None:
     for w in writers:
         with contextlib.suppress(OSError):
             await w.wait_closed()
+
+
+class ShortConnections:
+    """What ``short_connections`` saw: counts, per-connection seconds, the first errors."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.done = 0
+        self.failed = 0
+        self.skipped = 0
+        self.errors: list[str] = []
+        self.seconds: list[float] = []
+        self.elapsed = 0.0
+
+
+def short_connections(
+    port: int, rate: float, duration: float, timeout: float, max_in_flight: int
+) -> ShortConnections:
+    """RATE connections a second for DURATION seconds: connect, echo a byte, close.
+
+    Each is timed from its connect to its echo. At most MAX_IN_FLIGHT at once: a connection
+    due while that many are open is skipped (counted), so a slow chain cannot pile up
+    without bound; after DURATION, the ones in flight get TIMEOUT seconds to finish.
+    """
+    return asyncio.run(_short_connections(port, rate, duration, timeout, max_in_flight))
+
+
+async def _short_connections(
+    port: int, rate: float, duration: float, timeout: float, max_in_flight: int
+) -> ShortConnections:
+    seen = ShortConnections()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one() -> None:
+        start = time.perf_counter()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), timeout
+            )
+            writer.write(b"x")
+            if await asyncio.wait_for(reader.readexactly(1), timeout) != b"x":
+                raise LoadError("echo answered another byte")
+            seen.seconds.append(time.perf_counter() - start)
+            seen.done += 1
+        except (OSError, LoadError, TimeoutError, asyncio.IncompleteReadError) as e:
+            seen.failed += 1
+            if len(seen.errors) < 5:
+                seen.errors.append(repr(e))
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    begin = time.perf_counter()
+    while (now := time.perf_counter()) - begin < duration:
+        due = int((now - begin) * rate) - seen.started - seen.skipped
+        for _ in range(max(0, due)):
+            if len(tasks) >= max_in_flight:
+                seen.skipped += 1
+                continue
+            seen.started += 1
+            task = asyncio.ensure_future(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.sleep(0.005)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=2 * timeout)
+    seen.elapsed = time.perf_counter() - begin
+    return seen

@@ -193,3 +193,24 @@ def tcp_counters() -> dict[str, int]:
         if names.startswith("TcpExt:"):
             counters.update(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
     return counters
+
+
+def fd_count(pid: int) -> int | None:
+    """Open file descriptors of the process (entries of /proc/PID/fd), or None if gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; children inherit it.
+
+    :returns: (soft before, soft now).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,0 +1,525 @@
+"""Load: hostile slow connections beside honest links, 10 000 channels, 1 000 connections/s.
+
+    .venv/bin/python bench/load.py [--hostile 2000] [--links 100] [--channels 10000]
+                                   [--rate 1000] [--seconds 60] [--only hostile,channels,short]
+
+(with ``PYTHONPATH=src`` in a checkout without an editable install). Starts on 127.0.0.1
+one target (``_target.py``: sink + echo) and the nbbridge chain of bench/tunnel.py
+(``twistd -n nbbridge-relay``, ``-agent``, ``-client`` with a forward to the target, run
+under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), then:
+
+1. **Hostile load.** ``_honest.py`` (a child process, one reactor) opens ``--links``
+   links to the agent through the relay, ``--concurrency`` at a time, timing each link's
+   set-up, then keeps one channel per link sinking 256 KiB blocks for ``--traffic``
+   seconds: honest throughput. First on a quiet relay (the reference), then again while
+   ``--hostile`` connections, from ``--hostile-addresses`` loopback source addresses
+   (127.0.1.1, 127.0.1.2, ...; honest links come from 127.0.0.1), each send an unfinished
+   HTTP upgrade request one byte every ``--drip`` seconds (slowloris); one the relay closes
+   is opened again 1 s later. The figures are the ratios hostile / quiet; the target is
+   within 20 %.
+2. **Idle channels.** ``--channels`` connections to the client's forward, all held open,
+   each a channel over the client's one link (opened ``--batch`` at a time, each echoing a
+   byte); time, and RSS / fds of each daemon per channel. Reference: the same count
+   straight to the target. A link carries at most 4096 channels unless told otherwise,
+   so the agent and the client get ``--max-channels`` (default 12000; 0 keeps theirs).
+3. **Short connections.** ``--rate`` connections a second for ``--seconds`` to the forward,
+   each connect, echo one byte, close (at most ``--in-flight`` at once); reference: the same
+   straight to the target. RSS and fds of each daemon before and after (a leak check).
+
+Prints each figure with its reference from the same run and the load average at start and
+end. The soft fd limit is raised to the hard limit (``resource.setrlimit``) first; the
+daemons inherit it. Every phase is bounded in time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _chains import ROLES, Nbbridge
+from _load import open_many, round_trips, short_connections
+from _procs import (
+    Child,
+    child_env,
+    cpu_seconds,
+    fd_count,
+    free_port,
+    machine_cpu,
+    raise_fd_limit,
+    rss_kib,
+)
+
+#: what a hostile connection sends, one byte at a time, never finishing the headers
+SLOW_REQUEST = (
+    b"GET /agent/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Padding: " + b"a" * 4000
+)
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class LoadChain(Nbbridge):
+    """The tunnel chain, daemons under _probe.py, the relay letting 100+ links reach one agent."""
+
+    name = "load"
+    probe = True
+    relay_extra = "[limits]\nlinks_per_agent = 1000\nlinks_per_client = 1000\n"
+
+
+def daemons(chain: Nbbridge) -> dict[str, dict[str, float | None]]:
+    """RSS (MiB), open fds and CPU seconds of each daemon, now."""
+    out: dict[str, dict[str, float | None]] = {}
+    for role in ROLES:
+        pid = chain.pids[role]
+        kib = rss_kib(pid)
+        out[role] = {
+            "rss_MiB": None if kib is None else kib / 1024,
+            "fds": fd_count(pid),
+            "cpu_s": cpu_seconds(pid),
+        }
+    return out
+
+
+# --- 1. hostile slow connections beside honest links -------------------------------------
+
+
+class Hostile:
+    """COUNT slowloris connections, kept at COUNT until stopped: a closed one is reopened."""
+
+    def __init__(self, port: int, count: int, addresses: int, drip: float) -> None:
+        self.port = port
+        self.count = count
+        self.addresses = addresses
+        self.drip = drip
+        self.open = 0
+        self.peak = 0
+        self.opened = 0
+        self.closed_by_relay = 0
+        self.connect_failed = 0
+        self.lifetimes: list[float] = []
+        self.errors: dict[str, int] = {}
+        self._stop = asyncio.Event()
+
+    def source(self, i: int) -> str:
+        n = i % self.addresses
+        return f"127.0.1.{n + 1}"
+
+    async def one(self, i: int) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.port, local_addr=(self.source(i), 0)),
+                    10,
+                )
+            except (OSError, TimeoutError) as e:
+                self.connect_failed += 1
+                self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
+                await self._pause(1.0)
+                continue
+            self.opened += 1
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            born = time.monotonic()
+            try:
+                await self._drip(reader, writer)
+            finally:
+                self.open -= 1
+                writer.transport.abort()
+            if not self._stop.is_set():
+                self.closed_by_relay += 1
+                self.lifetimes.append(time.monotonic() - born)
+                await self._pause(1.0)
+
+    async def _drip(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A byte every ``drip`` seconds until the relay closes or we are stopped."""
+        closed = asyncio.ensure_future(reader.read(65536))
+        try:
+            for byte in SLOW_REQUEST:
+                if self._stop.is_set():
+                    return
+                try:
+                    writer.write(bytes([byte]))
+                except OSError:
+                    return
+                done, _ = await asyncio.wait({closed}, timeout=self.drip)
+                if done:
+                    return  # the relay answered (an error) or closed
+        finally:
+            closed.cancel()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def start(self) -> list[asyncio.Task[None]]:
+        # Started a few at a time, like a flood ramping up, not one SYN burst.
+        return [asyncio.ensure_future(self._staggered(i)) for i in range(self.count)]
+
+    async def _staggered(self, i: int) -> None:
+        await self._pause(i / 500)
+        await self.one(i)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def honest(
+    chain: Nbbridge, args: argparse.Namespace, label: str, traffic: float | None = None
+) -> dict[str, Any]:
+    """Run _honest.py once (blocking); its JSON result, with the relay's figures."""
+    traffic = args.traffic if traffic is None else traffic
+    before = daemons(chain)
+    all0, own0 = machine_cpu(), time.process_time()
+    child = Child(
+        f"honest-{label}",
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_honest.py")),
+            str(chain.work),
+            f"ws://127.0.0.1:{chain.relay_port}",
+            "bench",
+            "bench",
+            str(args.links),
+            str(args.concurrency),
+            str(traffic),
+        ],
+        chain.work,
+        child_env(),
+    )
+    try:
+        child.popen.wait(traffic + 240)
+    finally:
+        child.stop()
+    after = daemons(chain)
+    all1, own1 = machine_cpu(), time.process_time()
+    lines = [ln for ln in child.log_path.read_text().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"_honest.py printed no result; see {child.log_path}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if "error" in result:
+        raise SystemExit(f"_honest.py failed:\n{result['error']}")
+    result["relay_fds_after"] = after["relay"]["fds"]
+    result["relay_cpu_s"] = (after["relay"]["cpu_s"] or 0) - (before["relay"]["cpu_s"] or 0)
+    result["relay_rss_MiB"] = after["relay"]["rss_MiB"]
+    wall = result["setup_all_s"] + result["traffic_s"]
+    # This process is the attacker: its CPU is taken from the machine the honest links share.
+    result["attacker_cpu_pct"] = 100 * (own1 - own0) / wall if wall else None
+    busy, total = all1[0] - all0[0], all1[1] - all0[1]
+    result["machine_cpu_pct"] = 100 * busy / total if total else None
+    return result
+
+
+async def hostile_phase(chain: Nbbridge, args: argparse.Namespace) -> dict[str, Any]:
+    hostile = Hostile(chain.relay_port, args.hostile, args.hostile_addresses, args.drip)
+    tasks = hostile.start()
+    # Let the flood build up: all started (staggered over count/500 s), then a few drips.
+    ramp_end = time.monotonic() + args.hostile / 500 + 10
+    while time.monotonic() < ramp_end:
+        await asyncio.sleep(1)
+    relay_fds = fd_count(chain.pids["relay"])
+    log(
+        f"  hostile: {hostile.open} open ({hostile.opened} opened, {hostile.closed_by_relay} "
+        f"closed by the relay, {hostile.connect_failed} connects failed); relay fds {relay_fds}"
+    )
+    open_at_start = hostile.open
+    result = await asyncio.to_thread(honest, chain, args, "hostile")
+    result["hostile"] = {
+        "open_when_honest_started": open_at_start,
+        "open_at_end": hostile.open,
+        "peak_open": hostile.peak,
+        "opened": hostile.opened,
+        "closed_by_relay": hostile.closed_by_relay,
+        "connect_failed": hostile.connect_failed,
+        "errors": hostile.errors,
+        "lifetime_p50_s": statistics.median(hostile.lifetimes) if hostile.lifetimes else None,
+        "lifetime_max_s": max(hostile.lifetimes) if hostile.lifetimes else None,
+        "relay_fds_during": relay_fds,
+    }
+    hostile.stop()
+    await asyncio.wait(tasks, timeout=30)
+    return result
+
+
+def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
+    setup = sorted(r["setup_s"])
+    acked = sum(r["acked_bytes"])
+    return {
+        "up": r["up"],
+        "throughput_MBps": acked / r["traffic_s"] / 1e6 if r["traffic_s"] else None,
+        "setup_p50_ms": 1000 * statistics.median(setup) if setup else None,
+        "setup_p95_ms": 1000 * setup[int(0.95 * (len(setup) - 1))] if setup else None,
+        "setup_max_ms": 1000 * setup[-1] if setup else None,
+        "setup_all_s": r["setup_all_s"],
+        "relay_cpu_s": r["relay_cpu_s"],
+        "retries": r["retries"],
+        "attacker_cpu_pct": r["attacker_cpu_pct"],
+        "machine_cpu_pct": r["machine_cpu_pct"],
+    }
+
+
+def report_hostile(
+    quiet: dict[str, Any], loud: dict[str, Any], again: dict[str, Any], args: argparse.Namespace
+) -> None:
+    q1, h, q2 = link_figures(quiet), link_figures(loud), link_figures(again)
+    q = {k: _mean(q1[k], q2[k]) for k in q1}
+    print(
+        f"\n1. {args.links} honest links ({args.concurrency} opening at a time, then "
+        f"{args.traffic:g} s of 256 KiB sink blocks on each), quiet relay vs {args.hostile} "
+        f"hostile slow connections from {args.hostile_addresses} addresses (a byte every "
+        f"{args.drip:g} s)"
+    )
+    print(
+        "   quiet = mean of a quiet run before and one after the hostile run (after a warm-up"
+        " run not counted); ratio = hostile / quiet"
+    )
+    print(
+        f"   {'figure':34} {'quiet 1':>9} {'quiet 2':>9} {'quiet':>9} {'hostile':>9} {'ratio':>7}"
+    )
+    for key, label, fmt in (
+        ("up", "links up", "{:.0f}"),
+        ("throughput_MBps", "honest throughput, MB/s (sum)", "{:.1f}"),
+        ("setup_p50_ms", "link set-up p50, ms", "{:.0f}"),
+        ("setup_p95_ms", "link set-up p95, ms", "{:.0f}"),
+        ("setup_max_ms", "link set-up max, ms", "{:.0f}"),
+        ("setup_all_s", f"all {args.links} links up, s", "{:.2f}"),
+        ("relay_cpu_s", "relay CPU during the run, s", "{:.1f}"),
+        ("retries", "link attempts refused, retried", "{:.0f}"),
+        ("attacker_cpu_pct", "attacker (this process) CPU, %", "{:.0f}"),
+        ("machine_cpu_pct", "machine CPU busy (2 cores), %", "{:.0f}"),
+    ):
+        a, b = q[key], h[key]
+        cells = [fmt.format(v) if v is not None else "-" for v in (q1[key], q2[key], a, b)]
+        ratio = f"x{b / a:.2f}" if a and b is not None and key != "attacker_cpu_pct" else "-"
+        print(f"   {label:34} " + " ".join(f"{c:>9}" for c in cells) + f" {ratio:>7}")
+    hs = loud["hostile"]
+    print(
+        f"   hostile: {hs['open_when_honest_started']} open when the honest links started, "
+        f"{hs['open_at_end']} at the end (peak {hs['peak_open']}); {hs['opened']} opened in all, "
+        f"{hs['closed_by_relay']} closed by the relay (lifetime p50 "
+        f"{_s(hs['lifetime_p50_s'])}, max {_s(hs['lifetime_max_s'])}), "
+        f"{hs['connect_failed']} connects failed {hs['errors'] or ''}; relay fds "
+        f"{hs['relay_fds_during']} during, {loud['relay_fds_after']} after"
+    )
+    for name, r in (("quiet 1", quiet), ("hostile", loud), ("quiet 2", again)):
+        if r["retry_reasons"]:
+            print(f"   {name}: honest link attempts refused: {r['retry_reasons']}")
+        if r["failed_count"]:
+            print(f"   {name}: {r['failed_count']} honest failures, first: {r['failed'][0]}")
+    # The targets: every honest link up, the honest throughput at least 80 % of quiet, and
+    # link set-up (p50 and p95) at most 120 % of quiet.
+    checks = [
+        ("every honest link up", h["up"] == args.links, f"{h['up']} of {args.links}"),
+    ]
+    for key, label, ok_if in (
+        ("throughput_MBps", "honest throughput within 20 % of quiet", lambda r: r >= 0.8),
+        ("setup_p50_ms", "link set-up p50 within 20 % of quiet", lambda r: r <= 1.2),
+        ("setup_p95_ms", "link set-up p95 within 20 % of quiet", lambda r: r <= 1.2),
+    ):
+        a, b = q[key], h[key]
+        if a and b is not None:
+            checks.append((label, ok_if(b / a), f"x{b / a:.2f}"))
+    for label, ok, shown in checks:
+        print(f"   target: {label}: {shown} - {'met' if ok else 'MISSED'}")
+
+
+def _mean(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else (a + b) / 2
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} s"
+
+
+# --- 2. idle channels ------------------------------------------------------------------
+
+
+def channels_phase(chain: Nbbridge, target_port: int, args: argparse.Namespace) -> None:
+    n = args.channels
+    rows: dict[str, Any] = {}
+    for name, port in (("direct", target_port), ("nbbridge", chain.port)):
+        before = daemons(chain)
+        held: dict[str, Any] = {}
+
+        def while_open(held: dict[str, Any] = held) -> None:
+            time.sleep(1.0)
+            held.update(daemons(chain))
+
+        try:
+            seconds: float | None = open_many(port, n, 300, while_open, batch=args.batch)
+            error = None
+        except Exception as e:  # the refusal is the figure
+            seconds, error = None, str(e)
+        rows[name] = (seconds, error, before, held)
+        time.sleep(3.0)
+    print(
+        f"\n2. {n} idle channels over one link ({args.batch} opened at a time, each echoes a "
+        "byte, all held open), vs the same count straight to the target"
+    )
+    limit = "the default" if not args.max_channels else f"--max-channels {args.max_channels}"
+    print(f"   agent and client run with {limit}")
+    d_s = rows["direct"][0]
+    for name, (seconds, error, before, held) in rows.items():
+        if error:
+            print(f"   {name}: FAILED: {error}")
+            continue
+        ratio = f" (x{seconds / d_s:.2f} direct)" if d_s and name != "direct" else ""
+        print(f"   {name}: all {n} open and echoed in {seconds:.2f} s{ratio}")
+        if name == "nbbridge":
+            for role in ROLES:
+                b, h = before[role], held.get(role, {})
+                if h.get("rss_MiB") is None or b["rss_MiB"] is None:
+                    continue
+                per = (h["rss_MiB"] - b["rss_MiB"]) * 1024 / n
+                print(
+                    f"   {role:6}: RSS {b['rss_MiB']:.1f} -> {h['rss_MiB']:.1f} MiB "
+                    f"({per:.2f} KiB per channel), fds {b['fds']} -> {h['fds']}"
+                )
+    # Closing 10 000 channels takes a while: wait (bounded) until the fds are back.
+    baseline = rows["nbbridge"][2]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        after = daemons(chain)
+        if all((after[r]["fds"] or 0) <= (baseline[r]["fds"] or 0) + 2 for r in ROLES):
+            break
+        time.sleep(0.5)
+    print(
+        f"   after closing them ({time.monotonic() - t0 + 3:.1f} s later): "
+        + ", ".join(f"{r} {after[r]['fds']} fds {after[r]['rss_MiB']:.1f} MiB" for r in ROLES)
+    )
+
+
+# --- 3. short connections --------------------------------------------------------------
+
+
+def short_phase(chain: Nbbridge, target_port: int, args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {}
+    for name, port in (("direct", target_port), ("nbbridge", chain.port)):
+        before = daemons(chain)
+        seen = short_connections(port, args.rate, args.seconds, 10.0, args.in_flight)
+        time.sleep(3.0)
+        results[name] = (seen, before, daemons(chain))
+        log(f"  short connections {name}: {seen.done} done, {seen.failed} failed")
+    print(
+        f"\n3. short connections: {args.rate:g}/s for {args.seconds:g} s (connect, echo a "
+        f"byte, close; at most {args.in_flight} in flight), vs the same straight to the target"
+    )
+    ref = None
+    for name, (seen, before, after) in results.items():
+        lat = sorted(seen.seconds)
+        p50 = 1000 * statistics.median(lat) if lat else float("nan")
+        p99 = 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else float("nan")
+        rate = seen.done / seen.elapsed if seen.elapsed else 0.0
+        if name == "direct":
+            ref = (rate, p50, p99)
+        vs = ""
+        if ref and name != "direct":
+            vs = f" (x{rate / ref[0]:.2f}, p50 x{p50 / ref[1]:.2f}, p99 x{p99 / ref[2]:.2f} direct)"
+        print(
+            f"   {name}: {seen.done} done ({rate:.0f}/s), {seen.failed} failed, {seen.skipped} "
+            f"skipped (in-flight cap); connect-to-echo p50 {p50:.1f} ms p99 {p99:.1f} ms "
+            f"max {1000 * lat[-1] if lat else float('nan'):.0f} ms{vs}"
+        )
+        if seen.errors:
+            print(f"     first errors: {seen.errors[:3]}")
+        if name == "nbbridge":
+            print(
+                "     daemons before -> after (+3 s): "
+                + ", ".join(
+                    f"{r} {before[r]['fds']}->{after[r]['fds']} fds "
+                    f"{before[r]['rss_MiB']:.1f}->{after[r]['rss_MiB']:.1f} MiB"
+                    for r in ROLES
+                )
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="hostile,channels,short")
+    parser.add_argument("--hostile", type=int, default=2000, help="slow connections")
+    parser.add_argument("--hostile-addresses", type=int, default=100)
+    parser.add_argument("--drip", type=float, default=1.0, help="seconds between their bytes")
+    parser.add_argument("--links", type=int, default=100, help="honest links")
+    parser.add_argument("--concurrency", type=int, default=10, help="links opening at once")
+    parser.add_argument("--traffic", type=float, default=20.0, help="seconds of honest traffic")
+    parser.add_argument("--channels", type=int, default=10000)
+    parser.add_argument("--batch", type=int, default=500, help="channels opened at a time")
+    parser.add_argument("--max-channels", type=int, default=12000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="short connections/s")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--in-flight", type=int, default=2000)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    phases = {p.strip() for p in args.only.split(",") if p.strip()}
+
+    soft, now = raise_fd_limit()
+    load0 = os.getloadavg()
+    log(f"load: fd soft limit {soft} -> {now} (the daemons inherit it)")
+    work = Path(tempfile.mkdtemp(prefix="nbbridge-load-"))
+    target_port = free_port()
+    target = Child(
+        "target",
+        [sys.executable, str(Path(__file__).with_name("_target.py")), str(target_port)],
+        work,
+    )
+    if args.max_channels:
+        limit = ["--max-channels", str(args.max_channels)]
+        LoadChain.daemon_args = {"agent": limit, "client": limit}
+    chain = LoadChain(work, target_port)
+    started = time.monotonic()
+    try:
+        target.wait_listening(target_port)
+        chain.start()
+        round_trips(chain.port, 20, 0, 100, 30)  # the client opens its link on first use
+        print(
+            f"load: relay, agent and client up; fd limit {now}; load average {load0[0]:.2f} "
+            "at start"
+        )
+        if "hostile" in phases:
+            log("load: honest links, warm-up run (not counted)")
+            honest(chain, args, "warm-up", traffic=3.0)
+            log("load: honest links on a quiet relay")
+            quiet = honest(chain, args, "quiet")
+            log("load: honest links under the hostile flood")
+            loud = asyncio.run(hostile_phase(chain, args))
+            time.sleep(5.0)
+            log("load: honest links on a quiet relay again")
+            again = honest(chain, args, "quiet-again")
+            report_hostile(quiet, loud, again, args)
+            chain.check_alive()
+        if "channels" in phases:
+            log(f"load: {args.channels} idle channels")
+            channels_phase(chain, target_port, args)
+            chain.check_alive()
+        if "short" in phases:
+            log(f"load: {args.rate:g} short connections a second")
+            short_phase(chain, target_port, args)
+            chain.check_alive()
+    finally:
+        chain.stop()
+        target.stop()
+        if args.keep:
+            log(f"load: logs in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\nload: took {time.monotonic() - started:.0f} s; load average {load0[0]:.2f} at "
+        f"start, {os.getloadavg()[0]:.2f} at end (2 shared cores; other people's tests too)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
