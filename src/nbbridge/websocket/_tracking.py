@@ -206,7 +206,8 @@ class ConnectionTracker(WrappingFactory[Any]):
         self._idle: Waiters[None] = Waiters(clock)
         self._connections_by_ip: Counter[str] = Counter()
         self._handshakes_by_ip: Counter[str] = Counter()
-        #: connections that have not finished their handshake
+        #: connections that have not finished their handshake, oldest first
+        self._unfinished: dict[TrackedConnection, None] = {}
         self.handshakes = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
@@ -238,11 +239,32 @@ class ConnectionTracker(WrappingFactory[Any]):
                 n = limits.handshakes_per_ip
                 why = f"too many unfinished handshakes from {ip} (handshakes_per_ip = {n})"
                 return 429, "handshakes_per_ip", why
-        if self.handshakes >= limits.handshakes_total:
+        if self.handshakes >= limits.handshakes_total and not self._evict_oldest():
             n = limits.handshakes_total
             why = f"server busy: too many unfinished handshakes (handshakes_total = {n})"
             return 503, "handshakes_total", why
         return None
+
+    def _evict_oldest(self) -> bool:
+        """Make room by closing the oldest unfinished handshake; whether there was one.
+
+        When the total is reached, refusing the newest connection would let whoever holds the
+        slots (slow, silent connections) keep every honest agent and client out until their
+        deadlines pass. An honest handshake finishes in milliseconds, so the oldest unfinished
+        one is almost always a slow one: it goes, and the newcomer gets its chance.
+        """
+        if not self._unfinished:
+            return False
+        oldest = next(iter(self._unfinished))
+        n = self.limits.handshakes_total if self.limits is not None else 0
+        why = (
+            f"server busy: too many unfinished handshakes (handshakes_total = {n}); "
+            "the oldest is closed to make room"
+        )
+        self.handshake_finished(oldest)
+        oldest.handshaking = False
+        oldest.refuse(503, "handshakes_total", why)
+        return True
 
     def registerProtocol(self, p: Any) -> None:
         super().registerProtocol(p)
@@ -262,6 +284,7 @@ class ConnectionTracker(WrappingFactory[Any]):
     def handshake_started(self, p: TrackedConnection) -> None:
         """P counts as an unfinished handshake."""
         self.handshakes += 1
+        self._unfinished[p] = None
         if self._limited(p.peer_ip):
             assert p.peer_ip is not None
             self._handshakes_by_ip[p.peer_ip] += 1
@@ -269,6 +292,7 @@ class ConnectionTracker(WrappingFactory[Any]):
     def handshake_finished(self, p: TrackedConnection) -> None:
         """P no longer counts as an unfinished handshake (upgraded or gone)."""
         self.handshakes -= 1
+        self._unfinished.pop(p, None)
         if self._limited(p.peer_ip):
             assert p.peer_ip is not None
             _decrement(self._handshakes_by_ip, p.peer_ip)
