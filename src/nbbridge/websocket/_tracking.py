@@ -19,7 +19,7 @@ after each response (`request_done`), so keep-alive works but dribbling bytes do
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
@@ -29,6 +29,11 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from nbbridge._observer import Waiters
+
+if TYPE_CHECKING:
+    _WrappingFactory = WrappingFactory[Any]
+else:  # not subscriptable at run time before Twisted 24 (the lowest supported is 23.10)
+    _WrappingFactory = WrappingFactory
 
 from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
@@ -180,7 +185,7 @@ class TrackedConnection(ProtocolWrapper):
             self.wrappedProtocol = None  # type: ignore[assignment]
 
 
-class ConnectionTracker(WrappingFactory[Any]):
+class ConnectionTracker(_WrappingFactory):
     """Wraps the Site's factory and keeps its open connections; LIMITS guard the new ones."""
 
     protocol = TrackedConnection
