@@ -305,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return 0
         print("Ctrl-C stops everything.", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("\nstopping…")
+        signal.pause()
+        return 0
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM, whenever it comes (even while a line above is printed).
+        print("\nstopping…")
         return 0
     finally:
         for p in reversed(processes):
