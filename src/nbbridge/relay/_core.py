@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -234,17 +234,15 @@ class Relay:
             if state.peer is not None:
                 online.append((state.name, state.peer))
         try:
-            results = await DeferredList(
-                [self.registry.refresh(name, self.where) for name, _ in online],
-                consumeErrors=True,
-            )
+            # One call for them all: a few round trips per round, not one per agent.
+            results = await self.registry.refresh_many([name for name, _ in online], self.where)
         except Exception:
-            self._log.failure("registry: refresh failed")
+            if online:  # one line for the round, not one per agent
+                more = f" (and {len(online) - 1} more)" if len(online) > 1 else ""
+                self._registry_failed(Failure(), "refresh", online[0][0] + more)
             return
-        for (name, peer), (_, result) in zip(online, results, strict=True):
-            if isinstance(result, Failure):  # DeferredList hands failures over as results
-                self._registry_failed(result, "refresh", name)
-            elif result is Refresh.RESTORED:
+        for (name, peer), result in zip(online, results, strict=True):
+            if result is Refresh.RESTORED:
                 self._log.info("registry: entry of agent {agent} written again", agent=name)
                 if not self.is_online(name):
                     # It went offline while the refresh ran: take the entry back out. (A
