@@ -34,6 +34,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from nbbridge._tuning import tune
+
 from ._route import Upstream
 
 _HOST_SUFFIX = b".nbbridge-upstream"
@@ -88,8 +90,12 @@ class _PoolEndpoint:
         self._clock = clock
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
-        wrapper = await self._endpoint.connect(_LaterLossFactory(factory, self._clock))
-        return cast(_LaterLoss, wrapper).wrappedProtocol
+        wrapper = cast(
+            _LaterLoss, await self._endpoint.connect(_LaterLossFactory(factory, self._clock))
+        )
+        # No Nagle delay between a request's head and its body, or behind a small reply.
+        tune(wrapper.transport, size=64 * 1024)
+        return wrapper.wrappedProtocol
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         return Deferred.fromCoroutine(self._connect(factory))
