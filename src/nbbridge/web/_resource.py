@@ -266,6 +266,9 @@ class ProxyResource(Resource):
         if response.code != 101:
             await self._refused_upgrade(request, route, upstream, response, leftover, gone)
             return
+        if gone.left or request.channel is None:
+            _abort(upstream.transport)
+            return
         # The upstream accepted: now, and only now, the browser's handshake completes.
         browser = SpliceEnd(self.stats)
         transport = take_over_connection(request, browser)
