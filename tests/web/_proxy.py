@@ -64,13 +64,22 @@ class ProxyTestCase(TestCase):
     timeout = 180
 
     async def start_proxy(
-        self, router: Router, *, connect_timeout: float = 10, **options: Any
+        self,
+        router: Router,
+        *,
+        connect_timeout: float = 10,
+        wrap_site: Callable[[Site], Any] | None = None,
+        **options: Any,
     ) -> str:
-        """A proxy on 127.0.0.1 routing with ROUTER; returns its base URL (no slash)."""
+        """A proxy on 127.0.0.1 routing with ROUTER; returns its base URL (no slash).
+
+        :param wrap_site: wraps the Site's factory (a `ConnectionTracker`, as the fronts do).
+        """
         self.pool = UpstreamPool(reactor, connect_timeout=connect_timeout)
         self.stats = ProxyStats()
         self.proxy = ProxyResource(router, self.pool, stats=self.stats, **options)
-        port = await serve(self, LOOPBACK, Site(self.proxy))
+        site = Site(self.proxy)
+        port = await serve(self, LOOPBACK, wrap_site(site) if wrap_site else site)
         # Registered after `serve`, so run before its wait for idle connections.
         client_pool = HTTPConnectionPool(reactor)
         self.http = HTTPClient(Agent(reactor, pool=client_pool))

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbbridge.web import Upstream
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker
 from tests._cleanup import add_async_cleanup
 from tests._loopback import LOOPBACK, Collector, serve
 
@@ -123,10 +124,17 @@ class HeldFactory(Factory):
 
 
 class WebSocketTests(ProxyTestCase):
-    async def setup(self) -> Collector:
+    async def setup(self, tracker: bool = False) -> Collector:
         self.upstream_factory = HeldFactory()
         port = await serve(self, LOOPBACK, self.upstream_factory)
-        await self.start_proxy(to(Upstream("ws", tcp(port))))
+        wrap = None
+        if tracker:
+
+            def wrap(site: Any) -> ConnectionTracker:
+                self.tracker = ConnectionTracker(site, reactor, ConnectionLimits())
+                return self.tracker
+
+        await self.start_proxy(to(Upstream("ws", tcp(port))), wrap_site=wrap)
         client = Collector()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)
         await endpoint.connect(Factory.forProtocol(lambda: client))
@@ -168,6 +176,25 @@ class WebSocketTests(ProxyTestCase):
         await client.lost
         assert client.reason is not None
         self.assertTrue(client.reason.check(ConnectionDone))
+
+    async def test_under_a_connection_tracker(self) -> None:
+        """As a front's Site runs it: the upgrade ends the handshake; close_all ends the pair."""
+        client = await self.setup(tracker=True)
+        client.transport.write(UPGRADE)  # type: ignore[union-attr]
+        upstream = await self.accepted()
+        await upstream.got_head
+        (wrapper,) = self.tracker.protocols
+        self.assertTrue(wrapper.handshaking)
+        upstream.answer()
+        upstream.transport.write(b"\x81\x02hi")  # type: ignore[union-attr]
+        await client.receive(150)
+        while not bytes(client.data).endswith(b"\r\n\r\n\x81\x02hi"):
+            await client.receive(len(client.data) + 1)
+        self.assertFalse(wrapper.handshaking)
+        self.tracker.close_all("stopping")
+        await client.lost
+        await upstream.lost
+        self.assertTrue(upstream.reason.check(ConnectionDone))  # type: ignore[union-attr]
 
     async def test_backpressure_and_cut(self) -> None:
         client = await self.setup()

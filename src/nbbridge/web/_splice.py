@@ -102,6 +102,11 @@ class SpliceEnd(Protocol):
         if self._stats is not None:
             self._stats.note_queued(out)
 
+    def shutdown(self, reason: str) -> None:
+        """The server is stopping (`ConnectionTracker.close_all`): end both sides in order."""
+        if self.ended is None and self.transport is not None:
+            self.transport.loseConnection()
+
     def readConnectionLost(self) -> None:
         transport: Any = self.transport
         ended = check_eof(transport)
