@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from nbbridge.web import Refusal, Upstream
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker
 from tests._loopback import LOOPBACK, serve
 
 from ._proxy import BlackHoleEndpoint, ProxyTestCase, closed_port, tcp, to
@@ -282,6 +283,35 @@ class Endless(Resource):
         request.registerProducer(zeros, True)
         reactor.callLater(0, zeros.resumeProducing)
         return NOT_DONE_YET
+
+
+class Slow(Resource):
+    """Answers its head at once and finishes its body DELAY seconds later."""
+
+    isLeaf = True
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"content-length", b"4")
+        request.write(b"sl")
+        reactor.callLater(self.delay, lambda: (request.write(b"ow"), request.finish()))
+        return NOT_DONE_YET
+
+
+class TrackerTests(ProxyTestCase):
+    async def test_routed_request_outlives_handshake_deadline(self) -> None:
+        """Under a ConnectionTracker with a short handshake deadline, a slow answer completes."""
+        port = await self.start_upstream(Slow(1.0))
+
+        def wrap(site: Any) -> ConnectionTracker:
+            return ConnectionTracker(site, reactor, ConnectionLimits(handshake_timeout=0.3))
+
+        base = await self.start_proxy(to(Upstream("slow", tcp(port))), wrap_site=wrap)
+        response = await self.http.get(f"{base}/")
+        self.assertEqual(await self.text(response), b"slow")
 
 
 class FailureTests(ProxyTestCase):

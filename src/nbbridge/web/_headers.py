@@ -115,6 +115,8 @@ def upstream_request_headers(
 ) -> Headers:
     """The headers to send upstream for a request that arrived with RECEIVED, along ROUTE."""
     headers = end_to_end(received, keep_length=False)
+    # twisted.web answered any "100-continue" itself and holds the whole body.
+    headers.removeHeader(b"expect")
     set_forwarded(headers, client, trust_incoming=trust_forwarded)
     if route.host is not None:
         headers.setRawHeaders(b"Host", [route.host])
