@@ -73,6 +73,16 @@
       s.appendChild(card("link bytes", number(doc.tunnel.bytes), "link_bytes"));
       s.appendChild(card("dial failures", doc.tunnel.dial_failures, "dial_failures"));
     }
+    if (doc.cluster) {
+      // Relays sharing a Redis: the figures of all of them (docs/hub.md, "Topics across relays").
+      var c = doc.cluster.totals;
+      s.appendChild(card("relays", doc.cluster.relays, "cluster_relays"));
+      s.appendChild(card("cluster topics", c.topics, "cluster_topics"));
+      s.appendChild(card("cluster connections", c.members, "cluster_members"));
+      s.appendChild(card("cluster in / s", number(c.rates.messages_in), "cluster_rate_in"));
+      s.appendChild(card("cluster out / s", number(c.rates.messages_out), "cluster_rate_out"));
+      s.appendChild(card("cluster dropped", number(c.dropped), "cluster_dropped"));
+    }
   }
 
   function renderTopics(doc) {
