@@ -311,6 +311,19 @@ class Relay:
             )
         self.store_problem = why
 
+    def store_health_changed(self, connected: bool, reason: str | None) -> None:
+        """The shared store's connection was lost, or is back (its `Backend.watch`).
+
+        Back: the store may have restarted empty, so every agent held here is registered
+        again now (a refresh restores missing entries), and the bus is listened to again.
+        """
+        if not connected:
+            self._store_failed(reason or "connection lost")
+            return
+        self._store_ok()
+        self.refresh_registry()
+        self.start_bus()
+
     def start_bus(self) -> Deferred[None]:
         """Listen on this relay's own bus channel (again, after a failure). Never fails."""
         return Deferred.fromCoroutine(self._start_bus())
