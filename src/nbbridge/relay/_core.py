@@ -300,7 +300,7 @@ class Relay:
     def _store_ok(self) -> None:
         if self.store_problem is not None:
             self.store_problem = None
-            self._log.info("store: reachable again; links to agents on other relays resume")
+            self._log.info("store: connected; links to agents on other relays are served")
 
     def _store_failed(self, why: str) -> None:
         if self.store_problem is None:
@@ -331,6 +331,8 @@ class Relay:
     async def _start_bus(self) -> None:
         if self.bus is None or self._subscription is not None or self._subscribing:
             return
+        if self.store_problem is not None:
+            return  # the store's health watch or the next refresh round calls again
         self._subscribing = True
         try:
             subscription = await self.bus.subscribe(channel_for(self.where), self._bus_message)

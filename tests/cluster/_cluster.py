@@ -1,0 +1,171 @@
+"""Several relays sharing a real Redis behind a real HAProxy, all on loopback, for the tests.
+
+`ClusterTestCase` extends the tunnel harness (agents and clients in this process, keys and
+tokens on disk) with: one ``redis-server`` (password from its config file, persistence off,
+restartable on the same port), three ``twistd nbbridge-relay`` child processes with
+``--store redis://...`` and each its own ``--advertise-url`` on HAProxy's origin
+(``ws://127.0.0.1:HP/rN``), and HAProxy with the shipped deploy/haproxy config. Relays are
+numbered 1..3 as in that config. Everything is stopped, and reaped, by the test's clean-up.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+
+from tests._tools import skip_unavailable
+from tests.tunnel import _tcp
+from tests.tunnel._harness import CLIENT, TunnelTestCase
+from tests.tunnel._jupyter import free_port
+from tests.tunnel._process import ChildProcess, child_env, spawn, twistd_command
+
+from ._haproxy import haproxy_binary, start_haproxy
+
+RELAYS = 3
+
+
+class RedisServer:
+    """A ``redis-server`` on 127.0.0.1:PORT with a password, persistence off."""
+
+    def __init__(self, test: ClusterTestCase, workdir: Path, port: int, password: str) -> None:
+        self.test = test
+        self.port = port
+        self.password = password
+        self.config = workdir / "redis.conf"
+        # The password lives in the config file, never on a command line.
+        self.config.write_text(
+            f"bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave \"\"\n"
+            f"appendonly no\ndir {workdir}\nprotected-mode yes\n"
+        )
+        self.process: ChildProcess | None = None
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        argv = [binary, str(self.config)]
+        self.process = spawn(self.test, "redis-server", argv, {}, cwd=str(self.config.parent))
+        await self.process.wait_for("Ready to accept connections")
+
+    async def stop(self) -> None:
+        """Redis goes away (SIGTERM; persistence off, so it comes back empty)."""
+        assert self.process is not None
+        await self.process.stop()
+
+
+class ClusterTestCase(TunnelTestCase):
+    """Redis, three relay processes and HAProxy; agents and clients as in TunnelTestCase."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        super().setUp()
+        if haproxy_binary() is None:
+            skip_unavailable("haproxy is not installed (apt-get install haproxy)")
+        if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+            skip_unavailable("redis-server is not installed (apt-get install redis-server)")
+        self.relay_processes: dict[int, ChildProcess] = {}
+        self.relay_ports: dict[int, int] = {}
+        self.lb_port = 0
+        self.redis: RedisServer | None = None
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    @property
+    def lb_url(self) -> str:
+        """HAProxy's origin: what agents and clients are given."""
+        return f"ws://127.0.0.1:{self.lb_port}"
+
+    def relay_url_of(self, n: int) -> str:
+        """Relay N through HAProxy (its advertise URL): to pin a client or agent to it."""
+        return f"{self.lb_url}/r{n}"
+
+    async def start_cluster(self) -> None:
+        root = Path(self.files.root.path)
+        password = secrets.token_urlsafe(24)
+        (root / "redis.password").write_text(password + "\n")
+        (root / "redis.password").chmod(0o600)
+        self.redis = RedisServer(self, root, free_port(), password)
+        await self.redis.start()
+        self.lb_port = free_port()
+        for n in range(1, RELAYS + 1):
+            await self.start_cluster_relay(n)
+        await start_haproxy(
+            self, self.lb_port, [self.relay_ports[n] for n in range(1, RELAYS + 1)], str(root)
+        )
+
+    async def start_cluster_relay(self, n: int) -> ChildProcess:
+        assert self.redis is not None
+        args = [
+            *self.relay_args(0),
+            "--store",
+            f"redis://127.0.0.1:{self.redis.port}/0",
+            "--store-password-file",
+            str(Path(self.files.root.path) / "redis.password"),
+            "--advertise-url",
+            self.relay_url_of(n),
+        ]
+        argv = twistd_command("nbbridge-relay", args)
+        process = spawn(self, f"relay{n}", argv, child_env(), cwd=self.files.root.path)
+        found = await process.wait_for(r"nbbridge relay listening on ws://127\.0\.0\.1:(\d+)/")
+        await process.wait_for("bus: listening")
+        self.relay_ports[n] = int(found.group(1))
+        self.relay_processes[n] = process
+        return process
+
+    def marks(self) -> dict[int, int]:
+        """Where each relay's output stands now (for waits on what comes after)."""
+        return {n: len(p.lines) for n, p in self.relay_processes.items()}
+
+    async def relay_logs(
+        self, pattern: str, since: dict[int, int], timeout: float = 60, among: set[int] | None = None
+    ) -> int:
+        """The first relay (of AMONG, default all running) to log PATTERN after SINCE."""
+        relays = {
+            n: p
+            for n, p in self.relay_processes.items()
+            if p.running and (among is None or n in among)
+        }
+        waits: list[Deferred[object]] = []
+        for n, process in relays.items():
+            d = process.wait_for(pattern, since=since.get(n, 0), timeout=timeout)
+            d.addCallback(lambda _, n=n: n)
+            waits.append(d)
+        try:
+            result, _index = await DeferredList(
+                waits, fireOnOneCallback=True, fireOnOneErrback=False, consumeErrors=True
+            )
+        finally:
+            for d in waits:
+                if not d.called:
+                    d.cancel()
+        if not isinstance(result, int):
+            self.fail(f"no relay logged {pattern!r}:\n" + self.tails())
+        return result
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- relay{n}\n{p.tail(30)}" for n, p in sorted(self.relay_processes.items())
+        )
+
+    async def start_agent_on_cluster(self, expose: dict[str, str], name: str = "gpu") -> int:
+        """An agent through HAProxy's origin; returns the number of the relay that holds it."""
+        since = self.marks()
+        await self.start_agent(expose, name=name, relay_url=self.lb_url, wait_online=False)
+        return await self.relay_logs(f"agent {re.escape(name)} online", since)
+
+    async def refused(self, client_port: int, reason: str, since: int) -> None:
+        """A user's connection through CLIENT_PORT is closed unserved; the client says REASON."""
+        peer = await self.connect(client_port, _tcp.Peer(1000, seed=5))
+        await self.within(30, "the refused connection to close", peer.lost)
+        self.assertEqual(peer.received, 0)
+        await self.logs.wait_for(reason, CLIENT, since=since)
+
+    def other_than(self, *relays: int) -> int:
+        return next(n for n in range(1, RELAYS + 1) if n not in relays)
+
+    def now(self) -> float:
+        return float(reactor.seconds())  # type: ignore[attr-defined]
