@@ -39,7 +39,7 @@ class RedisServer:
         self.config = workdir / "redis.conf"
         # The password lives in the config file, never on a command line.
         self.config.write_text(
-            f"bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave \"\"\n"
+            f'bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave ""\n'
             f"appendonly no\ndir {workdir}\nprotected-mode yes\n"
         )
         self.process: ChildProcess | None = None
@@ -121,7 +121,11 @@ class ClusterTestCase(TunnelTestCase):
         return {n: len(p.lines) for n, p in self.relay_processes.items()}
 
     async def relay_logs(
-        self, pattern: str, since: dict[int, int], timeout: float = 60, among: set[int] | None = None
+        self,
+        pattern: str,
+        since: dict[int, int],
+        timeout: float = 60,
+        among: set[int] | None = None,
     ) -> int:
         """The first relay (of AMONG, default all running) to log PATTERN after SINCE."""
         relays = {

@@ -16,7 +16,6 @@ import treq
 
 from tests._tools import unavailable
 from tests.tunnel import _tcp
-from tests.tunnel._harness import CLIENT
 from tests.tunnel._jupyter import execute_request, missing_jupyter, open_channels, start_jupyter
 
 from ._cluster import ClusterTestCase
@@ -51,7 +50,9 @@ class CrossRelayTests(ClusterTestCase):
 class JupyterAcrossRelaysTests(ClusterTestCase):
     skip = unavailable(missing_jupyter())
 
-    async def request(self, method: str, url: str, auth: dict[str, str], body: object = None) -> Any:
+    async def request(
+        self, method: str, url: str, auth: dict[str, str], body: object = None
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = dict(auth)
         if data is not None:

@@ -6,6 +6,7 @@ real processes, Redis and HAProxy are in tests/cluster.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -128,9 +129,7 @@ class ClusterCoreTests(unittest.TestCase):
         self.assertEqual(decode(encode(dial)), dial)
         self.assertEqual(decode(encode(Claimed("gpu", "ws://x"))), Claimed("gpu", "ws://x"))
         # The agent reads the same dial message the bus carried.
-        parsed = parse_control_message(
-            '{"op": "dial", "link": "%s", "url": "%s"}' % ("A" * 32, url)
-        )
+        parsed = parse_control_message(json.dumps({"op": "dial", "link": "A" * 32, "url": url}))
         self.assertEqual((parsed.link_id, parsed.url), ("A" * 32, url))  # type: ignore[union-attr]
         for bad in (
             b"not json",

@@ -15,7 +15,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
@@ -92,7 +91,9 @@ class OptionsTests(FileTestCase):
         self.assertExit(["--advertise-url", "wss://relay.example/?a=b"], "takes no query")
         service = make("--advertise-url", "wss://relay.example/r1/")
         self.assertEqual(service.relay.where, "wss://relay.example/r1")
-        self.assertTrue(service.relay.dial_url("gpu", "A" * 32).startswith("wss://relay.example/r1/v1/"))
+        self.assertTrue(
+            service.relay.dial_url("gpu", "A" * 32).startswith("wss://relay.example/r1/v1/")
+        )
 
     def test_redis_store_opens_a_backend_closed_with_the_relay(self) -> None:
         password = self.write("sesame\n")

@@ -17,11 +17,8 @@ Nothing else crosses between relays. Pure encoding and decoding here; `Relay` ac
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from nbbridge.contract import Dial, dial_message, parse_control_message, valid_name
 
@@ -34,23 +31,6 @@ MAX_MESSAGE = 4096
 def channel_for(where: str) -> str:
     """The bus channel of the relay that names itself WHERE (its advertise URL)."""
     return CHANNEL_PREFIX + where
-
-
-class Subscription(Protocol):
-    """A subscription to one channel, until cancelled."""
-
-    def cancel(self) -> object:
-        """Stop receiving (may answer with a Deferred)."""
-
-
-class Bus(Protocol):
-    """The part of `nbbridge.store`'s pub/sub bus the relays use."""
-
-    def publish(self, channel: str, message: bytes) -> Deferred[int]:
-        """Send MESSAGE to CHANNEL; fires with how many subscribers received it."""
-
-    def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> Deferred[Subscription]:
-        """Call HANDLER with each message on CHANNEL from now on."""
 
 
 @attrs.frozen

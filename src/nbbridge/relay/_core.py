@@ -25,12 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbbridge.contract import CloseCode, data_path
-from nbbridge.store import AgentRegistry, MemoryStore, Refresh
+from nbbridge.store import AgentRegistry, Bus, MemoryStore, Refresh, Subscription
 from nbbridge.websocket import RefusalLog
 
 from .. import __version__
 from ._auth import Authority, Refusal
-from ._cluster import Bus, Claimed, DialRequest, Subscription, channel_for, decode, encode
+from ._cluster import Claimed, DialRequest, channel_for, decode, encode
 from ._config import Limits
 from ._pairing import Rendezvous
 

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
