@@ -1,8 +1,8 @@
 """Several relays sharing a real Redis behind a real HAProxy, all on loopback, for the tests.
 
 `ClusterTestCase` extends the tunnel harness (agents and clients in this process, keys and
-tokens on disk) with: one ``redis-server`` (password from its config file, persistence off,
-restartable on the same port), three ``twistd nbbridge-relay`` child processes with
+tokens on disk) with: one ``redis-server`` (tests/_redis.py: password in its config file,
+persistence off, restartable on the same port), three ``twistd nbbridge-relay`` child processes with
 ``--store redis://...`` and each its own ``--advertise-url`` on HAProxy's origin
 (``ws://127.0.0.1:HP/rN``), and HAProxy with the shipped deploy/haproxy config. Relays are
 numbered 1..3 as in that config. Everything is stopped, and reaped, by the test's clean-up.
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 
+from nbbridge.demo import write_secret
+from tests._redis import RedisServer, start_redis
 from tests._tools import skip_unavailable
 from tests.tunnel import _tcp
 from tests.tunnel._harness import CLIENT, TunnelTestCase
@@ -29,33 +30,6 @@ from ._haproxy import haproxy_binary, start_haproxy
 RELAYS = 3
 
 
-class RedisServer:
-    """A ``redis-server`` on 127.0.0.1:PORT with a password, persistence off."""
-
-    def __init__(self, test: ClusterTestCase, workdir: Path, port: int, password: str) -> None:
-        self.test = test
-        self.port = port
-        self.password = password
-        self.config = workdir / "redis.conf"
-        # The password lives in the config file, never on a command line.
-        self.config.write_text(
-            f'bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave ""\n'
-            f"appendonly no\ndir {workdir}\nprotected-mode yes\n"
-        )
-        self.process: ChildProcess | None = None
-
-    async def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        argv = [binary, str(self.config)]
-        self.process = spawn(self.test, "redis-server", argv, {}, cwd=str(self.config.parent))
-        await self.process.wait_for("Ready to accept connections")
-
-    async def stop(self) -> None:
-        """Redis goes away (SIGTERM; persistence off, so it comes back empty)."""
-        assert self.process is not None
-        await self.process.stop()
-
-
 class ClusterTestCase(TunnelTestCase):
     """Redis, three relay processes and HAProxy; agents and clients as in TunnelTestCase."""
 
@@ -65,8 +39,6 @@ class ClusterTestCase(TunnelTestCase):
         super().setUp()
         if haproxy_binary() is None:
             skip_unavailable("haproxy is not installed (apt-get install haproxy)")
-        if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
-            skip_unavailable("redis-server is not installed (apt-get install redis-server)")
         self.relay_processes: dict[int, ChildProcess] = {}
         self.relay_ports: dict[int, int] = {}
         self.lb_port = 0
@@ -86,10 +58,8 @@ class ClusterTestCase(TunnelTestCase):
     async def start_cluster(self) -> None:
         root = Path(self.files.root.path)
         password = secrets.token_urlsafe(24)
-        (root / "redis.password").write_text(password + "\n")
-        (root / "redis.password").chmod(0o600)
-        self.redis = RedisServer(self, root, free_port(), password)
-        await self.redis.start()
+        write_secret(root / "redis.password", password)
+        self.redis = await start_redis(self, password)
         self.lb_port = free_port()
         for n in range(1, RELAYS + 1):
             await self.start_cluster_relay(n)
@@ -102,7 +72,7 @@ class ClusterTestCase(TunnelTestCase):
         args = [
             *self.relay_args(0),
             "--store",
-            f"redis://127.0.0.1:{self.redis.port}/0",
+            self.redis.url,
             "--store-password-file",
             str(Path(self.files.root.path) / "redis.password"),
             "--advertise-url",

@@ -16,6 +16,7 @@ import treq
 
 from tests._tools import unavailable
 from tests.tunnel import _tcp
+from tests.tunnel._harness import CLIENT
 from tests.tunnel._jupyter import execute_request, missing_jupyter, open_channels, start_jupyter
 
 from ._cluster import ClusterTestCase
@@ -135,13 +136,17 @@ class FailoverTests(ClusterTestCase):
         self.assertEqual(status["cluster"]["store"], "unreachable")
         # Links already up carry on; a new link to an agent elsewhere is refused, saying why.
         await self.echo_once(client.port())
+        # (4500: the client tries again later, as for any relay-side trouble, and says why.)
         mark = self.logs.mark()
         refused = await self.start_client(relay_url=self.relay_url_of(other))
-        await self.refused(refused.port(), "shared store is unreachable", mark)
+        waiting = await self.connect(refused.port(), _tcp.Peer(1000, seed=5))
+        await self.logs.wait_for("shared store is unreachable", CLIENT, since=mark)
+        self.assertEqual(waiting.received, 0)
+        await self.stop_client(refused)
 
         since = self.marks()
         started_at = self.now()
-        await self.redis.start()  # empty: persistence is off
+        await self.redis.start()  # on the same port, empty: persistence is off
         await self.relay_logs("entry of agent gpu written again", since, among={holder})
         took = self.now() - started_at
         print(f"\n  redis restart: agent gpu registered again {took:.2f} s after Redis was back")
@@ -149,6 +154,25 @@ class FailoverTests(ClusterTestCase):
         await self.relay_logs("store: connected", since, among={other})
         newcomer = await self.start_client(relay_url=self.relay_url_of(other))
         await self.echo_once(newcomer.port())
+
+    async def test_redis_flushed(self) -> None:
+        """Redis forgets everything while up: the holder writes its entry again in one refresh."""
+        await self.start_cluster()
+        assert self.redis is not None
+        port, _ = await self.serve(_tcp.Echo)
+        holder = await self.start_agent_on_cluster({"echo": f"tcp:127.0.0.1:{port}"})
+        other = self.other_than(holder)
+        since = self.marks()
+        flushed_at = self.now()
+        await self.redis.cli("FLUSHALL")
+        await self.relay_logs(
+            "entry of agent gpu written again", since, among={holder}, timeout=3 * REFRESH_PERIOD
+        )
+        took = self.now() - flushed_at
+        print(f"\n  redis flushed: agent gpu registered again {took:.2f} s later")
+        self.assertLess(took, REFRESH_PERIOD + 1)  # one refresh round, plus its own run time
+        client = await self.start_client(relay_url=self.relay_url_of(other))
+        await self.echo_once(client.port())
 
     async def cluster_status(self, n: int) -> dict[str, Any]:
         response = await self.http.get(f"http://127.0.0.1:{self.relay_ports[n]}/status")
