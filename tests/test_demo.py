@@ -105,6 +105,8 @@ class DemoTestCase(TestCase):
 
     timeout = 900
     skip = unavailable(missing_lab())
+    #: the command `make demo` runs (tests/cluster/test_demo_cluster.py: `make cluster-demo`'s)
+    command: tuple[str, ...] = (sys.executable, "-m", "nbbridge.demo")
 
     async def start_demo(self) -> tuple[ChildProcess, str, Path]:
         """`make demo`'s command, in a temporary directory of this test; its URL and work dir.
@@ -114,7 +116,7 @@ class DemoTestCase(TestCase):
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
         env = child_env({"TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
-        demo = spawn(self, "demo", [sys.executable, "-m", "nbbridge.demo"], env)
+        demo = spawn(self, "demo", list(self.command), env)
         self.addCleanup(self._stop_and_reap, demo, tmp)
         work = await demo.wait_for(r"work directory: (\S+)", timeout=STEP_TIMEOUT)
         url = await demo.wait_for(re.escape(OPEN_PROMPT) + r" (\S+)", timeout=STEP_TIMEOUT)
