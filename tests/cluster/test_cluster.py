@@ -3,7 +3,7 @@
 A client waiting at one relay reaches an agent held by another (the dial crosses on Redis
 pub/sub, the data connection comes back through HAProxy to the client's relay); a killed
 relay's agent is back, through HAProxy, on another within 10 s; a Redis restart is survived;
-the newest of two connections of one agent name wins everywhere.
+the newest of two connections of one agent name wins everywhere; a hub topic spans relays.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import uuid
 from typing import Any
 
 import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 
 from tests._tools import unavailable
+from tests.relay._ws import Connector, TestClient
 from tests.tunnel import _tcp
 from tests.tunnel._harness import CLIENT
 from tests.tunnel._jupyter import execute_request, missing_jupyter, open_channels, start_jupyter
@@ -198,3 +202,31 @@ class NewestWinsTests(ClusterTestCase):
         # Relay 1 hears of it on the bus at once, checks the registry and lets its one go.
         await self.relay_logs("registered elsewhere since; closing", since, among={1})
         await self.logs.wait_for("replaced by a newer connection", "nbbridge.agent", since=mark)
+
+
+class HubAcrossRelaysTests(ClusterTestCase):
+    async def test_topic_spans_relays(self) -> None:
+        """Members of one topic on relay 1 and relay 3 (through HAProxy) hear each other."""
+        await self.start_cluster()
+        connector = Connector(reactor, self.lb_port)
+        self.addCleanup(lambda: Deferred.fromCoroutine(connector.all_lost()))
+        bob = await connector.connect("/r1/hub/room")
+        alice = await connector.connect("/r3/hub/room")
+        # Pub/sub is at most once: a relay's subscription to the topic is made as its first
+        # member joins, so the first messages may go before it is; send until one arrives.
+        got = await self.until_received(alice, bob, b"from relay 3")
+        self.assertEqual(got, (b"from relay 3", True))
+        got = await self.until_received(bob, alice, b"from relay 1")
+        self.assertEqual(got, (b"from relay 1", True))
+
+    async def until_received(
+        self, sender: TestClient, reader: TestClient, payload: bytes
+    ) -> tuple[bytes, bool]:
+        resend = LoopingCall(sender.sendMessage, payload, True)
+        resend.clock = reactor
+        resend.start(0.25)
+        try:
+            got: tuple[bytes, bool] = await self.within(30, "a message", reader.messages.get())
+        finally:
+            resend.stop()
+        return got

@@ -22,6 +22,7 @@ from nbbridge.store import (
     PASSWORD_ENV,
     AgentRegistry,
     Backend,
+    Bus,
     StoreURLError,
     open_store,
     parse_store_url,
@@ -100,11 +101,16 @@ class Options(usage.Options):
 SECTIONS: dict[str, SectionParser] = {"hub": parse_hub_config}
 
 
-def mounts(config: RelayConfig | None) -> dict[str, Mount]:
-    """What the relay daemon serves beside the tunnel: the hub, configured by ``[hub]``."""
+def mounts(config: RelayConfig | None, bus: Bus | None = None) -> dict[str, Mount]:
+    """What the relay daemon serves beside the tunnel: the hub, configured by ``[hub]``.
+
+    With BUS (relays sharing a store), the hub's topics span every relay sharing it.
+    """
     hub = config.sections.get("hub") if config is not None else None
     hub_config: HubConfig = hub if hub is not None else HubConfig()
-    return {"hub": lambda root, relay, reactor: mount_hub(root, relay, reactor, hub_config)}
+    return {
+        "hub": lambda root, relay, reactor: mount_hub(root, relay, reactor, hub_config, bus=bus)
+    }
 
 
 def _fail(message: str) -> SystemExit:
@@ -192,7 +198,7 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         secure=uses_tls(description),
         admin_sha256=admin,
         on_listen_failure=listen_failed,
-        mounts=mounts(config),
+        mounts=mounts(config, backend.bus if backend is not None else None),
     )
     if backend is not None:
         BackendService(backend).setServiceParent(service)
