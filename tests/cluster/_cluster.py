@@ -20,12 +20,36 @@ from twisted.internet.defer import Deferred, DeferredList
 from nbbridge.demo import write_secret
 from tests._redis import RedisServer, start_redis
 from tests._tools import skip_unavailable
+from tests.deploy._nginx import start_nginx
 from tests.tunnel import _tcp
 from tests.tunnel._harness import CLIENT, TunnelTestCase
 from tests.tunnel._jupyter import free_port
 from tests.tunnel._process import ChildProcess, child_env, spawn, twistd_command
 
 from ._haproxy import haproxy_binary, start_haproxy
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_CLUSTER = REPO / "deploy" / "nginx" / "nbbridge-cluster.conf"
+
+
+def adapt_nginx_cluster(
+    text: str, listen_port: int, relay_ports: list[int], *, cert: str, key: str
+) -> str:
+    """deploy/nginx/nbbridge-cluster.conf on loopback (each place must match as expected)."""
+    replacements = [
+        (r"listen\s+443\s+ssl;", f"listen 127.0.0.1:{listen_port} ssl;", 1),
+        (r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", 1),
+        (r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", 1),
+    ]
+    for n, port in enumerate(relay_ports, 1):
+        # In the upstream and in the relay's own location.
+        replacements.append((rf"10\.0\.0\.{n}:8765", f"127.0.0.1:{port}", 2))
+    for pattern, replacement, expected in replacements:
+        text, count = re.subn(pattern, replacement, text)
+        if count != expected:
+            raise AssertionError(f"{NGINX_CLUSTER}: {count} matches of {pattern!r}")
+    return text
+
 
 RELAYS = 3
 
@@ -42,6 +66,9 @@ class ClusterTestCase(TunnelTestCase):
         self.relay_processes: dict[int, ChildProcess] = {}
         self.relay_ports: dict[int, int] = {}
         self.lb_port = 0
+        self.lb_scheme = "ws"
+        #: options agents and clients need to use the front (nginx's TLS: its CA)
+        self.front_args: list[str] = []
         self.redis: RedisServer | None = None
 
     # -- the cluster ---------------------------------------------------------------------------
@@ -49,23 +76,37 @@ class ClusterTestCase(TunnelTestCase):
     @property
     def lb_url(self) -> str:
         """HAProxy's origin: what agents and clients are given."""
-        return f"ws://127.0.0.1:{self.lb_port}"
+        host = "localhost" if self.lb_scheme == "wss" else "127.0.0.1"
+        return f"{self.lb_scheme}://{host}:{self.lb_port}"
 
     def relay_url_of(self, n: int) -> str:
         """Relay N through HAProxy (its advertise URL): to pin a client or agent to it."""
         return f"{self.lb_url}/r{n}"
 
-    async def start_cluster(self) -> None:
+    async def start_cluster(self, front: str = "haproxy") -> None:
+        """Redis, the relays, and the FRONT: HAProxy (plain ws://) or nginx (wss://)."""
         root = Path(self.files.root.path)
         password = secrets.token_urlsafe(24)
         write_secret(root / "redis.password", password)
         self.redis = await start_redis(self, password)
         self.lb_port = free_port()
+        self.lb_scheme = "wss" if front == "nginx" else "ws"
         for n in range(1, RELAYS + 1):
             await self.start_cluster_relay(n)
-        await start_haproxy(
-            self, self.lb_port, [self.relay_ports[n] for n in range(1, RELAYS + 1)], str(root)
-        )
+        ports = [self.relay_ports[n] for n in range(1, RELAYS + 1)]
+        if front == "haproxy":
+            await start_haproxy(self, self.lb_port, ports, str(root))
+            return
+
+        def config(_free: int, cert: str, key: str) -> tuple[int, str]:
+            # The relays advertise this port already: nginx must take it.
+            text = adapt_nginx_cluster(
+                NGINX_CLUSTER.read_text(), self.lb_port, ports, cert=cert, key=key
+            )
+            return self.lb_port, text
+
+        _port, ca = await start_nginx(self, 0, config)
+        self.front_args = ["--ca", ca]
 
     async def start_cluster_relay(self, n: int) -> ChildProcess:
         assert self.redis is not None
@@ -128,7 +169,9 @@ class ClusterTestCase(TunnelTestCase):
     async def start_agent_on_cluster(self, expose: dict[str, str], name: str = "gpu") -> int:
         """An agent through HAProxy's origin; returns the number of the relay that holds it."""
         since = self.marks()
-        await self.start_agent(expose, name=name, relay_url=self.lb_url, wait_online=False)
+        await self.start_agent(
+            expose, name=name, relay_url=self.lb_url, wait_online=False, extra=self.front_args
+        )
         return await self.relay_logs(f"agent {re.escape(name)} online", since)
 
     async def refused(self, client_port: int, reason: str, since: int) -> None:

@@ -45,6 +45,18 @@ class CrossRelayTests(ClusterTestCase):
         await self.relay_logs("dialing for a client at another relay", since, among={holder})
         await self.relay_logs(r"link \S+ from laptop to gpu: spliced", since, among={other})
 
+    async def test_echo_through_another_relay_behind_nginx(self) -> None:
+        """The same with nginx (TLS) in front: deploy/nginx/nbbridge-cluster.conf."""
+        await self.start_cluster(front="nginx")
+        port, _ = await self.serve(_tcp.Echo)
+        holder = await self.start_agent_on_cluster({"echo": f"tcp:127.0.0.1:{port}"})
+        other = self.other_than(holder)
+        since = self.marks()
+        client = await self.start_client(relay_url=self.relay_url_of(other), extra=self.front_args)
+        await self.echo_once(client.port(), size=256 * 1024)
+        await self.relay_logs("dialing for a client at another relay", since, among={holder})
+        await self.relay_logs(r"link \S+ from laptop to gpu: spliced", since, among={other})
+
     async def test_unknown_agent_is_refused_clearly(self) -> None:
         await self.start_cluster()
         mark = self.logs.mark()
