@@ -251,3 +251,18 @@ class ClusterCoreTests(unittest.TestCase):
         self.turn()
         self.assertEqual(relay.status()["cluster"]["bus"], "listening")
         self.assertIn(channel_for("ws://lb.example/r4"), [s.channel for s in self.bus.subs])
+
+    def test_store_health_back_re_registers_at_once(self) -> None:
+        r1 = self.relays[0]
+        r1.register_agent("gpu", None, Control())
+        self.turn()
+        r1.store_health_changed(False, "connection refused")
+        self.assertEqual(r1.status()["cluster"]["problem"], "connection refused")
+        flushed = MemoryStore(self.clock)  # Redis came back empty
+        r1.registry = AgentRegistry(flushed, ttl=30)
+        r1.store_health_changed(True, None)
+        self.turn()
+        self.assertEqual(r1.status()["cluster"]["store"], "ok")
+        d = r1.registry.where("gpu")
+        self.turn()
+        self.assertEqual(self.successResultOf(d), "ws://lb.example/r1")
