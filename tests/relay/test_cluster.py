@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from nbbridge.contract import CloseCode, parse_control_message
 from nbbridge.relay._auth import Authority
-from nbbridge.relay._cluster import Claimed, DialRequest, channel_for, decode, encode
+from nbbridge.relay._cluster import Claimed, Cluster, DialRequest, channel_for, decode, encode
 from nbbridge.relay._config import Limits
 from nbbridge.relay._core import PendingLink, Relay
 from nbbridge.store import AgentRegistry, MemoryStore
@@ -105,7 +105,7 @@ class ClusterCoreTests(unittest.TestCase):
         self.bus = _LocalBus(self.clock)
         self.relays = [self.make_relay(n) for n in (1, 2, 3)]
         for relay in self.relays:
-            relay.start_bus()
+            self.cluster_of(relay).start()
         self.turn()
 
     def make_relay(self, n: int) -> Relay:
@@ -117,6 +117,11 @@ class ClusterCoreTests(unittest.TestCase):
             registry=AgentRegistry(self.store, ttl=30),
             bus=self.bus,
         )
+
+    @staticmethod
+    def cluster_of(relay: Relay) -> Cluster:
+        assert relay.cluster is not None
+        return relay.cluster
 
     def turn(self, n: int = 6) -> None:
         """Let the store's and the bus's answers arrive (each on a later turn)."""
@@ -173,7 +178,9 @@ class ClusterCoreTests(unittest.TestCase):
         r1, _, r3 = self.relays
         r1.register_agent("gpu", None, Control())
         self.turn()
-        r1.stop_bus()  # relay 1 "died": its entry is still in the store, nobody listens
+        self.cluster_of(
+            r1
+        ).stop()  # relay 1 "died": its entry is still in the store, nobody listens
         link = FakeLink()
         r3.request_link("gpu", None, link)
         self.turn()
@@ -243,7 +250,7 @@ class ClusterCoreTests(unittest.TestCase):
     def test_bus_subscription_is_retried_by_the_refresh(self) -> None:
         relay = self.make_relay(4)
         self.bus.down = True
-        relay.start_bus()
+        self.cluster_of(relay).start()
         self.turn()
         self.assertEqual(relay.status()["cluster"]["bus"], "not listening")
         self.bus.down = False
@@ -256,11 +263,11 @@ class ClusterCoreTests(unittest.TestCase):
         r1 = self.relays[0]
         r1.register_agent("gpu", None, Control())
         self.turn()
-        r1.store_health_changed(False, "connection refused")
+        self.cluster_of(r1).health_changed(False, "connection refused")
         self.assertEqual(r1.status()["cluster"]["problem"], "connection refused")
         flushed = MemoryStore(self.clock)  # Redis came back empty
         r1.registry = AgentRegistry(flushed, ttl=30)
-        r1.store_health_changed(True, None)
+        self.cluster_of(r1).health_changed(True, None)
         self.turn()
         self.assertEqual(r1.status()["cluster"]["store"], "ok")
         d = r1.registry.where("gpu")

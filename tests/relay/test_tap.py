@@ -105,7 +105,7 @@ class OptionsTests(FileTestCase):
             "--advertise-url",
             "ws://127.0.0.1:8000/r1",
         )
-        self.assertIsNotNone(service.relay.bus)
+        self.assertIsNotNone(service.relay.cluster)
         [backend] = [s for s in service if isinstance(s, tap.BackendService)]
         service.startService()
         self.addCleanup(service.stopService)

@@ -25,12 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbbridge.contract import CloseCode, data_path
-from nbbridge.store import AgentRegistry, Bus, MemoryStore, Refresh, Subscription
+from nbbridge.store import AgentRegistry, Bus, MemoryStore, Refresh
 from nbbridge.websocket import RefusalLog
 
 from .. import __version__
 from ._auth import Authority, Refusal
-from ._cluster import Claimed, DialRequest, channel_for, decode, encode
+from ._cluster import Cluster
 from ._config import Limits
 from ._pairing import Rendezvous
 
@@ -145,14 +145,8 @@ class Relay:
         #: refusals for a limit, logged at most once a minute per limit (a flood of opens by
         #: one client must not fill the log)
         self.refusals = RefusalLog(clock)
-        #: relays sharing the store: the bus to the others (None: this relay works alone)
-        self.bus = bus
-        self._subscription: Subscription | None = None
-        self._subscribing = False
-        #: why the shared store or bus cannot be used now (None: it can); /status shows it
-        self.store_problem: str | None = None
-        #: links set up for agents held by other relays (/status)
-        self.remote_dials = 0
+        #: relays sharing the store, over its bus (None: this relay works alone)
+        self.cluster = Cluster(self, bus) if bus is not None else None
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -170,10 +164,10 @@ class Relay:
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
-        if self.bus is None:
-            self._record("register", name, self.registry.register(name, self.where))
+        if self.cluster is None:
+            self.record("register", name, self.registry.register(name, self.where))
         else:
-            self._record("register", name, Deferred.fromCoroutine(self._claim(name)))
+            self.record("register", name, self.cluster.claim(name))
         peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
@@ -198,7 +192,7 @@ class Relay:
             return
         state.peer = None
         self._log.info("agent {agent} offline", agent=state.name)
-        self._record("unregister", agent, self.registry.unregister(agent, self.where))
+        self.record("unregister", agent, self.registry.unregister(agent, self.where))
         for pending in list(state.pending.values()):
             self._drop_pending(pending)
             self.dial_failures += 1
@@ -218,11 +212,11 @@ class Relay:
 
     # -- the registry in the store -----------------------------------------------------------
 
-    def _record(self, what: str, agent: str, d: Deferred[Any]) -> None:
+    def record(self, what: str, agent: str, d: Deferred[Any]) -> None:
         """Let a registry write run on; if it fails, say so (the local state stands)."""
-        d.addErrback(self._registry_failed, what, agent)
+        d.addErrback(self.registry_failed, what, agent)
 
-    def _registry_failed(self, failure: Failure, what: str, agent: str) -> None:
+    def registry_failed(self, failure: Failure, what: str, agent: str) -> None:
         self._log.error(
             "registry: could not {what} agent {agent}: {error}",
             what=what,
@@ -252,226 +246,47 @@ class Relay:
             self._log.failure("registry: refresh failed")
             return
         failed = [r for _, r in results if isinstance(r, Failure)]
-        if self.bus is not None:
-            await self._probe_store(failed[0].getErrorMessage() if failed else None)
+        if self.cluster is not None:
+            await self.cluster.probe(failed[0].getErrorMessage() if failed else None)
         for (name, peer), (_, result) in zip(online, results, strict=True):
             if isinstance(result, Failure):  # DeferredList hands failures over as results
-                self._registry_failed(result, "refresh", name)
+                self.registry_failed(result, "refresh", name)
             elif result is Refresh.RESTORED:
                 self._log.info("registry: entry of agent {agent} written again", agent=name)
                 if not self.is_online(name):
                     # It went offline while the refresh ran: take the entry back out. (A
                     # newer connection of it here keeps the entry: it names this relay too.)
-                    self._record("unregister", name, self.registry.unregister(name, self.where))
-            elif result is Refresh.LOST and self._holds(name, peer):
+                    self.record("unregister", name, self.registry.unregister(name, self.where))
+            elif result is Refresh.LOST:
                 # Another relay registered a newer connection of this agent: it wins.
-                self._log.info(
-                    "agent {agent} registered elsewhere since; closing its connection here",
-                    agent=name,
-                )
-                peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
-
-    async def _probe_store(self, failed: str | None) -> None:
-        """With relays sharing a store: say whether it answers, and listen on the bus again.
-
-        This relay's own key (``relay:relay:<where>``, expiring like an agent's entry) is
-        written each round: it tells an operator which relays are alive, and it tries the
-        store even when no agent is held here, so a store that is back is noticed.
-        """
-        if failed is None:
-            try:
-                await self.registry.store.set(
-                    f"relay:relay:{self.where}", b"alive", self.registry.ttl
-                )
-            except Exception as e:
-                failed = str(e) or type(e).__name__
-        if failed is not None:
-            self._store_failed(failed)
-            return
-        self._store_ok()
-        await self.start_bus()
+                self.lost(name, peer)
 
     def _holds(self, agent: str, peer: ControlPeer) -> bool:
         state = self._agents.get(agent)
         return state is not None and state.peer is peer
 
-    # -- relays sharing a store: the bus -------------------------------------------------------
+    # -- for the cluster (relays sharing a store: `._cluster`) ---------------------------------
 
-    def _store_ok(self) -> None:
-        if self.store_problem is not None:
-            self.store_problem = None
-            self._log.info("store: connected; links to agents on other relays are served")
+    def peer_of(self, agent: str) -> ControlPeer | None:
+        """AGENT's control connection here, or None."""
+        state = self._agents.get(agent)
+        return state.peer if state is not None else None
 
-    def _store_failed(self, why: str) -> None:
-        if self.store_problem is None:
-            self._log.error(
-                "store: unreachable ({why}); links already up carry on, agents here are still "
-                "served, links to agents on other relays are refused until it is back",
-                why=why,
-            )
-        self.store_problem = why
-
-    def store_health_changed(self, connected: bool, reason: str | None) -> None:
-        """The shared store's connection was lost, or is back (its `Backend.watch`).
-
-        Back: the store may have restarted empty, so every agent held here is registered
-        again now (a refresh restores missing entries), and the bus is listened to again.
-        """
-        if not connected:
-            self._store_failed(reason or "connection lost")
-            return
-        self._store_ok()
-        self.refresh_registry()
-        self.start_bus()
-
-    def start_bus(self) -> Deferred[None]:
-        """Listen on this relay's own bus channel (again, after a failure). Never fails."""
-        return Deferred.fromCoroutine(self._start_bus())
-
-    async def _start_bus(self) -> None:
-        if self.bus is None or self._subscription is not None or self._subscribing:
-            return
-        if self.store_problem is not None:
-            return  # the store's health watch or the next refresh round calls again
-        self._subscribing = True
-        try:
-            subscription = await self.bus.subscribe(channel_for(self.where), self._bus_message)
-        except Exception as e:
-            self._store_failed(f"cannot subscribe to the bus: {e}")
-            return
-        finally:
-            self._subscribing = False
-        self._subscription = subscription
-        self._log.info("bus: listening for other relays' requests as {where}", where=self.where)
-
-    def stop_bus(self) -> Deferred[None]:
-        """Stop listening on the bus."""
-        subscription, self._subscription = self._subscription, None
-        d: Deferred[None] = Deferred()
-        d.callback(None)
-        if subscription is not None:
-            result = subscription.cancel()
-            if isinstance(result, Deferred):
-                result.addErrback(lambda f: None)  # the bus may be down: nothing to undo then
-                d = result.addCallback(lambda _: None)
-        return d
-
-    async def _claim(self, name: str) -> None:
-        """Register NAME here; tell the relay that held it before (if any) that it lost it."""
-        assert self.bus is not None
-        try:
-            before = await self.registry.where(name)
-            await self.registry.register(name, self.where)
-        except Exception as e:
-            self._store_failed(str(e))
-            raise
-        self._store_ok()
-        if before is not None and before != self.where:
-            # Best effort: a dead relay gets nothing, and its entry is overwritten already.
-            d = self.bus.publish(channel_for(before), encode(Claimed(name, self.where)))
-            d.addErrback(self._registry_failed, "tell the older holder of", name)
-
-    def _bus_message(self, payload: bytes) -> None:
-        """Another relay asks something of this one: a dial for an agent held here, or a check."""
-        try:
-            message = decode(payload)
-        except ValueError as e:
-            self._log.warn("bus: ignored a message: {why}", why=str(e))
-            return
-        state = self._agents.get(message.agent)
-        peer = state.peer if state is not None else None
-        if isinstance(message, DialRequest):
-            if peer is None:
-                # Gone since the other relay read the registry: its dial times out there.
-                self._log.info(
-                    "link {link} to {agent}: dial from another relay, but the agent is not "
-                    "here (any more)",
-                    link=short(message.link_id),
-                    agent=message.agent,
-                )
-                return
+    def lost(self, agent: str, peer: ControlPeer) -> None:
+        """The registry says another relay holds AGENT now: close PEER if still ours."""
+        if self._holds(agent, peer):
             self._log.info(
-                "link {link} to {agent}: dialing for a client at another relay",
-                link=short(message.link_id),
-                agent=message.agent,
+                "agent {agent} registered elsewhere since; closing its connection here",
+                agent=agent,
             )
-            peer.send_dial(message.link_id, message.url)
-        elif peer is not None:
-            self._log.info(
-                "agent {agent} registered at {where}: checking who holds it",
-                agent=message.agent,
-                where=message.where,
-            )
-            self._record("check", message.agent, self._check_holder(message.agent, peer))
+            peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
 
-    def _check_holder(self, name: str, peer: ControlPeer) -> Deferred[None]:
-        d = self.registry.refresh(name, self.where)
+    def still_pending(self, pending: PendingLink) -> bool:
+        """Whether PENDING still waits for its dial answer (its client has not left)."""
+        return self._find_pending(pending.agent, pending.link_id) is pending
 
-        def checked(result: Refresh) -> None:
-            if result is Refresh.LOST and self._holds(name, peer):
-                self._log.info(
-                    "agent {agent} registered elsewhere since; closing its connection here",
-                    agent=name,
-                )
-                peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
-
-        return d.addCallback(checked)
-
-    def _dial_elsewhere(self, pending: PendingLink) -> None:
-        """AGENT is not held here: find its relay and ask it, over the bus, to dial us."""
-        assert self.bus is not None
-        if self.store_problem is not None:
-            self._refuse_pending(pending, self._store_refusal(self.store_problem))
-            return
-        d = Deferred.fromCoroutine(self._ask_holder(pending))
-        d.addErrback(self._remote_dial_failed, pending)
-
-    def _store_refusal(self, why: str) -> Refusal:
-        return Refusal(
-            CloseCode.RELAY_ERROR,
-            f"the relays' shared store is unreachable ({why}): links to agents on other "
-            "relays are refused until it is back",
-        )
-
-    async def _ask_holder(self, pending: PendingLink) -> None:
-        assert self.bus is not None
-        where = await self.registry.where(pending.agent)
-        self._store_ok()
-        if self._find_pending(pending.agent, pending.link_id) is not pending:
-            return  # the client left meanwhile
-        if where is None or where == self.where:
-            self._log.info("link to {agent} refused: agent offline", agent=pending.agent)
-            self._refuse_pending(
-                pending, Refusal(CloseCode.OFFLINE, f"agent {pending.agent!r} is offline")
-            )
-            return
-        url = self.dial_url(pending.agent, pending.link_id)
-        request = DialRequest(pending.agent, pending.link_id, url)
-        received = await self.bus.publish(channel_for(where), encode(request))
-        if received == 0 and self._find_pending(pending.agent, pending.link_id) is pending:
-            self._log.info(
-                "link to {agent} refused: its relay {where} does not answer",
-                agent=pending.agent,
-                where=where,
-            )
-            self._refuse_pending(
-                pending,
-                Refusal(
-                    CloseCode.OFFLINE,
-                    f"agent {pending.agent!r} is registered at a relay that does not answer "
-                    "(it may have just stopped; the agent reconnects to another)",
-                ),
-            )
-            return
-        self.remote_dials += 1
-
-    def _remote_dial_failed(self, failure: Failure, pending: PendingLink) -> None:
-        why = failure.getErrorMessage()
-        self._store_failed(why)
-        if self._find_pending(pending.agent, pending.link_id) is pending:
-            self._refuse_pending(pending, self._store_refusal(why))
-
-    def _refuse_pending(self, pending: PendingLink, refusal: Refusal) -> None:
+    def refuse_pending(self, pending: PendingLink, refusal: Refusal) -> None:
+        """Close PENDING's client with REFUSAL and forget the link."""
         self._drop_pending(pending)
         state = self._agents.get(pending.agent)
         if state is not None:
@@ -488,7 +303,7 @@ class Relay:
             return who
         link = f"link from {who.name} to {agent}"
         state = self._agents.get(agent)
-        if (state is None or state.peer is None) and self.bus is None:
+        if (state is None or state.peer is None) and self.cluster is None:
             self._log.info("link to {agent} refused: agent offline", agent=agent)
             return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is offline")
         if state is None:
@@ -521,7 +336,8 @@ class Relay:
         if state.peer is not None:
             state.peer.send_dial(link_id, self.dial_url(agent, link_id))
         else:
-            self._dial_elsewhere(pending)
+            assert self.cluster is not None  # else refused as offline above
+            self.cluster.dial_elsewhere(pending)
         return pending
 
     def dial_url(self, agent: str, link_id: str) -> str:
@@ -638,15 +454,8 @@ class Relay:
             "links": self._links,
             "bytes": self._bytes,
         }
-        if self.bus is not None:
-            result["cluster"] = {
-                "where": self.where,
-                "store": "ok" if self.store_problem is None else "unreachable",
-                "bus": "listening" if self._subscription is not None else "not listening",
-                "remote_dials": self.remote_dials,
-            }
-            if self.store_problem is not None:
-                result["cluster"]["problem"] = self.store_problem
+        if self.cluster is not None:
+            result["cluster"] = self.cluster.status()
         if admin:
             result["agents"] = [
                 {

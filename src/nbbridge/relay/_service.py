@@ -129,7 +129,8 @@ class RelayService(MultiService):
             )
         super().startService()
         # With relays sharing a store: other relays' dial requests arrive on the bus.
-        self.relay.start_bus()
+        if self.relay.cluster is not None:
+            self.relay.cluster.start()
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once it is bound."""
@@ -138,7 +139,9 @@ class RelayService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop listening, close every connection (1001), and fire once all are gone."""
         stopped = super().stopService()
-        waits: list[Deferred[Any]] = [self.relay.stop_bus()]
+        waits: list[Deferred[Any]] = []
+        if self.relay.cluster is not None:
+            waits.append(self.relay.cluster.stop())
         if stopped is not None:
             waits.append(stopped)
         d: Deferred[Any] = DeferredList(waits)

@@ -187,10 +187,12 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
             url=backend.url,
             where=relay.where,
         )
+        cluster = relay.cluster
+        assert cluster is not None
         if not backend.health.connected:
             # Until it is: links to agents on other relays are refused with this reason.
-            relay.store_problem = backend.health.reason or "not connected yet"
-        backend.watch(lambda health: relay.store_health_changed(health.connected, health.reason))
+            cluster.store_problem = backend.health.reason or "not connected yet"
+        backend.watch(lambda health: cluster.health_changed(health.connected, health.reason))
     service = RelayService(
         relay,
         endpoint,
