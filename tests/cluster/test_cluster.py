@@ -120,6 +120,9 @@ class FailoverTests(ClusterTestCase):
         other = self.other_than(holder)
         client = await self.start_client(relay_url=self.relay_url_of(other))
         await self.echo_once(client.port())
+        # A client as users run it, through HAProxy's origin: its link is wherever it lands.
+        roaming = await self.start_client(relay_url=self.lb_url)
+        await self.echo_once(roaming.port())
 
         since = self.marks()
         killed_at = self.now()
@@ -135,6 +138,9 @@ class FailoverTests(ClusterTestCase):
         await self.echo_once(client.port())
         newcomer = await self.start_client(relay_url=self.relay_url_of(other))
         await self.echo_once(newcomer.port())
+        # Through HAProxy's origin new links keep working (had its link been at the dead
+        # relay — HAProxy's leastconn usually puts it elsewhere — it comes back by itself).
+        await self.within(60, "the roaming client's echo", self.echo_once(roaming.port()))
 
     async def test_redis_restart(self) -> None:
         await self.start_cluster()
