@@ -7,7 +7,7 @@ real processes, Redis and HAProxy are in tests/cluster.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -77,6 +77,13 @@ class _FlakyStore(MemoryStore):
         if self.down:
             return fail(ConnectionError("store unreachable"))
         return super().expire_if(key, value, ttl)
+
+    def expire_if_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: float
+    ) -> Deferred[list[bool]]:
+        if self.down:
+            return fail(ConnectionError("store unreachable"))
+        return super().expire_if_many(items, ttl)
 
 
 @attrs.define
@@ -203,7 +210,10 @@ class ClusterCoreTests(unittest.TestCase):
         status = r3.status()["cluster"]
         self.assertEqual(status["store"], "unreachable")
         self.assertIn("store unreachable", status["problem"])
-        # An agent held here is still served.
+        # The refresh round says so too, and an agent held here is still served.
+        r3.refresh_registry()
+        self.turn()
+        self.assertEqual(r3.status()["cluster"]["store"], "unreachable")
         local = FakeLink()
         self.assertIsInstance(r3.request_link("cpu", None, local), PendingLink)
         self.assertIsNone(local.closed)

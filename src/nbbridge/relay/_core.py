@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -243,20 +243,19 @@ class Relay:
             if state.peer is not None:
                 online.append((state.name, state.peer))
         try:
-            results = await DeferredList(
-                [self.registry.refresh(name, self.where) for name, _ in online],
-                consumeErrors=True,
-            )
-        except Exception:
-            self._log.failure("registry: refresh failed")
+            # One call for them all: a few round trips per round, not one per agent.
+            results = await self.registry.refresh_many([name for name, _ in online], self.where)
+        except Exception as e:
+            if online:  # one line for the round, not one per agent
+                more = f" (and {len(online) - 1} more)" if len(online) > 1 else ""
+                self.registry_failed(Failure(), "refresh", online[0][0] + more)
+            if self.cluster is not None:
+                await self.cluster.probe(str(e) or type(e).__name__)
             return
-        failed = [r for _, r in results if isinstance(r, Failure)]
         if self.cluster is not None:
-            await self.cluster.probe(failed[0].getErrorMessage() if failed else None)
-        for (name, peer), (_, result) in zip(online, results, strict=True):
-            if isinstance(result, Failure):  # DeferredList hands failures over as results
-                self.registry_failed(result, "refresh", name)
-            elif result is Refresh.RESTORED:
+            await self.cluster.probe(None)
+        for (name, peer), result in zip(online, results, strict=True):
+            if result is Refresh.RESTORED:
                 self._log.info("registry: entry of agent {agent} written again", agent=name)
                 if not self.is_online(name):
                     # It went offline while the refresh ran: take the entry back out. (A
