@@ -28,6 +28,9 @@ class FailingStore(MemoryStore):
     def expire_if(self, key: str, value: bytes, ttl: float) -> Deferred[bool]:
         return fail(ConnectionError("store unreachable"))
 
+    def expire_if_many(self, items: object, ttl: float) -> Deferred[list[bool]]:
+        return fail(ConnectionError("store unreachable"))
+
     def delete_if(self, key: str, value: bytes) -> Deferred[bool]:
         return fail(ConnectionError("store unreachable"))
 

@@ -245,6 +245,31 @@ class StoreSuite(_Base):
         self.assertFalse(await self.settle(self.store.expire_if("absent", b"mine", self.ttl)))
         self.assertIsNone(await self.settle(self.store.get("absent")))
 
+    async def test_expire_if_many_refreshes_the_held_keys_only(self) -> None:
+        await self.settle(self.store.set("a", b"mine", self.ttl))
+        await self.settle(self.store.set("b", b"yours", self.ttl))
+        await self.settle(self.store.set("c", b"mine", self.ttl))
+        await self.advance(self.ttl * 0.7)
+        items = [("a", b"mine"), ("b", b"mine"), ("absent", b"mine"), ("c", b"mine")]
+        held = await self.settle(self.store.expire_if_many(items, self.ttl))
+        self.assertEqual(held, [True, False, False, True])
+        self.assertEqual(await self.settle(self.store.expire_if_many([], self.ttl)), [])
+        await self.advance(self.ttl * (0.3 + self.margin))  # past the first TTL's end
+        self.assertEqual(await self.settle(self.store.get("a")), b"mine")
+        self.assertEqual(await self.settle(self.store.get("c")), b"mine")
+        self.assertIsNone(await self.settle(self.store.get("b")), "refreshed by a non-holder")
+        self.assertIsNone(await self.settle(self.store.get("absent")))
+        self.assertRaises(ValueError, self.store.expire_if_many, [("a", b"mine")], 0)
+        self.assertRaises(TypeError, self.store.expire_if_many, [("a", "mine")], self.ttl)
+
+    async def test_expire_if_many_over_a_thousand_keys(self) -> None:
+        # (Redis runs them in batches: the answers must come back whole and in order.)
+        for i in range(0, 2500, 2):
+            await self.settle(self.store.set(f"k:{i}", b"v", None))
+        items = [(f"k:{i}", b"v") for i in range(2500)]
+        held = await self.settle(self.store.expire_if_many(items, self.ttl * 10))
+        self.assertEqual(held, [i % 2 == 0 for i in range(2500)])
+
     # -- scan --------------------------------------------------------------------------------
 
     async def test_scan_lists_live_keys_under_a_prefix(self) -> None:
@@ -334,6 +359,21 @@ class StoreSuite(_Base):
         self.assertEqual(await self.settle(registry.where("gpu")), "relay-1")
         await self.just_before_end()
         self.assertEqual(await self.settle(registry.where("gpu")), "relay-1", "restored TTL")
+
+    async def test_registry_refresh_many_is_refresh_for_each(self) -> None:
+        registry = self.registry()
+        await self.settle(registry.register("held", "relay-1"))
+        await self.settle(registry.register("vanished", "relay-1"))
+        await self.settle(registry.register("lost", "relay-1"))
+        await self.settle(registry.register("lost", "relay-2"))
+        await self.settle(self.store.delete("relay:agent:vanished"))
+        results = await self.settle(
+            registry.refresh_many(["held", "vanished", "lost", "new"], "relay-1")
+        )
+        self.assertEqual(results, [Refresh.HELD, Refresh.RESTORED, Refresh.LOST, Refresh.RESTORED])
+        self.assertEqual(await self.settle(registry.where("lost")), "relay-2")
+        self.assertEqual(await self.settle(registry.where("vanished")), "relay-1")
+        self.assertEqual(await self.settle(registry.refresh_many([], "relay-1")), [])
 
     async def test_registry_refuses_empty_names(self) -> None:
         registry = self.registry()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -113,6 +114,21 @@ class MemoryStore:
             self._expire(key, entry, seconds)
         self._sweep()
         return self._later(held)
+
+    def expire_if_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: float
+    ) -> Deferred[list[bool]]:
+        seconds = check_ttl(ttl)
+        checked = [(check_key(key), check_value(value)) for key, value in items]
+        results = []
+        for key, value in checked:
+            entry = self._live(key)
+            held = entry is not None and entry.value == value
+            if entry is not None and held:
+                self._expire(key, entry, seconds)
+            results.append(held)
+        self._sweep()
+        return self._later(results)
 
     def scan(self, prefix: str) -> Deferred[list[str]]:
         if not isinstance(prefix, str):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import txredisapi
@@ -55,6 +55,14 @@ MIN_VERSION = (6, 2)
 _DELETE_IF = (
     b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+#: expire_if over many keys: KEYS are the keys, ARGV[1] the TTL (ms), ARGV[2..] their values.
+_EXPIRE_IF_MANY = (
+    b"local held = {} for i, key in ipairs(KEYS) do "
+    b"if redis.call('GET', key) == ARGV[i + 1] then "
+    b"held[i] = redis.call('PEXPIRE', key, ARGV[1]) else held[i] = 0 end end return held"
+)
+#: keys per call of _EXPIRE_IF_MANY (a script blocks Redis while it runs: keep each short)
+_BATCH = 1000
 _EXPIRE_IF = (
     b"if redis.call('GET', KEYS[1]) == ARGV[1] then "
     b"return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -342,6 +350,25 @@ class RedisStore:
         k, v = _key(key), check_value(value)
         return self._call("EVAL", _EXPIRE_IF, 1, k, v, ms).addCallback(lambda n: n == 1)
 
+    def expire_if_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: float
+    ) -> Deferred[list[bool]]:
+        ms = _ms(ttl)
+        checked = [(_key(key), check_value(value)) for key, value in items]
+        batches = [checked[i : i + _BATCH] for i in range(0, len(checked), _BATCH)]
+        calls = [
+            self._call(
+                "EVAL",
+                _EXPIRE_IF_MANY,
+                len(batch),
+                *(k for k, _ in batch),
+                ms,
+                *(v for _, v in batch),
+            )
+            for batch in batches
+        ]
+        return Deferred.fromCoroutine(_gather_flags(calls))
+
     def scan(self, prefix: str) -> Deferred[list[str]]:
         if not isinstance(prefix, str):
             raise TypeError(f"a key prefix is a str, not {type(prefix).__name__}")
@@ -356,6 +383,23 @@ class RedisStore:
             if cursor in (b"0", 0, "0"):
                 break
         return sorted(key.decode("utf-8", "surrogateescape") for key in keys)
+
+
+async def _gather_flags(calls: list[Deferred[Any]]) -> list[bool]:
+    """The replies of CALLS (lists of 0/1), in order, as one list of bools.
+
+    Every call is awaited even after one failed, so none is left with an unhandled error.
+    """
+    flags: list[bool] = []
+    failure: BaseException | None = None
+    for call in calls:
+        try:
+            flags.extend(n == 1 for n in await call)
+        except Exception as e:
+            failure = failure or e
+    if failure is not None:
+        raise failure
+    return flags
 
 
 def _key(key: str) -> bytes:

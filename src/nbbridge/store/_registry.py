@@ -10,9 +10,11 @@ that dies leaves entries that expire on their own after the TTL.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.python.failure import Failure
 
 from ._interface import Store, check_ttl
 
@@ -71,6 +73,38 @@ class AgentRegistry:
         # into an empty slot, so a newer holder's entry is never overwritten by a refresh.
         d = self.store.add(key, value, self.ttl)
         return d.addCallback(lambda added: Refresh.RESTORED if added else Refresh.LOST)
+
+    def refresh_many(self, names: Sequence[str], where: str) -> Deferred[list[Refresh]]:
+        """`refresh` for each of NAMES (all held by WHERE), in order, in a few round trips.
+
+        A relay's refresh round: one `expire_if_many` for every entry, then an `add` only
+        for those that were not held (vanished, or lost to another holder).
+        """
+        value = _encode(where)
+        keys = [self._key(name) for name in names]
+        if not keys:
+            return succeed([])  # nothing to ask the store (whose answers need its clock)
+        d = self.store.expire_if_many([(key, value) for key in keys], self.ttl)
+        return d.addCallback(
+            lambda held: Deferred.fromCoroutine(self._settle_refreshes(keys, value, held))
+        )
+
+    async def _settle_refreshes(
+        self, keys: list[str], value: bytes, held: list[bool]
+    ) -> list[Refresh]:
+        results = [Refresh.HELD if h else Refresh.LOST for h in held]
+        missing = [i for i, h in enumerate(held) if not h]
+        if not missing:
+            return results
+        adds = await DeferredList(
+            [self.store.add(keys[i], value, self.ttl) for i in missing], consumeErrors=True
+        )
+        for i, (_, outcome) in zip(missing, adds, strict=True):
+            if isinstance(outcome, Failure):
+                outcome.raiseException()  # the first failure; the others were the same cause
+            if outcome:
+                results[i] = Refresh.RESTORED
+        return results
 
     def where(self, name: str) -> Deferred[str | None]:
         """Where NAME's control connection lives, or None if it is offline everywhere."""
