@@ -35,6 +35,7 @@ from nbbridge.demo import (
     check_through_tunnel,
     free_port,
     jupyter_env,
+    start_tunnel_ends,
     write_secret,
     write_tunnel_files,
 )
@@ -170,56 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(balancer)
         for n in range(1, RELAYS + 1):
             balancer.wait_for(f"Health check for server relays/relay{n} succeeded")
-        processes.append(
-            Process(
-                "agent",
-                [
-                    *twistd,
-                    "nbbridge-agent",
-                    "--relay",
-                    lb_url,
-                    "--name",
-                    "gpu",
-                    "--token-file",
-                    "agent.token",
-                    "--key",
-                    "agent.key",
-                    "--authorized-keys",
-                    "authorized_keys",
-                    "--expose",
-                    f"jupyter=tcp:127.0.0.1:{jupyter_port}",
-                ],
-                work,
-                env,
-            )
+        start_tunnel_ends(
+            processes,
+            twistd,
+            lb_url,
+            agent_key_text=agent_key.public_key.to_text(),
+            jupyter_port=jupyter_port,
+            forward_port=forward_port,
+            work=work,
+            env=env,
+            client_args=["--status", "tcp:0:interface=127.0.0.1"],
         )
-        processes[-1].wait_for("online at")
-        processes.append(
-            Process(
-                "client",
-                [
-                    *twistd,
-                    "nbbridge-client",
-                    "--relay",
-                    lb_url,
-                    "--agent",
-                    "gpu",
-                    "--agent-key",
-                    agent_key.public_key.to_text(),
-                    "--token-file",
-                    "client.token",
-                    "--key",
-                    "client.key",
-                    "--forward",
-                    f"jupyter={forward_port}",
-                    "--status",
-                    "tcp:0:interface=127.0.0.1",
-                ],
-                work,
-                env,
-            )
-        )
-        processes[-1].wait_for("jupyter →")
         processes[0].wait_for("Jupyter Server", timeout=90)
         processes[0].wait_for("http://127.0.0.1", timeout=90)
 
