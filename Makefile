@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test test-lowest lint typecheck trial demo bench fuzz faults clean
+.PHONY: all install test test-lowest lint typecheck trial demo cluster-demo bench fuzz faults clean
 
 all: test
 
@@ -59,6 +59,10 @@ test-lowest: $(LOWEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
+
+# Three relays sharing a redis-server behind haproxy (apt-get install redis-server haproxy).
+cluster-demo: $(STAMP)
+	$(BIN)/python -m nbbridge.demo_cluster $(DEMO_ARGS)
 
 # Benchmarks measure time, so they stay out of `make test`; see bench/RESULTS.md.
 bench: $(STAMP)

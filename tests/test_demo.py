@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from nbbridge.demo import JUPYTER_LAB, OPEN_PROMPT
+from tests._cleanup import add_async_cleanup
 from tests._devtools import missing_chromium, open_page
 from tests._tools import unavailable
 from tests.tunnel._process import ChildProcess, child_env, spawn
@@ -105,6 +106,8 @@ class DemoTestCase(TestCase):
 
     timeout = 900
     skip = unavailable(missing_lab())
+    #: the command `make demo` runs (tests/cluster/test_demo_cluster.py: `make cluster-demo`'s)
+    command: tuple[str, ...] = (sys.executable, "-m", "nbbridge.demo")
 
     async def start_demo(self) -> tuple[ChildProcess, str, Path]:
         """`make demo`'s command, in a temporary directory of this test; its URL and work dir.
@@ -114,8 +117,8 @@ class DemoTestCase(TestCase):
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir(parents=True)
         env = child_env({"TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
-        demo = spawn(self, "demo", [sys.executable, "-m", "nbbridge.demo"], env)
-        self.addCleanup(self._stop_and_reap, demo, tmp)
+        demo = spawn(self, "demo", list(self.command), env)
+        add_async_cleanup(self, self._stop_and_reap, demo, tmp)
         work = await demo.wait_for(r"work directory: (\S+)", timeout=STEP_TIMEOUT)
         url = await demo.wait_for(re.escape(OPEN_PROMPT) + r" (\S+)", timeout=STEP_TIMEOUT)
         self.assertTrue(processes_in(Path(work[1])), "the demo's processes run in its work dir")

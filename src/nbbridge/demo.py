@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -190,6 +191,75 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def start_tunnel_ends(
+    processes: list[Process],
+    twistd: list[str],
+    relay_url: str,
+    *,
+    agent_key_text: str,
+    jupyter_port: int,
+    forward_port: int,
+    work: Path,
+    env: dict[str, str],
+    client_args: Sequence[str] = (),
+) -> None:
+    """Start the agent exposing Jupyter, then the client forwarding FORWARD_PORT to it.
+
+    Both go into PROCESSES as soon as they start, so the caller's clean-up stops them even if
+    the other fails; returns once the client's forward is up. The cluster demo uses it too,
+    with the load balancer's URL as RELAY_URL.
+    """
+    processes.append(
+        Process(
+            "agent",
+            [
+                *twistd,
+                "nbbridge-agent",
+                "--relay",
+                relay_url,
+                "--name",
+                "gpu",
+                "--token-file",
+                "agent.token",
+                "--key",
+                "agent.key",
+                "--authorized-keys",
+                "authorized_keys",
+                "--expose",
+                f"jupyter=tcp:127.0.0.1:{jupyter_port}",
+            ],
+            work,
+            env,
+        )
+    )
+    processes[-1].wait_for("online at")
+    processes.append(
+        Process(
+            "client",
+            [
+                *twistd,
+                "nbbridge-client",
+                "--relay",
+                relay_url,
+                "--agent",
+                "gpu",
+                "--agent-key",
+                agent_key_text,
+                "--token-file",
+                "client.token",
+                "--key",
+                "client.key",
+                "--forward",
+                f"jupyter={forward_port}",
+                *client_args,
+            ],
+            work,
+            env,
+        )
+    )
+    processes[-1].wait_for("jupyter →")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run nbbridge end to end on loopback.")
     parser.add_argument("--check", action="store_true", help="stop once the check passed")
@@ -246,54 +316,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         processes[-1].wait_for("listening on")
-        processes.append(
-            Process(
-                "agent",
-                [
-                    *twistd,
-                    "nbbridge-agent",
-                    "--relay",
-                    relay_url,
-                    "--name",
-                    "gpu",
-                    "--token-file",
-                    "agent.token",
-                    "--key",
-                    "agent.key",
-                    "--authorized-keys",
-                    "authorized_keys",
-                    "--expose",
-                    f"jupyter=tcp:127.0.0.1:{jupyter_port}",
-                ],
-                work,
-                env,
-            )
+        start_tunnel_ends(
+            processes,
+            twistd,
+            relay_url,
+            agent_key_text=agent_key.public_key.to_text(),
+            jupyter_port=jupyter_port,
+            forward_port=forward_port,
+            work=work,
+            env=env,
         )
-        processes[-1].wait_for("online at")
-        processes.append(
-            Process(
-                "client",
-                [
-                    *twistd,
-                    "nbbridge-client",
-                    "--relay",
-                    relay_url,
-                    "--agent",
-                    "gpu",
-                    "--agent-key",
-                    agent_key.public_key.to_text(),
-                    "--token-file",
-                    "client.token",
-                    "--key",
-                    "client.key",
-                    "--forward",
-                    f"jupyter={forward_port}",
-                ],
-                work,
-                env,
-            )
-        )
-        processes[-1].wait_for("jupyter →")
         processes[0].wait_for("Jupyter Server", timeout=90)
         processes[0].wait_for("http://127.0.0.1", timeout=90)
 

@@ -112,8 +112,16 @@ def _free_port() -> int:
         return port
 
 
-async def start_nginx(testcase: TestCase, relay_port: int) -> tuple[int, str]:
+async def start_nginx(
+    testcase: TestCase,
+    relay_port: int,
+    config: Callable[[int, str, str], tuple[int, str]] | None = None,
+) -> tuple[int, str]:
     """Start nginx with the shipped config in front of ``127.0.0.1:relay_port``.
+
+    CONFIG, if given, makes another site config instead (tests/cluster: several relays):
+    called with a free port and the certificate and key paths, it answers the port the
+    config listens on and the config's text.
 
     Returns ``(https_port, ca_pem_path)``: nginx serves TLS on 127.0.0.1:https_port with a
     certificate for ``localhost`` and ``127.0.0.1`` signed by the CA in ``ca_pem_path``.
@@ -134,12 +142,14 @@ async def start_nginx(testcase: TestCase, relay_port: int) -> tuple[int, str]:
     # so a start that fails with "Address already in use" is retried with a new port.
     for _attempt in range(3):
         port = _free_port()
-        with open(os.path.join(tmp, "conf.d", "nbbridge-relay.conf"), "w") as f:
-            f.write(
-                adapt_config(
-                    shipped, listen_port=port, relay_port=relay_port, cert=files.cert, key=files.key
-                )
+        if config is not None:
+            port, text = config(port, files.cert, files.key)
+        else:
+            text = adapt_config(
+                shipped, listen_port=port, relay_port=relay_port, cert=files.cert, key=files.key
             )
+        with open(os.path.join(tmp, "conf.d", "nbbridge-relay.conf"), "w") as f:
+            f.write(text)
         process = _NginxProcess()
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
             process, NGINX, [NGINX, "-p", tmp + "/", "-c", main_conf], env={}

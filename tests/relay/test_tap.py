@@ -15,7 +15,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
@@ -69,20 +68,48 @@ class OptionsTests(FileTestCase):
     def test_no_secret_options(self) -> None:
         # Secrets come from files or the environment, never from argv.
         names = {o[0] for o in Options.optParameters}
-        self.assertEqual(names, {"listen", "config", "admin-token-file", "store", "advertise-url"})
-
-    def test_store_not_supported_yet(self) -> None:
-        message = self.assertExit(
-            ["--store", "redis://:hunter2@db:6379/0"], "only the in-memory store is supported yet"
+        self.assertEqual(
+            names,
+            {
+                "listen",
+                "config",
+                "admin-token-file",
+                "store",
+                "store-password-file",
+                "advertise-url",
+            },
         )
-        self.assertNotIn("hunter2", message)
 
-    def test_advertise_url_accepted(self) -> None:
-        events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        make("--advertise-url", "wss://relay.example/")
-        self.assertIn("--advertise-url", " ".join(formatEvent(e) for e in events))
+    def test_store_url_errors_never_echo_the_url(self) -> None:
+        message = self.assertExit(["--store", "redis://:hunter2@db:6379/0"], "no user or password")
+        self.assertNotIn("hunter2", message)
+        self.assertExit(["--store", "mysql://db/0"], "expected memory")
+        self.assertExit(["--store", "redis://db:6379/0"], "needs --advertise-url")
+
+    def test_advertise_url_is_checked_and_used(self) -> None:
+        self.assertExit(["--advertise-url", "https://relay.example/"], "expected ws://")
+        self.assertExit(["--advertise-url", "wss://relay.example/?a=b"], "takes no query")
+        service = make("--advertise-url", "wss://relay.example/r1/")
+        self.assertEqual(service.relay.where, "wss://relay.example/r1")
+        self.assertTrue(
+            service.relay.dial_url("gpu", "A" * 32).startswith("wss://relay.example/r1/v1/")
+        )
+
+    def test_redis_store_opens_a_backend_closed_with_the_relay(self) -> None:
+        password = self.write("sesame\n")
+        service = make(
+            "--store",
+            "redis://127.0.0.1:1/0",
+            "--store-password-file",
+            password,
+            "--advertise-url",
+            "ws://127.0.0.1:8000/r1",
+        )
+        self.assertIsNotNone(service.relay.cluster)
+        [backend] = [s for s in service if isinstance(s, tap.BackendService)]
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(backend.backend.url, "redis://127.0.0.1:1/0")
 
     def test_public_listen_needs_config(self) -> None:
         self.assertExit(["--listen", "tcp:8765"], "serves only on loopback")

@@ -6,6 +6,17 @@ import base64
 import hashlib
 from typing import Any
 
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponseAccept,
+)
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -219,3 +230,76 @@ class WebSocketTests(ProxyTestCase):
         await client.lost
         assert client.reason is not None
         self.assertFalse(client.reason.check(ConnectionDone), client.reason)
+
+
+class DeflateEcho(WebSocketServerProtocol):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
+class DeflateClient(WebSocketClientProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: Deferred[None] = Deferred()
+        self.messages: list[bytes] = []
+        self.got: Deferred[None] | None = None
+        self.lost: Deferred[None] = Deferred()
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(AssertionError(f"refused: {code} {reason}"))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append(payload)
+        if self.got is not None:
+            got, self.got = self.got, None
+            got.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+class ExtensionTests(ProxyTestCase):
+    async def test_permessage_deflate_end_to_end(self) -> None:
+        """Extensions are negotiated by the two ends through the byte splice."""
+        server = WebSocketServerFactory(reactor=reactor)
+        server.protocol = DeflateEcho
+
+        def accept(offers: list[Any]) -> Any:
+            for offer in offers:
+                if isinstance(offer, PerMessageDeflateOffer):
+                    return PerMessageDeflateOfferAccept(offer)
+            return None
+
+        server.setProtocolOptions(perMessageCompressionAccept=accept)
+        port = await serve(self, LOOPBACK, server)
+        await self.start_proxy(to(Upstream("deflate", tcp(port))))
+        url = f"ws://127.0.0.1:{self.proxy_port}/echo"
+        client_factory = WebSocketClientFactory(url, reactor=reactor)
+        client_factory.protocol = DeflateClient
+        client_factory.setProtocolOptions(
+            perMessageCompressionOffers=[PerMessageDeflateOffer()],
+            perMessageCompressionAccept=PerMessageDeflateResponseAccept,
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy_port)
+        client: DeflateClient = await endpoint.connect(client_factory)
+
+        async def close() -> None:
+            if client.state == client.STATE_OPEN:
+                client.sendClose(1000)
+            await client.lost
+
+        add_async_cleanup(self, close)
+        await client.opened
+        self.assertEqual(
+            [e.EXTENSION_NAME for e in client.websocket_extensions_in_use], ["permessage-deflate"]
+        )
+        message = b"compressible " * 10_000
+        client.got = Deferred()
+        client.sendMessage(message, isBinary=True)
+        await client.got
+        self.assertEqual(client.messages, [message])

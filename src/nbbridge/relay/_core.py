@@ -5,8 +5,10 @@ The core never touches a transport or the reactor. It talks to connections throu
 with an injected `IReactorTime`, so tests drive it with a `Clock`.
 
 Which agents are online, and where, is also written to an `AgentRegistry` in a store
-(`nbbridge.store`; in memory by default): the fact several relays will share once they scale
-out. The live peers, pending links and timers stay here: they belong to this process.
+(`nbbridge.store`; in memory by default): the fact several relays share when they scale out.
+The live peers, pending links and timers stay here: they belong to this process. With a bus
+(`._cluster`), a client may ask for an agent held by another relay: the registry names that
+relay, the bus carries the dial request to it, and the agent dials back here.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbbridge.contract import CloseCode, data_path
-from nbbridge.store import AgentRegistry, MemoryStore, Refresh
+from nbbridge.store import AgentRegistry, Bus, MemoryStore, Refresh
 from nbbridge.websocket import RefusalLog
 
 from .. import __version__
 from ._auth import Authority, Refusal
+from ._cluster import Cluster
 from ._config import Limits
 from ._pairing import Rendezvous
 
@@ -118,6 +121,7 @@ class Relay:
         make_link_id: Callable[[], str] = new_link_id,
         advertise_url: str | None = None,
         registry: AgentRegistry | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.authority = authority
         #: where agents dial back to reach this relay, when several share the work (else the
@@ -144,6 +148,8 @@ class Relay:
         #: refusals for a limit, logged at most once a minute per limit (a flood of opens by
         #: one client must not fill the log)
         self.refusals = RefusalLog(clock)
+        #: relays sharing the store, over its bus (None: this relay works alone)
+        self.cluster = Cluster(self, bus) if bus is not None else None
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -162,7 +168,10 @@ class Relay:
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
         if old is None:
             self._online += 1
-        self._record("register", name, self.registry.register(name, self.where))
+        if self.cluster is None:
+            self.record("register", name, self.registry.register(name, self.where))
+        else:
+            self.record("register", name, self.cluster.claim(name))
         peer.send_registered(name)
         if old is not None:
             # The newer connection wins: the old one is usually a dead network path (sleep,
@@ -188,7 +197,7 @@ class Relay:
         state.peer = None
         self._online -= 1
         self._log.info("agent {agent} offline", agent=state.name)
-        self._record("unregister", agent, self.registry.unregister(agent, self.where))
+        self.record("unregister", agent, self.registry.unregister(agent, self.where))
         for pending in list(state.pending.values()):
             self._drop_pending(pending)
             self.dial_failures += 1
@@ -208,11 +217,11 @@ class Relay:
 
     # -- the registry in the store -----------------------------------------------------------
 
-    def _record(self, what: str, agent: str, d: Deferred[Any]) -> None:
+    def record(self, what: str, agent: str, d: Deferred[Any]) -> None:
         """Let a registry write run on; if it fails, say so (the local state stands)."""
-        d.addErrback(self._registry_failed, what, agent)
+        d.addErrback(self.registry_failed, what, agent)
 
-    def _registry_failed(self, failure: Failure, what: str, agent: str) -> None:
+    def registry_failed(self, failure: Failure, what: str, agent: str) -> None:
         self._log.error(
             "registry: could not {what} agent {agent}: {error}",
             what=what,
@@ -236,29 +245,57 @@ class Relay:
         try:
             # One call for them all: a few round trips per round, not one per agent.
             results = await self.registry.refresh_many([name for name, _ in online], self.where)
-        except Exception:
+        except Exception as e:
             if online:  # one line for the round, not one per agent
                 more = f" (and {len(online) - 1} more)" if len(online) > 1 else ""
-                self._registry_failed(Failure(), "refresh", online[0][0] + more)
+                self.registry_failed(Failure(), "refresh", online[0][0] + more)
+            if self.cluster is not None:
+                await self.cluster.probe(str(e) or type(e).__name__)
             return
+        if self.cluster is not None:
+            await self.cluster.probe(None)
         for (name, peer), result in zip(online, results, strict=True):
             if result is Refresh.RESTORED:
                 self._log.info("registry: entry of agent {agent} written again", agent=name)
                 if not self.is_online(name):
                     # It went offline while the refresh ran: take the entry back out. (A
                     # newer connection of it here keeps the entry: it names this relay too.)
-                    self._record("unregister", name, self.registry.unregister(name, self.where))
-            elif result is Refresh.LOST and self._holds(name, peer):
+                    self.record("unregister", name, self.registry.unregister(name, self.where))
+            elif result is Refresh.LOST:
                 # Another relay registered a newer connection of this agent: it wins.
-                self._log.info(
-                    "agent {agent} registered elsewhere since; closing its connection here",
-                    agent=name,
-                )
-                peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
+                self.lost(name, peer)
 
     def _holds(self, agent: str, peer: ControlPeer) -> bool:
         state = self._agents.get(agent)
         return state is not None and state.peer is peer
+
+    # -- for the cluster (relays sharing a store: `._cluster`) ---------------------------------
+
+    def peer_of(self, agent: str) -> ControlPeer | None:
+        """AGENT's control connection here, or None."""
+        state = self._agents.get(agent)
+        return state.peer if state is not None else None
+
+    def lost(self, agent: str, peer: ControlPeer) -> None:
+        """The registry says another relay holds AGENT now: close PEER if still ours."""
+        if self._holds(agent, peer):
+            self._log.info(
+                "agent {agent} registered elsewhere since; closing its connection here",
+                agent=agent,
+            )
+            peer.close(CloseCode.REPLACED, "replaced by a newer connection of this agent")
+
+    def still_pending(self, pending: PendingLink) -> bool:
+        """Whether PENDING still waits for its dial answer (its client has not left)."""
+        return self._find_pending(pending.agent, pending.link_id) is pending
+
+    def refuse_pending(self, pending: PendingLink, refusal: Refusal) -> None:
+        """Close PENDING's client with REFUSAL and forget the link."""
+        self._drop_pending(pending)
+        state = self._agents.get(pending.agent)
+        if state is not None:
+            self._forget_if_idle(state)
+        pending.peer.close(refusal.code, refusal.reason)
 
     # -- links -------------------------------------------------------------------------------
 
@@ -270,9 +307,12 @@ class Relay:
             return who
         link = f"link from {who.name} to {agent}"
         state = self._agents.get(agent)
-        if state is None or state.peer is None:
+        if (state is None or state.peer is None) and self.cluster is None:
             self._log.info("link to {agent} refused: agent offline", agent=agent)
             return Refusal(CloseCode.OFFLINE, f"agent {agent!r} is offline")
+        if state is None:
+            # Held by another relay, perhaps: kept while a link to it waits or is spliced here.
+            state = AgentState(agent)
         if len(state.pending) >= self.limits.pending_dials_per_agent:
             n = len(state.pending)
             reason = f"agent {agent!r} has {n} dials pending (pending_dials_per_agent)"
@@ -290,13 +330,18 @@ class Relay:
         pending = PendingLink(link_id, agent, who.name, peer)
         pending.timer = self.clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
         state.pending[link_id] = pending
+        self._agents[agent] = state
         self._log.info(
             "link {link} from {client} to {agent}: dialing",
             link=short(link_id),
             client=who.name,
             agent=agent,
         )
-        state.peer.send_dial(link_id, self.dial_url(agent, link_id))
+        if state.peer is not None:
+            state.peer.send_dial(link_id, self.dial_url(agent, link_id))
+        else:
+            assert self.cluster is not None  # else refused as offline above
+            self.cluster.dial_elsewhere(pending)
         return pending
 
     def dial_url(self, agent: str, link_id: str) -> str:
@@ -413,6 +458,8 @@ class Relay:
             "links": self._links,
             "bytes": self._bytes,
         }
+        if self.cluster is not None:
+            result["cluster"] = self.cluster.status()
         if admin:
             result["agents"] = [
                 {

@@ -222,7 +222,17 @@ class Rendezvous:
             peer.close(CloseCode.RELAY_ERROR, "the relay cannot read pairing codes now")
             return
         pairing = self._open.get(nameplate)
-        if record is None or pairing is None or record.where != self._where:
+        if record is not None and record.where != self._where:
+            # Relays sharing a store: the agent waits at another relay, and a rendezvous
+            # lives in one relay's memory. The code is used up all the same (one try each).
+            peer.close(
+                CloseCode.PAIR_CODE_GONE,
+                f"this pairing code was opened at another relay ({record.where}); behind a "
+                "load balancer, pair through one relay's own URL on both sides; ask for a new "
+                "code",
+            )
+            return
+        if record is None or pairing is None:
             peer.close(
                 CloseCode.PAIR_CODE_GONE,
                 "no such pairing code: it is mistyped, used or expired; ask for a new one",

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -128,6 +128,9 @@ class RelayService(MultiService):
                 "Give a relay.toml before exposing this relay."
             )
         super().startService()
+        # With relays sharing a store: other relays' dial requests arrive on the bus.
+        if self.relay.cluster is not None:
+            self.relay.cluster.start()
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """Fires with the listening port once it is bound."""
@@ -136,7 +139,12 @@ class RelayService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop listening, close every connection (1001), and fire once all are gone."""
         stopped = super().stopService()
-        d: Deferred[Any] = DeferredList([stopped]) if stopped is not None else succeed(None)
+        waits: list[Deferred[Any]] = []
+        if self.relay.cluster is not None:
+            waits.append(self.relay.cluster.stop())
+        if stopped is not None:
+            waits.append(stopped)
+        d: Deferred[Any] = DeferredList(waits)
         d.addCallback(lambda _: self._close_connections())
         return d
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -15,6 +18,16 @@ from twisted.python import usage
 from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret, token_digest
 from nbbridge.hub import HubConfig, mount_hub, parse_hub_config
+from nbbridge.store import (
+    PASSWORD_ENV,
+    AgentRegistry,
+    Backend,
+    Bus,
+    StoreURLError,
+    open_store,
+    parse_store_url,
+    read_password,
+)
 from nbbridge.transport import endpoint_string
 
 from ._auth import Authority
@@ -31,7 +44,10 @@ _log = Logger(namespace="nbbridge.relay.tap")
 class Options(usage.Options):
     """Command-line options of nbbridge-relay. Secrets come from files or the environment."""
 
-    synopsis = "[--listen ENDPOINT] [--config relay.toml] [--admin-token-file FILE]"
+    synopsis = (
+        "[--listen ENDPOINT] [--config relay.toml] [--admin-token-file FILE] "
+        "[--store redis://HOST:PORT/DB --advertise-url URL]"
+    )
     longdesc = (
         "Public relay: agents keep a control connection, clients open links, and the relay "
         "splices each link to a data connection its agent dials. The same port serves the "
@@ -54,12 +70,25 @@ class Options(usage.Options):
             f"File holding the admin token that adds per-agent details to /status "
             f"(or set {ADMIN_TOKEN_ENV}).",
         ],
-        ["store", None, "memory", "Where the registry lives: only 'memory' is supported yet."],
+        [
+            "store",
+            None,
+            "memory",
+            "Where the registry lives: memory (one relay), or redis://HOST:PORT/DB shared by "
+            "several relays (then --advertise-url too).",
+        ],
+        [
+            "store-password-file",
+            None,
+            None,
+            f"File holding the Redis password (or set {PASSWORD_ENV}).",
+        ],
         [
             "advertise-url",
             None,
             None,
-            "URL agents use to reach this relay when several relays share a store (not used yet).",
+            "This relay's own URL on the load balancer's origin (wss://relay.example.com/r1): "
+            "agents held by other relays dial back here for clients waiting here.",
         ],
     ]
 
@@ -72,11 +101,16 @@ class Options(usage.Options):
 SECTIONS: dict[str, SectionParser] = {"hub": parse_hub_config}
 
 
-def mounts(config: RelayConfig | None) -> dict[str, Mount]:
-    """What the relay daemon serves beside the tunnel: the hub, configured by ``[hub]``."""
+def mounts(config: RelayConfig | None, bus: Bus | None = None) -> dict[str, Mount]:
+    """What the relay daemon serves beside the tunnel: the hub, configured by ``[hub]``.
+
+    With BUS (relays sharing a store), the hub's topics span every relay sharing it.
+    """
     hub = config.sections.get("hub") if config is not None else None
     hub_config: HubConfig = hub if hub is not None else HubConfig()
-    return {"hub": lambda root, relay, reactor: mount_hub(root, relay, reactor, hub_config)}
+    return {
+        "hub": lambda root, relay, reactor: mount_hub(root, relay, reactor, hub_config, bus=bus)
+    }
 
 
 def _fail(message: str) -> SystemExit:
@@ -102,11 +136,12 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
 
         reactor = global_reactor
 
-    if options["store"] != "memory":
-        # Never echo the value: a store URL may hold a password.
-        raise _fail("--store: only the in-memory store is supported yet (--store memory)")
-    if options["advertise-url"]:
-        _log.info("--advertise-url is used only with a shared store; ignoring it for now")
+    advertise = options["advertise-url"]
+    if advertise:
+        problem = advertise_problem(advertise)
+        if problem is not None:
+            raise _fail(f"--advertise-url: {problem}")
+    backend = _open_backend(options, reactor)
 
     description = endpoint_string(options["listen"].strip())
     config: RelayConfig | None = None
@@ -136,7 +171,28 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         if reactor.running:
             reactor.stop()
 
-    relay = Relay(authority, limits, reactor)
+    if backend is None:
+        relay = Relay(authority, limits, reactor, advertise_url=advertise)
+    else:
+        relay = Relay(
+            authority,
+            limits,
+            reactor,
+            advertise_url=advertise,
+            registry=AgentRegistry(backend.store),
+            bus=backend.bus,
+        )
+        _log.info(
+            "store {url}: relays sharing it reach each other's agents; this one is {where}",
+            url=backend.url,
+            where=relay.where,
+        )
+        cluster = relay.cluster
+        assert cluster is not None
+        if not backend.health.connected:
+            # Until it is: links to agents on other relays are refused with this reason.
+            cluster.store_problem = backend.health.reason or "not connected yet"
+        backend.watch(lambda health: cluster.health_changed(health.connected, health.reason))
     service = RelayService(
         relay,
         endpoint,
@@ -144,7 +200,54 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         secure=uses_tls(description),
         admin_sha256=admin,
         on_listen_failure=listen_failed,
-        mounts=mounts(config),
+        mounts=mounts(config, backend.bus if backend is not None else None),
     )
+    if backend is not None:
+        BackendService(backend).setServiceParent(service)
     care_for_memory(service, reactor)
     return service
+
+
+def advertise_problem(url: str) -> str | None:
+    """What is wrong with URL as an advertise URL, or None (a ws:// or wss:// URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        return "expected ws://HOST[:PORT][/PATH] or wss://... (the load balancer's origin)"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "takes no query, fragment, user or password"
+    return None
+
+
+def _open_backend(options: Options, reactor: Any) -> Backend | None:
+    """The shared store and bus of --store redis://..., or None for --store memory."""
+    url = options["store"]
+    if url == "memory":
+        return None
+    try:
+        parse_store_url(url)
+    except StoreURLError as e:  # its message never repeats the URL (it may hold a secret)
+        raise _fail(str(e)) from None
+    if not options["advertise-url"]:
+        raise _fail(
+            "--store redis://... needs --advertise-url: the URL (on the load balancer's "
+            "origin) where agents held by other relays dial back to this one"
+        )
+    try:
+        password = read_password(options["store-password-file"])
+    except (OSError, ValueError) as e:
+        raise _fail(f"--store-password-file: {e}") from None
+    return open_store(url, password=password, reactor=reactor)
+
+
+class BackendService(Service):
+    """Closes the store's connections when the relay stops (after its own connections)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.backend.close()
