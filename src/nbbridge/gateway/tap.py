@@ -22,13 +22,20 @@ from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
+from nbbridge._secrets import SecretError, read_secret
+from nbbridge.store import open_store
 from nbbridge.tunnel import AgentLink, TunnelOptions
 
+from ._http import http_root
 from ._logging import start_logging
 from ._origin import OriginPolicy
+from ._scripts import ConfigError, load_config, local_session_spec
+from ._sessions import Sessions
 from ._splice import GatewayFactory, Opener
 from ._target import AgentTarget, FixedTarget, NoTarget, parse_target
+from ._users import Access, UsersFileError, load_users
 
 _log = Logger()
 
@@ -133,6 +140,23 @@ class Options(TunnelOptions):
             )
         except ValueError as e:
             raise usage.UsageError(f"--allowed_origins: {e}") from None
+        try:
+            services = []
+            if self["remote_session_config"]:
+                services.extend(load_config(self["remote_session_config"]))
+            for app, count in self["local_session"]:
+                services.append(local_session_spec(app, count))
+            self["services"] = services
+            users = load_users(self["users"]) if self["users"] else []
+            admin = None
+            if self["admin-token-file"]:
+                admin = read_secret(self["admin-token-file"], "NBBRIDGE_GATEWAY_ADMIN_TOKEN")
+            self["access"] = Access(admin, tuple(users))
+        except (ConfigError, UsersFileError, SecretError) as e:
+            raise self.refuse(str(e)) from None
+        names = [spec.name for spec in self["services"]]
+        if len(set(names)) != len(names):
+            raise usage.UsageError(f"a service name is given twice: {names}")
 
     def parse(self) -> None:
         from nbbridge.crypto import parse_public_key
@@ -206,10 +230,18 @@ class Listener(Service):
         return DeferredList(waits)
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
-    """The WebSocket port, and with --http_directory the HTTP port (files + REST API)."""
+def makeService(
+    options: Options, reactor: Any = None, stop: Callable[[], object] | None = None
+) -> IService:
+    """The WebSocket port, and with --http_directory the HTTP port (files + REST API).
+
+    :param stop: what ``/v1/stop`` calls (default ``reactor.stop``: twistd then stops every
+        service, which closes the WebSockets with 1001 and stops the instances).
+    """
     if reactor is None:
         from twisted.internet import reactor
+    if stop is None:
+        stop = reactor.stop
     top = MultiService()
     start_logging(options["verbose"], options["log_file"])
     interface = options["interface"]
@@ -235,7 +267,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         opener = FixedTarget(HostnameEndpoint(reactor, host, port), reactor, f"{host}:{port}")
     else:
         opener = NoTarget()
-    opener = _with_sessions(options, opener, reactor, top)
+    opener = _with_sessions(options, opener, reactor, top, stop)
     scheme = "wss" if options["cert"] else "ws"
     # (The URL only tells Autobahn the scheme; any host and path are served.)
     factory = GatewayFactory(f"{scheme}://localhost", opener, options["origins"])
@@ -259,6 +291,38 @@ def _learn_port(port: IListeningPort, factory: GatewayFactory, configured: int) 
     return port
 
 
-def _with_sessions(options: Options, opener: Opener, reactor: Any, top: MultiService) -> Opener:
-    """Reservations (when services are configured) in front of OPENER; the HTTP port."""
-    return opener
+def _with_sessions(
+    options: Options, opener: Opener, reactor: Any, top: MultiService, stop: Callable[[], object]
+) -> Opener:
+    """Reservations (services from the config and --local_session) in front of OPENER, and the
+    HTTP port (files and REST API) when there is a directory or a service to reserve."""
+    specs = list(options["services"])
+    backend = open_store(options["store"], reactor=reactor)
+    sessions = Sessions(specs, backend.store, reactor, options["timeout"], opener)
+    _SessionsService(sessions, backend).setServiceParent(top)
+    if options["http_directory"] or specs:
+        root = http_root(options["http_directory"], options["access"], sessions, stop)
+        endpoint = serverFromString(
+            reactor,
+            listen_endpoint(
+                options["http_port"], options["interface"], options["cert"], options["key"]
+            ),
+        )
+        http = Listener(endpoint, Site(root))
+        http.setName("http")
+        http.setServiceParent(top)
+    return sessions
+
+
+class _SessionsService(Service):
+    """Stops every instance, and closes the store, when the gateway stops."""
+
+    def __init__(self, sessions: Sessions, backend: Any) -> None:
+        self._sessions = sessions
+        self._backend = backend
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        d = self._sessions.stop_all()
+        d.addBoth(lambda _: self._backend.close())
+        return d
