@@ -103,7 +103,8 @@ class Reserve(_Api):
         self._sessions = sessions
 
     def answer(self, request: Request, caller: Caller) -> bytes | int:
-        names = (request.args or {}).get(b"service") or [b""]
+        args: dict[bytes, list[bytes]] = request.args or {}
+        names = args.get(b"service") or [b""]
         service = names[0].decode("utf-8", "replace")
         if not service:
             return _json(request, 400, {"error": "give ?service=NAME"})

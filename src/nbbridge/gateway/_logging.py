@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -21,7 +21,7 @@ def level_for(verbose: int) -> LogLevel:
     return _LEVELS.get(verbose, LogLevel.debug if verbose > 1 else LogLevel.warn)
 
 
-def log_observer(verbose: int, stream: io.TextIOBase) -> ILogObserver:
+def log_observer(verbose: int, stream: IO[Any]) -> ILogObserver:
     """An observer writing events at or above VERBOSE's level to STREAM."""
     predicate = LogLevelFilterPredicate(defaultLogLevel=level_for(verbose))
     return FilteringLogObserver(textFileLogObserver(stream), [predicate])

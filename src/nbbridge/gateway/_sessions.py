@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from nbbridge.contract import CloseCode
 from nbbridge.store import ExpiringRecords, Store
 
-from ._scripts import DEFAULT_READY_TIMEOUT, RemoteServiceScript, ServiceSpec
+from ._scripts import DEFAULT_READY_TIMEOUT, Address, RemoteServiceScript, ServiceSpec
 from ._splice import SERVICE_UNAVAILABLE, GatewayWebSocket, Opened, Opener, Refused
 from ._target import connect_service
 
@@ -87,6 +87,8 @@ class Sessions:
         self._fallback = fallback
         self._started = time.time()
         self.connections = 0
+        self._stopping: set[Deferred[Any]] = set()
+        self._idle: list[Deferred[None]] = []
 
     # -- REST ------------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class Sessions:
             ready = maybeDeferred(script.start, index)
             timeout = float(pool.spec.options.get("ready_timeout", DEFAULT_READY_TIMEOUT))
             ready.addTimeout(timeout, self._clock)
-            host, port = await ready
+            host, port = cast(Address, await ready)
             self._log.info(
                 "{service} #{index} listens on {host}:{port}",
                 service=name,
@@ -210,8 +212,10 @@ class Sessions:
             pool.running.pop(index, None)
             return Deferred.fromCoroutine(_nothing())
         d = maybeDeferred(script.stop)
+        self._stopping.add(d)
 
         def done(result: Any) -> None:
+            self._stopping.discard(d)
             if pool.running.get(index) is script:
                 del pool.running[index]
             if hasattr(result, "getErrorMessage"):
@@ -221,8 +225,21 @@ class Sessions:
                     index=index,
                     why=result.getErrorMessage(),
                 )
+            if not self._stopping and not any(p.running for p in self._pools.values()):
+                idle, self._idle = self._idle, []
+                for waiter in idle:
+                    waiter.callback(None)
 
         return d.addBoth(done)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no instance runs or is stopping."""
+        d: Deferred[None] = Deferred()
+        if not self._stopping and not any(p.running for p in self._pools.values()):
+            d.callback(None)
+        else:
+            self._idle.append(d)
+        return d
 
     def stop_all(self) -> Deferred[Any]:
         """Stop every running instance (the gateway is stopping)."""

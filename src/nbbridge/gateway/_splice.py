@@ -58,7 +58,7 @@ EARLY_LIMIT = 1 << 20
 #: The largest message a browser may send (VNC messages are small; base64 text is 4/3 larger).
 MAX_MESSAGE = 16 << 20
 
-_CONNECTING = "service-connecting"
+_DONE = Failure(ConnectionDone())
 _SERVICE_FULL = "service-full"
 
 
@@ -89,6 +89,8 @@ class Opener(Protocol):
 class ServiceSide(TwistedProtocol):
     """The TCP (or tunnel channel) end of a splice: hands everything to its WebSocket."""
 
+    transport: Any  # a consumer and push producer (TCP, TLS or a tunnel channel)
+
     def __init__(self, ws: GatewayWebSocket) -> None:
         self.ws = ws
         self.closed = False
@@ -100,7 +102,7 @@ class ServiceSide(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         self.ws.send_data(data)
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         self.closed = True
         self.ws.service_lost(reason)
 
@@ -152,7 +154,7 @@ class GatewayWebSocket(DataFrames, ServerWebSocket):  # type: ignore[misc]
 
     # -- handshake -----------------------------------------------------------------------------
 
-    def onConnect(self, request: Any) -> str | None:
+    def onConnect(self, request: Any) -> str | None:  # type: ignore[override]
         self._peer = request.peer
         origin = request.headers.get("origin")
         if not self.factory.origins.allows(origin, request.headers.get("host")):
@@ -317,7 +319,7 @@ class GatewayWebSocket(DataFrames, ServerWebSocket):  # type: ignore[misc]
 class GatewayFactory(WebSocketServerFactory):
     """The WebSocket port: any path, the ``binary``/``base64`` subprotocols, an Origin check."""
 
-    protocol = GatewayWebSocket
+    protocol = GatewayWebSocket  # type: ignore[assignment]
 
     def __init__(self, url: str, opener: Opener, origins: OriginPolicy) -> None:
         super().__init__(url)

@@ -299,7 +299,9 @@ def _with_sessions(
     specs = list(options["services"])
     backend = open_store(options["store"], reactor=reactor)
     sessions = Sessions(specs, backend.store, reactor, options["timeout"], opener)
-    _SessionsService(sessions, backend).setServiceParent(top)
+    holder = _SessionsService(sessions, backend)
+    holder.setName("sessions")
+    holder.setServiceParent(top)
     if options["http_directory"] or specs:
         root = http_root(options["http_directory"], options["access"], sessions, stop)
         endpoint = serverFromString(
@@ -318,11 +320,11 @@ class _SessionsService(Service):
     """Stops every instance, and closes the store, when the gateway stops."""
 
     def __init__(self, sessions: Sessions, backend: Any) -> None:
-        self._sessions = sessions
+        self.sessions = sessions
         self._backend = backend
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        d = self._sessions.stop_all()
+        d = self.sessions.stop_all()
         d.addBoth(lambda _: self._backend.close())
         return d
