@@ -79,7 +79,7 @@ class X11Tests(TestCase):
     async def test_app_service_runs_its_program(self) -> None:
         need_x11()
         service = AppService({"command": "x11vnc -version"}, reactor)
-        host, port = await service.start(0)
+        host, _ = await service.start(0)
         self.assertEqual(host, "127.0.0.1")
         stopped: Deferred[None] = service.stop()
         await stopped

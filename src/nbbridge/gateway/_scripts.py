@@ -200,6 +200,8 @@ class CommandService(RemoteServiceScript):
 class DesktopService(RemoteServiceScript):
     """An Xvfb display served by x11vnc on loopback (``--local_session desktop N``).
 
+    Options: ``geometry`` (Xvfb's screen, default 1024x768x24), ``xvfb_args`` (more Xvfb
+    arguments, e.g. ``["-wr"]`` for a white root window), ``ready_timeout``.
     Xvfb picks a free display itself (``-displayfd``) and x11vnc a free port
     (``-autoport``, printed as ``PORT=N``), so instances never collide whatever the index.
     """
@@ -211,6 +213,7 @@ class DesktopService(RemoteServiceScript):
         options = self._common_options
         timeout = float(options.get("ready_timeout", DEFAULT_READY_TIMEOUT))
         geometry = str(options.get("geometry", "1024x768x24"))
+        extra = [str(a) for a in options.get("xvfb_args", [])]
         self._processes: list[_Process] = []
         ready: Deferred[Address] = Deferred()
         display: Deferred[str] = Deferred()
@@ -222,7 +225,7 @@ class DesktopService(RemoteServiceScript):
         xvfb = spawn(
             self.reactor,
             "Xvfb",
-            ["Xvfb", "-displayfd", "3", "-screen", "0", geometry, "-nolisten", "tcp"],
+            ["Xvfb", "-displayfd", "3", "-screen", "0", geometry, "-nolisten", "tcp", *extra],
             _base_env(),
             xvfb_said,
             {3: "r"},

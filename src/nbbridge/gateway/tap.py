@@ -279,6 +279,12 @@ def makeService(
     ws.setName("ws")
     ws.setServiceParent(top)
     ws.port.addCallback(_learn_port, factory, options["ws_server_port"])
+    try:
+        http = top.getServiceNamed("http")
+    except KeyError:
+        pass
+    else:
+        http.port.addCallback(_learn_port, factory, options["http_port"])  # type: ignore[attr-defined]
     return top
 
 
