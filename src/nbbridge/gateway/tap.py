@@ -196,7 +196,9 @@ class Listener(Service):
         endpoint: IStreamServerEndpoint,
         factory: Any,
         closing: Callable[[], Deferred[Any]] | None = None,
+        scheme: str = "ws",
     ) -> None:
+        self._scheme = scheme
         self._endpoint = endpoint
         self._factory = factory
         self._closing = closing
@@ -211,6 +213,13 @@ class Listener(Service):
 
     def _listened(self, port: IListeningPort) -> None:
         self._listening = port
+        address = port.getHost()
+        _log.info(
+            "nbbridge gateway listening on {scheme}://{host}:{port}/",
+            scheme=self._scheme,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
         self.port.callback(port)
 
     def _failed(self, failure: Any) -> None:
@@ -275,7 +284,9 @@ def makeService(
         reactor,
         listen_endpoint(options["ws_server_port"], interface, options["cert"], options["key"]),
     )
-    ws = Listener(endpoint, factory, lambda: factory.shutdown("the gateway is stopping"))
+    ws = Listener(
+        endpoint, factory, lambda: factory.shutdown("the gateway is stopping"), scheme=scheme
+    )
     ws.setName("ws")
     ws.setServiceParent(top)
     ws.port.addCallback(_learn_port, factory, options["ws_server_port"])
@@ -316,7 +327,7 @@ def _with_sessions(
                 options["http_port"], options["interface"], options["cert"], options["key"]
             ),
         )
-        http = Listener(endpoint, Site(root))
+        http = Listener(endpoint, Site(root), scheme="https" if options["cert"] else "http")
         http.setName("http")
         http.setServiceParent(top)
     return sessions
