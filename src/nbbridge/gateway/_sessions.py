@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import attrs
@@ -86,7 +86,10 @@ class Sessions:
         self._timeout = timeout
         self._fallback = fallback
         self._started = time.time()
+        #: WebSockets spliced to an instance
         self.connections = 0
+        #: every open WebSocket of the gateway (set by the tap once its factory exists)
+        self.open_websockets: Callable[[], int] | None = None
         self._stopping: set[Deferred[Any]] = set()
         self._idle: list[Deferred[None]] = []
 
@@ -147,7 +150,9 @@ class Sessions:
         return {
             "services": services,
             "reservations": sum(len(p.reserved) for p in self._pools.values()),
-            "connections": self.connections,
+            "connections": (
+                self.open_websockets() if self.open_websockets is not None else self.connections
+            ),
             "uptime": round(time.time() - self._started, 3),
         }
 

@@ -280,6 +280,8 @@ def makeService(
     scheme = "wss" if options["cert"] else "ws"
     # (The URL only tells Autobahn the scheme; any host and path are served.)
     factory = GatewayFactory(f"{scheme}://localhost", opener, options["origins"])
+    if isinstance(opener, Sessions):
+        opener.open_websockets = lambda: len(factory.open_sockets)
     endpoint = serverFromString(
         reactor,
         listen_endpoint(options["ws_server_port"], interface, options["cert"], options["key"]),
