@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbbridge._internals import write_now
+from nbbridge._tuning import tune
 from nbbridge.contract import CloseCode
 from nbbridge.websocket import (
     DataFrames,
@@ -97,6 +98,8 @@ class ServiceSide(TwistedProtocol):
         self._watch = WriteWatch(ws.service_full_changed)
 
     def connectionMade(self) -> None:
+        # Big reads (each becomes one frame to the browser) and no Nagle delay.
+        tune(self.transport)
         self.transport.registerProducer(self._watch, True)
 
     def dataReceived(self, data: bytes) -> None:
