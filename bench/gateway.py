@@ -266,6 +266,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--connect-timeout", type=float, default=60)
     parser.add_argument("--websockify", default=shutil.which("websockify"))
+    parser.add_argument(
+        "--figures", default="down,up,rtt,conn", help="which figures: down,up,rtt,conn"
+    )
     args = parser.parse_args()
     if not args.websockify:
         sys.exit("websockify not found (Debian: apt-get install websockify)")
@@ -277,7 +280,12 @@ def main() -> None:
     source, echo, sink, greeter = map(int, target.stdout.readline().split())
     results: dict[tuple[str, str], list[float]] = {}
 
+    wanted = set(args.figures.split(","))
+    keys = {"service->browser": "down", "browser->service": "up", "100 B": "rtt", "of ": "conn"}
+
     def measure(figure: str, port_of: int, run: Callable[[int], float]) -> None:
+        if not any(figure.startswith(k) and v in wanted for k, v in keys.items()):
+            return
         for _ in range(args.rounds):
             for kind in ("nbbridge", "websockify"):
                 proxy = Proxy(kind, port_of, args.websockify, os.path.join(workdir, kind + ".log"))

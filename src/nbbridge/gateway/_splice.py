@@ -242,7 +242,7 @@ class GatewayWebSocket(DataFrames, ServerWebSocket):  # type: ignore[misc]
         service = self.service
         if service is not None:
             if not service.closed:
-                service.transport.write(data)
+                write_now(service.transport, data)
             return
         self._early_size += len(data)
         if self._early_size > EARLY_LIMIT:
