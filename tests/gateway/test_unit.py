@@ -7,8 +7,8 @@ from twisted.trial.unittest import TestCase
 
 from nbbridge.gateway.tap import Options
 
-from ..deploy._units import SYSTEMD, exec_start, plugin_args, read_unit
 from ..deploy import test_systemd as _systemd  # (a module: trial must not run its tests here)
+from ..deploy._units import SYSTEMD, exec_start, plugin_args, read_unit
 
 UNIT = "nbbridge-gateway.service"
 
