@@ -52,6 +52,10 @@ class ScriptedService(RemoteServiceScript):
     def start(self, index: int) -> tuple[str, int]:
         if self._common_options.get("fail"):
             raise RuntimeError("scripted failure")
+        if self._common_options.get("hang"):
+            self._port = None
+            EVENTS.add(("hang", index))
+            return Deferred()  # type: ignore[return-value]  # never reports a socket
         self._index = index
         self._factory = GreeterFactory()
         self._port: Any = self.reactor.listenTCP(0, self._factory, interface="127.0.0.1")
@@ -59,6 +63,8 @@ class ScriptedService(RemoteServiceScript):
         return ("127.0.0.1", self._port.getHost().port)
 
     def stop(self) -> Deferred[None]:
+        if getattr(self, "_port", None) is None:
+            return Deferred.fromCoroutine(_nothing())
         for connection in self._factory.connections:
             connection.transport.loseConnection()  # type: ignore[union-attr]
         d: Deferred[None] = self._port.stopListening()
@@ -73,3 +79,7 @@ from tests.gateway._scripted import ScriptedService
 class Service(ScriptedService):
     pass
 """
+
+
+async def _nothing() -> None:
+    return None

@@ -144,6 +144,19 @@ class ReservationTests(TestCase):
         _, status = await self.get("/v1/status")
         self.assertEqual(status["services"]["Bad"]["in_use"], 0)
 
+    async def test_script_reports_no_socket_in_time(self) -> None:
+        gw = await self.gateway(
+            {"Slow": {"script": "scripted.py", "count": 1,
+                      "options": {"hang": True, "ready_timeout": 0.5}}}
+        )  # fmt: skip
+        _, body = await self.reserve("Slow")
+        client = await open_ws(self, gw.ws_port, f"/?token={body['token']}")
+        code, reason = await client.closed
+        self.assertEqual(code, 4503)
+        self.assertEqual(reason, "Slow failed to start: it reported no socket within 0.5 s")
+        code, _ = await self.reserve("Slow")
+        self.assertEqual(code, 200)  # the index was freed
+
     async def test_stop(self) -> None:
         stop_called: Deferred[None] = Deferred()
         from nbbridge.gateway.tap import Options, makeService

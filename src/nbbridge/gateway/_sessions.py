@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
@@ -174,11 +180,12 @@ class Sessions:
         pool.running[index] = None
         script: RemoteServiceScript | None = None
         name = pool.spec.name
+        timeout = float(pool.spec.options.get("ready_timeout", DEFAULT_READY_TIMEOUT))
+        protocol_wait = None
         try:
             script = pool.spec.build(self._clock)
             pool.running[index] = script
             ready = maybeDeferred(script.start, index)
-            timeout = float(pool.spec.options.get("ready_timeout", DEFAULT_READY_TIMEOUT))
             ready.addTimeout(timeout, self._clock)
             host, port = cast(Address, await ready)
             self._log.info(
@@ -188,14 +195,18 @@ class Sessions:
                 host=host,
                 port=port,
             )
-            protocol = await connect_service(
+            protocol_wait = connect_service(
                 HostnameEndpoint(self._clock, host, port), ws, self._clock
             )
+            protocol = await protocol_wait
         except BaseException as e:
             self._finish(pool, index, script)
             if isinstance(e, CancelledError):
                 raise
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if isinstance(e, TimeoutError) and protocol_wait is None:
+                why = f"it reported no socket within {timeout:g} s"
+            else:
+                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self._log.warn(
                 "{service} #{index} failed to start: {why}", service=name, index=index, why=why
             )
