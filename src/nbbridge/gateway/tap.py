@@ -27,6 +27,7 @@ from twisted.web.server import Site
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.store import open_store
 from nbbridge.tunnel import AgentLink, TunnelOptions
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker
 
 from ._http import http_root
 from ._logging import start_logging
@@ -286,8 +287,11 @@ def makeService(
         reactor,
         listen_endpoint(options["ws_server_port"], interface, options["cert"], options["key"]),
     )
+    # Per-address caps for browsers beyond loopback (ConnectionLimits' defaults); Autobahn's
+    # opening-handshake timeout bounds a slow handshake.
+    tracked = ConnectionTracker(factory, reactor, ConnectionLimits())
     ws = Listener(
-        endpoint, factory, lambda: factory.shutdown("the gateway is stopping"), scheme=scheme
+        endpoint, tracked, lambda: factory.shutdown("the gateway is stopping"), scheme=scheme
     )
     ws.setName("ws")
     ws.setServiceParent(top)
