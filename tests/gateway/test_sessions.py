@@ -18,6 +18,7 @@ from nbbridge.gateway._splice import Refused
 from nbbridge.gateway._users import token_hash
 from nbbridge.store import MemoryStore
 
+from .._redis import start_redis
 from ._harness import RFB_GREETING, open_ws, start_gateway
 from ._scripted import EVENTS, SCRIPT, ScriptedService
 
@@ -83,6 +84,22 @@ class ReservationTests(TestCase):
         code, reason = await again.closed
         self.assertEqual(code, 4401)
         self.assertIn("unknown, used or expired", reason)
+
+    async def test_reservations_in_redis(self) -> None:
+        """--store redis://: the token is kept in a real redis-server, taken once."""
+        redis = await start_redis(self)
+        gw = await self.gateway(
+            {"Viz": {"script": "scripted.py", "count": 1}}, "--store", redis.url
+        )
+        await gw.service.getServiceNamed("sessions").backend.when_connected()
+        _, body = await self.reserve("Viz")
+        keys = await redis.cli("--scan", "--pattern", "gateway:reservation:*")
+        self.assertEqual(len(keys.split()), 1)
+        client = await open_ws(self, gw.ws_port, f"/?token={body['token']}")
+        self.assertEqual(await client.messages.get(), (RFB_GREETING, True))
+        self.assertEqual(await redis.cli("--scan", "--pattern", "gateway:reservation:*"), "")
+        client.close(1000, "done")
+        await EVENTS.wait(("stop", 0))
 
     async def test_unknown_token_refused_without_service_byte(self) -> None:
         gw = await self.gateway({"Viz": {"script": "scripted.py", "count": 1}})

@@ -344,10 +344,11 @@ class _SessionsService(Service):
 
     def __init__(self, sessions: Sessions, backend: Any) -> None:
         self.sessions = sessions
-        self._backend = backend
+        #: the store of the reservations (``when_connected`` for a Redis one)
+        self.backend = backend
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         d = self.sessions.stop_all()
-        d.addBoth(lambda _: self._backend.close())
+        d.addBoth(lambda _: self.backend.close())
         return d
