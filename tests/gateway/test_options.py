@@ -81,3 +81,22 @@ class LoggingTests(TestCase):
         log.info("shown {x}", x=1)
         self.assertNotIn("hidden", stream.getvalue())
         self.assertIn("shown 1", stream.getvalue())
+
+
+class AccessTests(TestCase):
+    """Who may call the REST API: loopback freely, elsewhere only with a token."""
+
+    def test_rules(self) -> None:
+        from nbbridge.gateway._users import Access, User, bearer_of, token_hash
+
+        access = Access("admin-secret", (User("ann", token_hash("t-ann"), frozenset({"vis"})),))
+        self.assertEqual(access.caller("127.0.0.1", None).admin, True)  # type: ignore[union-attr]
+        self.assertEqual(access.caller("::1", None).name, "loopback")  # type: ignore[union-attr]
+        self.assertIsNone(access.caller("192.0.2.7", None))
+        self.assertIsNone(access.caller("192.0.2.7", "wrong"))
+        ann = access.caller("192.0.2.7", "t-ann")
+        self.assertEqual((ann.name, ann.groups, ann.admin), ("ann", frozenset({"vis"}), False))  # type: ignore[union-attr]
+        self.assertTrue(access.caller("192.0.2.7", "admin-secret").admin)  # type: ignore[union-attr]
+        self.assertIsNone(Access().caller("192.0.2.7", "anything"))
+        self.assertEqual(bearer_of("Bearer  abc "), "abc")
+        self.assertIsNone(bearer_of("Basic abc"))
