@@ -299,11 +299,12 @@ def main() -> None:
     try:
         measure("service->browser MB/s", source, lambda p: asyncio.run(download(p, args.megabytes)))
         measure("browser->service MB/s", sink, lambda p: asyncio.run(upload(p, args.megabytes)))
-        trips: dict[str, list[float]] = {}
+        p99s: list[float] = []
 
         def rtt(p: int) -> float:
             p50, p99 = asyncio.run(round_trips(p, args.round_trips))
-            trips.setdefault("p99", []).append(p99)
+            p99s.append(p99)
+            print(f"  {'100 B round trip p99, us':28} {'(same run)':10} {p99:10.1f}", flush=True)
             return p50
 
         measure("100 B round trip p50, us", echo, rtt)
