@@ -36,3 +36,9 @@ nbbridgeClient = _DaemonMaker(
     "Runs on the laptop and forwards local ports to an agent's services.",
     "nbbridge-client",
 )
+nbbridgeGateway = _DaemonMaker(
+    "nbbridge gateway",
+    "nbbridge.gateway.tap",
+    "Browser WebSockets to TCP services, reservations, static pages (Nexus websocketserver).",
+    "nbbridge-gateway",
+)
