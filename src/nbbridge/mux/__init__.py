@@ -12,16 +12,32 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
+from ._resume import (
+    DEFAULT_GRACE,
+    RESUME_FEATURE,
+    ResumeSecrets,
+    SessionRegistry,
+    features_payload,
+    peer_features,
+)
 from ._session import (
     DEFAULT_CHANNEL_LIMITS,
     DEFAULT_MAX_WINDOW,
     DEFAULT_WINDOW,
     ChannelLimits,
+    LinkEnd,
     MuxSession,
 )
 
 __all__ = [
     "DEFAULT_CHANNEL_LIMITS",
+    "DEFAULT_GRACE",
+    "RESUME_FEATURE",
+    "LinkEnd",
+    "ResumeSecrets",
+    "SessionRegistry",
+    "features_payload",
+    "peer_features",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
     "Acceptor",

@@ -9,16 +9,25 @@ chosen by the two ends never collide.
 Errors are contained: a bad frame for one channel resets that channel; bytes that are not
 frames at all end the session with a GOAWAY naming the problem. Nothing raises out of
 ``dataReceived``.
+
+Resumption (docs/resume.md): a session made with ``resume_grace`` whose peer agreed (HELLO)
+outlives its link. When the link is lost it is *suspended*: its channels stay, paused, and
+each keeps the bytes it sent that the peer has not acknowledged. Attached to a new link (a
+fresh Noise handshake, through a :class:`LinkEnd`), the client sends RESUME with each
+channel's position and a proof bound to the new handshake; the agent answers RESUMED with
+its own; each side re-sends what the other lacks and the channels go on. Past the grace
+period, or if the peer cannot resume, the channels are reset with a log line saying why.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IPushProducer,
     IReactorTime,
@@ -31,19 +40,25 @@ from zope.interface import implementer
 
 from nbbridge._observer import OneShotObserver
 from nbbridge.wire import (
+    ENTRY_DISCARD,
     MAX_CHANNEL_ID,
     MAX_PAYLOAD,
+    Ack,
     Close,
     Data,
     Frame,
     FrameDecoder,
     FrameError,
     GoAway,
+    Hello,
     Open,
     OpenFail,
     OpenOk,
     Reason,
     Reset,
+    Resume,
+    Resumed,
+    ResumeEntry,
     Window,
     data_header,
     encode,
@@ -53,6 +68,17 @@ from nbbridge.wire import (
 from ._acceptor import Acceptor, OpenRequest
 from ._channel import Channel
 from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
+from ._resume import (
+    AGENT_PROOF,
+    CLIENT_PROOF,
+    DEFAULT_GRACE,
+    RESUME_FEATURE,
+    RESUME_VERSION,
+    ResumeSecrets,
+    SessionRegistry,
+    peer_features,
+    plan_channel,
+)
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
@@ -108,6 +134,8 @@ class MuxSession(Protocol):
         max_pending_accepts: int = DEFAULT_MAX_PENDING_ACCEPTS,
         label: str = "mux",
         clock: IReactorTime | None = None,
+        resume_grace: float | None = None,
+        registry: SessionRegistry | None = None,
     ) -> None:
         if not 0 < window <= 0x7FFFFFFF:
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
@@ -135,7 +163,32 @@ class MuxSession(Protocol):
             from twisted.internet import reactor as clock
         assert clock is not None
         self._ended: OneShotObserver[str] = OneShotObserver(clock)
+        self._clock = clock
         self._connected = False
+        # Resumption: the grace period we offer (None: never resumable), the agent's table.
+        self._grace = resume_grace
+        self._registry = registry
+        self._secrets: ResumeSecrets | None = None
+        self._peer_key: object | None = None
+        self._peer_grace: int | None = None
+        self._suspended_at: float | None = None
+        self._grace_call: IDelayedCall | None = None
+        #: the client sent RESUME and waits for RESUMED: nothing else may go out meanwhile
+        self._resuming = False
+        #: channels closed here whose last bytes or CLOSE the peer has not acknowledged
+        self._finishing: dict[int, Channel] = {}
+        #: the LinkEnd this session is attached through (None: used as a plain protocol)
+        self._link: LinkEnd | None = None
+        self._handed_to: MuxSession | None = None
+        #: told when the session is usable on a link (fresh, or resumed), suspended, resumed
+        self.on_ready: Callable[[MuxSession], None] | None = None
+        self.on_suspended: Callable[[str], None] | None = None
+        self.on_resumed: Callable[[float], None] | None = None
+        #: how often this session was suspended and resumed; the last suspension's length
+        self.suspensions = 0
+        self.resumes = 0
+        self.last_suspended_for: float | None = None
+        self.resent_bytes = 0
         #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
         self.unknown_frames = 0
         self.bytes_in = 0
@@ -178,8 +231,11 @@ class MuxSession(Protocol):
 
     def close(self, reason: str = "closed", code: int = Reason.NORMAL) -> None:
         """End the session: tell the peer why, then drop the connection."""
+        if self._closed_reason is None and not self._connected and self._suspended_at is not None:
+            self._end(reason)
+            return
         if self._closed_reason is None and self._connected:
-            self._write(encode(GoAway(code, reason)))
+            self._write_session(encode(GoAway(code, reason)))
             self._shutdown(reason)
             if self.transport is not None:
                 self.transport.loseConnection()
@@ -190,16 +246,45 @@ class MuxSession(Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self._connected and self._closed_reason is None
+        """Open and usable: on a link, not suspended, not in the middle of resuming."""
+        return self._connected and self._closed_reason is None and self._suspended_at is None
+
+    @property
+    def resumable(self) -> bool:
+        """Both ends agreed to resume this session if its link is lost."""
+        return self._secrets is not None
+
+    @property
+    def suspended_since(self) -> float | None:
+        """When the link was lost (clock seconds), while the session waits for a new one."""
+        return self._suspended_at if self._closed_reason is None else None
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    def resume_identity(self) -> tuple[ResumeSecrets | None, object | None]:
+        """The session's secrets and its client's key (what a RESUME is checked against)."""
+        return self._secrets, self._peer_key
 
     # --- Protocol -------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._connected = True
+        self._paused = False
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if self._closed_reason is not None:
+            self.transport.loseConnection()
+        elif self._suspended_at is None:
+            self._start_fresh()
+        elif self._initiator:
+            self._send_resume()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._handed_to is not None:
+            self._handed_to.dataReceived(data)
+            return
         if self._closed_reason is not None:
             return
         self.bytes_in += len(data)
@@ -209,6 +294,10 @@ class MuxSession(Protocol):
             self._protocol_error(str(e))
             return
         for frame in frames:
+            if self._handed_to is not None:
+                # A RESUME handed the link to the session it names; it takes what follows.
+                self._handed_to._dispatch(frame)
+                continue
             if self._closed_reason is not None:
                 return
             try:
@@ -223,9 +312,10 @@ class MuxSession(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         why = self._closed_reason or _describe(reason)
-        self._shutdown(why)
-        self._connected = False
-        self._ended.fire(why)
+        if self._secrets is not None and self._closed_reason is None:
+            self._suspend(why)
+            return
+        self._end(why)
 
     # --- IPushProducer: the transport below is full / has room again ------------------------
 
@@ -248,6 +338,9 @@ class MuxSession(Protocol):
 
     def _dispatch(self, frame: Frame) -> None:
         cid = frame.channel
+        if self._resuming and not isinstance(frame, Resumed | GoAway):
+            self._protocol_error(f"{type(frame).__name__.upper()} before RESUMED")
+            return
         if isinstance(frame, (Data, Window, Close)) and cid in self._accepting:
             # The peer learns of the channel from our OPEN_OK, so it cannot speak on it before.
             kind = type(frame).__name__.upper()
@@ -267,8 +360,10 @@ class MuxSession(Protocol):
             ch = self.channels.get(cid)
             if ch is not None:
                 ch._on_window(frame.increment)
-            elif cid not in self._draining:
+            elif cid not in self._draining and cid not in self._finishing:
                 self._unknown(frame)
+        elif isinstance(frame, Ack):
+            self._on_ack(frame)
         elif isinstance(frame, Close):
             ch = self.channels.get(cid)
             if ch is not None:
@@ -284,6 +379,12 @@ class MuxSession(Protocol):
             self._on_open(frame)
         elif isinstance(frame, OpenOk):
             self._on_open_ok(frame)
+        elif isinstance(frame, Hello):
+            self._on_hello(frame)
+        elif isinstance(frame, Resume):
+            self._on_resume(frame)
+        elif isinstance(frame, Resumed):
+            self._on_resumed(frame)
         elif isinstance(frame, OpenFail):
             d = self.opening.pop(cid, None)
             self._open_requests.pop(cid, None)
@@ -393,6 +494,7 @@ class MuxSession(Protocol):
 
     def _on_reset(self, frame: Reset) -> None:
         cid = frame.channel
+        self._finishing.pop(cid, None)
         ch = self.channels.pop(cid, None)
         if ch is not None:
             self._remember_closed(cid)
@@ -466,15 +568,293 @@ class MuxSession(Protocol):
         )
         self.close(f"protocol violation: {reason}", Reason.PROTOCOL_ERROR)
 
+    # --- resumption (docs/resume.md) ------------------------------------------------------
+
+    def _start_fresh(self) -> None:
+        """A new session on this link: the client offers resumption if the agent can."""
+        transport = self.transport
+        secret = getattr(transport, "session_secret", None)
+        features = peer_features(getattr(transport, "peer_payload", b""))
+        if self._initiator and self._grace and secret and RESUME_FEATURE in features:
+            self._write_session(encode(Hello(RESUME_VERSION, int(self._grace))))
+            self._become_resumable(secret)
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def _become_resumable(self, secret: bytes) -> None:
+        self._secrets = ResumeSecrets.derive(secret)
+        self._peer_key = getattr(self.transport, "remote_static", None)
+        if self._registry is not None:
+            self._registry.add(self._secrets.session_id, self)
+
+    def _on_hello(self, frame: Hello) -> None:
+        if self._initiator:
+            self._peer_grace = frame.grace
+            return
+        if self._secrets is not None or self.channels or self._accepting:
+            self._protocol_error("HELLO after the session started")
+            return
+        secret = getattr(self.transport, "session_secret", None)
+        if not self._grace or not secret:
+            return  # we did not offer resumption: the session stays an ordinary one
+        self._peer_grace = frame.grace
+        self._become_resumable(secret)
+        self._write_session(encode(Hello(RESUME_VERSION, int(self._grace))))
+
+    def _grace_period(self) -> float:
+        grace = float(self._grace or DEFAULT_GRACE)
+        if self._initiator and self._peer_grace is not None:
+            # The agent's bound is the one that counts: it will not wait longer than it said.
+            grace = min(grace, float(self._peer_grace))
+        return grace
+
+    def _suspend(self, why: str) -> None:
+        """The link is lost: keep the channels, paused, and wait for a new one."""
+        first = self._suspended_at is None
+        self._connected = False
+        self._resuming = False
+        self.transport = None
+        self._link = None
+        self._decoder = FrameDecoder()
+        for ch in list(self.channels.values()):
+            if self._paused:
+                ch._resume_producer("session")
+        self._paused = False
+        if not first:
+            self._log.info("{label}: link lost again while resuming: {why}", label=self.label, why=why)
+            return
+        self._suspended_at = self._clock.seconds()
+        self.suspensions += 1
+        # Opens under way cannot be carried over: whoever waits is told, as for a lost link.
+        opening, self.opening = self.opening, {}
+        self._open_requests.clear()
+        for cid in list(self._accepting):
+            self._abandon_accept(cid, f"link lost while connecting: {why}")
+            self._remember_closed(cid)
+        for ch in list(self.channels.values()):
+            ch._suspend()
+        grace = self._grace_period()
+        self._grace_call = self._clock.callLater(grace, self._expire, grace)
+        self._log.info(
+            "{label}: link lost ({why}); session suspended, {n} channels kept for up to {grace:g} s",
+            label=self.label,
+            why=why,
+            n=len(self.channels),
+            grace=grace,
+        )
+        for d in opening.values():
+            d.errback(SessionClosed(f"link lost while the channel was being opened: {why}"))
+        if self.on_suspended is not None:
+            self.on_suspended(why)
+
+    def _stop_grace(self) -> None:
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+
+    def _expire(self, grace: float) -> None:
+        self._grace_call = None
+        n = len(self.channels)
+        self._log.warn(
+            "{label}: session not resumed within the {grace:g} s grace period: ended, "
+            "{n} channels reset",
+            label=self.label,
+            grace=grace,
+            n=n,
+        )
+        self._end(f"link not back within the {grace:g} s grace period")
+
+    def _entries(self) -> tuple[ResumeEntry, ...]:
+        """Where each channel we know stands: what we sent as RESUME or RESUMED."""
+        entries = [ch._position().entry() for ch in self.channels.values()]
+        for cid, ch in self._finishing.items():
+            if cid not in self.channels:
+                entries.append(ch._position(discarding=cid in self._draining).entry())
+        for cid in self._draining:
+            if cid not in self.channels and cid not in self._finishing:
+                entries.append(ResumeEntry(cid, ENTRY_DISCARD, 0, 0))
+        return tuple(entries)
+
+    def _send_resume(self) -> None:
+        """Client, on a new link: ask the agent to go on with this session."""
+        secrets = self._secrets
+        handshake_hash = getattr(self.transport, "handshake_hash", None)
+        features = peer_features(getattr(self.transport, "peer_payload", b""))
+        if secrets is None or handshake_hash is None or RESUME_FEATURE not in features:
+            self._restart_fresh("the agent does not resume sessions (older, or resumption off)")
+            return
+        self._resuming = True
+        proof = secrets.proof(CLIENT_PROOF, handshake_hash)
+        self._write_session(encode(Resume(secrets.session_id, proof, self._entries())))
+
+    def _on_resume(self, frame: Resume) -> None:
+        """Agent, on a fresh link: a client asks to go on with one of our sessions."""
+        if self._initiator or self._registry is None:
+            self._protocol_error("unexpected RESUME")
+            return
+        if self._secrets is not None or self.channels or self._accepting or self.opening:
+            self._protocol_error("RESUME after the session started")
+            return
+        transport = self.transport
+        client = getattr(transport, "remote_static", None)
+        target, why = self._registry.claim(
+            frame.session_id, frame.proof, getattr(transport, "handshake_hash", None), client
+        )
+        if target is None or target is self or transport is None:
+            self._log.warn(
+                "{label}: refused to resume a session for client {client}: {why}",
+                label=self.label,
+                client=client,
+                why=why,
+            )
+            self._write_session(encode(Resumed(Reason.RESUME_REFUSED, bytes(32), (), why)))
+            return
+        link = self._link
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.transport = None
+        self._connected = False
+        self._link = None
+        self._handed_to = target
+        if link is not None:
+            link.session = target
+        target._adopt(transport, link, frame)
+
+    def _adopt(self, transport: object, link: LinkEnd | None, frame: Resume) -> None:
+        """Agent: take over the link a RESUME for this session came on, and answer it."""
+        if self._connected and self.transport is not None:
+            # Still on an older link whose loss has not reached us (a client that changed
+            # networks): that link is dropped, and what it carried is re-sent on the new one.
+            old = self.transport
+            old.unregisterProducer()  # type: ignore[attr-defined]
+            self._suspend("replaced by a newer link from the same client")
+            old.abortConnection()  # type: ignore[attr-defined]
+        self._link = link
+        self.makeConnection(transport)  # type: ignore[arg-type]
+        secrets = self._secrets
+        handshake_hash = getattr(transport, "handshake_hash", None)
+        assert secrets is not None and handshake_hash is not None
+        proof = secrets.proof(AGENT_PROOF, handshake_hash)
+        self._write_session(encode(Resumed(0, proof, self._entries())))
+        self._finish_resume(frame.entries)
+
+    def _on_resumed(self, frame: Resumed) -> None:
+        """Client: the agent's answer to our RESUME."""
+        if not self._resuming or self._secrets is None:
+            self._protocol_error("unexpected RESUMED")
+            return
+        self._resuming = False
+        if frame.code != 0:
+            self._restart_fresh(f"the agent refused: {frame.text}")
+            return
+        handshake_hash = getattr(self.transport, "handshake_hash", None)
+        if handshake_hash is None or not self._secrets.check(
+            AGENT_PROOF, handshake_hash, frame.proof
+        ):
+            self._protocol_error("RESUMED with a bad proof")
+            return
+        self._finish_resume(frame.entries)
+
+    def _finish_resume(self, theirs: tuple[ResumeEntry, ...]) -> None:
+        """Both sides' entries are known: re-send what the peer lacks, and go on."""
+        now = self._clock.seconds()
+        started = now if self._suspended_at is None else self._suspended_at
+        duration = now - started
+        self._suspended_at = None
+        self._stop_grace()
+        before = self.bytes_out
+        self._apply_entries(theirs)
+        self.resumes += 1
+        self.last_suspended_for = duration
+        self.resent_bytes += self.bytes_out - before
+        self._log.info(
+            "{label}: session resumed after {duration:.1f} s: {n} channels go on, "
+            "{resent} bytes sent again",
+            label=self.label,
+            duration=duration,
+            n=len(self.channels),
+            resent=self.bytes_out - before,
+        )
+        if self.on_resumed is not None:
+            self.on_resumed(duration)
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def _apply_entries(self, theirs: tuple[ResumeEntry, ...]) -> None:
+        by_id = {e.channel: e for e in theirs}
+        for cid, ch in list(self.channels.items()):
+            plan = plan_channel(ch._position(), by_id.pop(cid, None))
+            if plan.reset is not None:
+                self._log.warn(
+                    "{label}: channel {cid} ({service}) reset on resume: {why}",
+                    label=self.label,
+                    cid=cid,
+                    service=ch.service,
+                    why=plan.reset,
+                )
+                ch.reset(Reason.SESSION_CLOSED, plan.reset)
+                continue
+            ch._resume(plan)
+        for cid, ch in list(self._finishing.items()):
+            entry = by_id.pop(cid, None)
+            if entry is None:
+                del self._finishing[cid]
+                continue
+            plan = plan_channel(ch._position(discarding=cid in self._draining), entry)
+            if plan.reset is not None:
+                del self._finishing[cid]
+                self._send_reset(cid, Reason.SESSION_CLOSED, plan.reset)
+                continue
+            ch._resume(plan)
+            if plan.fin_acked and not ch._owes_peer():
+                del self._finishing[cid]
+        for cid in list(by_id):
+            if cid in self._draining:
+                del by_id[cid]
+        for cid in by_id:
+            # The peer has a channel we no longer know (reset or ended while apart).
+            self._send_reset(cid, Reason.SESSION_CLOSED, f"unknown channel {cid} after resume")
+
+    def _restart_fresh(self, why: str) -> None:
+        """Client: the session cannot be resumed; reset its channels, start anew on this link."""
+        channels, self.channels = self.channels, {}
+        self._log.warn(
+            "{label}: session could not be resumed ({why}): {n} channels reset",
+            label=self.label,
+            why=why,
+            n=len(channels),
+        )
+        self._stop_grace()
+        self._finishing.clear()
+        self._draining.clear()
+        self._resuming = False
+        self._suspended_at = None
+        self._secrets = None
+        for ch in channels.values():
+            ch._on_session_lost(f"session could not be resumed: {why}")
+        self._start_fresh()
+
+    def _on_ack(self, frame: Ack) -> None:
+        cid = frame.channel
+        ch = self.channels.get(cid) or self._finishing.get(cid)
+        if ch is not None and ch._on_ack(frame.received, frame.fin) and cid in self._finishing:
+            del self._finishing[cid]
+
     # --- frames out (called by channels) --------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        # While the client waits for RESUMED nothing but session frames may go out; what
+        # channels say meanwhile is lost as with the link, and the resume makes up for it.
+        if self.transport is not None and self._closed_reason is None and not self._resuming:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def _write_session(self, data: bytes) -> None:
         if self.transport is not None and self._closed_reason is None:
             self.bytes_out += len(data)
             self.transport.write(data)
 
     def _send_data(self, cid: int, data: bytes) -> None:
-        if self.transport is None or self._closed_reason is not None:
+        if self.transport is None or self._closed_reason is not None or self._resuming:
             return
         n = len(data)
         self.bytes_out += n
@@ -495,6 +875,9 @@ class MuxSession(Protocol):
     def _send_reset(self, cid: int, code: int, reason: str) -> None:
         self._write(encode(Reset(cid, code, reason)))
 
+    def _send_ack(self, cid: int, received: int, fin: bool) -> None:
+        self._write(encode(Ack(cid, received, fin)))
+
     def _lend_window(self, wanted: int) -> int:
         """Up to ``wanted`` bytes of extra window from the session's budget."""
         granted = max(0, min(wanted, self._window_budget))
@@ -504,16 +887,27 @@ class MuxSession(Protocol):
     def _return_window(self, amount: int) -> None:
         self._window_budget += amount
 
-    def _forget(self, cid: int) -> None:
-        self.channels.pop(cid, None)
+    def _forget(self, cid: int, finished: bool = False) -> None:
+        ch = self.channels.pop(cid, None)
+        if finished and ch is not None and ch._owes_peer():
+            self._keep_finishing(ch)
         self._remember_closed(cid)
 
     def _draining_channel(self, cid: int) -> None:
         """We closed both ways first: drop (and credit) the peer's data until its CLOSE."""
-        if self.channels.pop(cid, None) is not None:
+        ch = self.channels.pop(cid, None)
+        if ch is not None:
             self._draining[cid] = None
             while len(self._draining) > self._max_channels:
                 self._draining.popitem(last=False)
+            if ch._owes_peer():
+                self._keep_finishing(ch)
+
+    def _keep_finishing(self, ch: Channel) -> None:
+        """Keep a closed channel's unacknowledged bytes and CLOSE, to re-send on a resume."""
+        self._finishing[ch.id] = ch
+        while len(self._finishing) > self._max_channels:
+            del self._finishing[next(iter(self._finishing))]
 
     def _remember_closed(self, cid: int) -> None:
         self._recently_closed[cid] = None
@@ -521,10 +915,20 @@ class MuxSession(Protocol):
         while len(self._recently_closed) > _RECENT:
             self._recently_closed.popitem(last=False)
 
+    def _end(self, reason: str) -> None:
+        """The session is over for good (not suspended): channels reset, waiters told."""
+        self._shutdown(reason)
+        self._connected = False
+        self._ended.fire(reason)
+
     def _shutdown(self, reason: str) -> None:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
+        self._stop_grace()
+        self._finishing.clear()
+        if self._registry is not None and self._secrets is not None:
+            self._registry.remove(self._secrets.session_id, self)
         channels, self.channels = self.channels, {}
         opening, self.opening = self.opening, {}
         self._open_requests.clear()
@@ -548,3 +952,30 @@ def _describe(reason: Failure) -> str:
     if isinstance(reason.value, SessionClosed):
         return reason.value.reason
     return reason.getErrorMessage() or type(reason.value).__name__
+
+
+
+class LinkEnd(Protocol):
+    """One link's end of a session: what the secure channel wraps.
+
+    A resumable session outlives its links, so the link does not talk to it directly: each
+    link gets a LinkEnd, and only the one the session is attached through is heard. Events of
+    a link the session left (replaced by a newer one) are ignored. On the agent a LinkEnd
+    starts with a fresh session and moves to the one a RESUME names.
+    """
+
+    def __init__(self, session: MuxSession) -> None:
+        self.session = session
+
+    def connectionMade(self) -> None:
+        self.session._link = self
+        self.session.makeConnection(self.transport)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session._link is self:
+            self.session.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.session._link is self:
+            self.session._link = None
+            self.session.connectionLost(reason)

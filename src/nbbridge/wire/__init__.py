@@ -12,6 +12,18 @@ from ._codec import (
     encode_window,
 )
 from ._frames import (
+    ENTRY_DISCARD,
+    ENTRY_FIN,
+    MAX_OFFSET,
+    PROOF_SIZE,
+    SESSION_ID_SIZE,
+    Ack,
+    Hello,
+    Resume,
+    Resumed,
+    ResumeEntry,
+)
+from ._frames import (
     MAX_CHANNEL_ID,
     MAX_METADATA_BYTES,
     MAX_METADATA_ITEMS,
@@ -32,6 +44,16 @@ from ._frames import (
 )
 
 __all__ = [
+    "ENTRY_DISCARD",
+    "ENTRY_FIN",
+    "MAX_OFFSET",
+    "PROOF_SIZE",
+    "SESSION_ID_SIZE",
+    "Ack",
+    "Hello",
+    "Resume",
+    "ResumeEntry",
+    "Resumed",
     "HEADER_SIZE",
     "MAX_CHANNEL_ID",
     "MAX_METADATA_BYTES",
