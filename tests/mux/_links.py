@@ -162,7 +162,10 @@ class Pair:
         self.link: CutLink | None = None
 
     def connect(
-        self, client_key: object = "client-key", agent_features: bytes | None = None
+        self,
+        client_key: object = "client-key",
+        agent_features: bytes | None = None,
+        flush: bool = True,
     ) -> CutLink:
         """A new link: a fresh agent-side session, the client's session on the other end."""
         agent = MuxSession(
@@ -183,8 +186,9 @@ class Pair:
             client_key,
             features if agent_features is None else agent_features,
         )
-        self.link.flush()
-        self.clock.advance(0)
+        if flush:
+            self.link.flush()
+            self.clock.advance(0)
         return self.link
 
     @property

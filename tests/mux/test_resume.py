@@ -166,7 +166,8 @@ class ResumeTests(TestCase):
             link.cut()
             self.assertFalse(user.lost.called, "the user's connection ended on a cut")
             self.assertIsNotNone(self.pair.client.suspended_since)
-            link = self.pair.connect()
+            # The next link is not flushed: the next budget may cut it in the resume exchange.
+            link = self.pair.connect(flush=False)
         channel.write(up[sent_up:])  # type: ignore[union-attr]
         service.dataReceived(down[sent_down:])
         for _ in range(1000):
@@ -174,7 +175,7 @@ class ResumeTests(TestCase):
                 break
             self.pair.clock.advance(0)
         self.assertIsNone(self.pair.client.suspended_since)
-        self.assertEqual(self.pair.client.resumes, len(cuts))
+        self.assertGreater(self.pair.client.resumes, 0)
         self.assertGreater(self.pair.client.resent_bytes + self.pair.agent.resent_bytes, 0)
         self.assertEqual(len(user.data), size)
         self.assertEqual(bytes(user.data), down)
@@ -187,7 +188,7 @@ class ResumeTests(TestCase):
     def test_cut_at_random_points_including_mid_resume(self) -> None:
         """Cuts anywhere, the resume exchange included (budgets smaller than RESUME)."""
         rng = random.Random(14)
-        cuts: list[int | None] = [rng.choice([0, 1, 9, 30, 61, 100, 500, 3000, 40_000]) for _ in range(25)]
+        cuts: list[int | None] = [rng.choice([0, 1, 9, 30, 61, 100, 500, 3000, 40_000, 150_000, 400_000]) for _ in range(25)]
         self.transfer_across_cuts(cuts, size=200_000)
 
     def test_grace_period_ends_with_resets(self) -> None:
