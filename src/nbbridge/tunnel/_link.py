@@ -357,6 +357,9 @@ class AgentLink(Service):
     def _session_ended(self, reason: str, session: MuxSession) -> None:
         if self._session is session:
             self._session = None
+            if self.state is LinkState.UP:
+                # Ended while its link looked up (a link without a WebSocket, in tests).
+                self._lost(reason)
 
     def _lost(self, reason: str) -> None:
         if self._session is not None and self._session.suspended_since is None:
