@@ -83,7 +83,9 @@ class Tunnel:
 
     async def start_relay(self) -> float:
         options = relay_tap.Options()
-        options.parseOptions(["--listen", str(self.port), "--config", str(self.work / "relay.toml")])
+        options.parseOptions(
+            ["--listen", str(self.port), "--config", str(self.work / "relay.toml")]
+        )
         self.relay = relay_tap.makeService(options, self.reactor)
         self.relay.startService()
         self.listening = await self.relay.when_listening()
@@ -102,17 +104,41 @@ class Tunnel:
         w = self.work
         options = agent_tap.Options()
         options.parseOptions(
-            ["--relay", url, "--name", "gpu", "--token-file", str(w / "agent.token"),
-             "--key", str(w / "agent.key"), "--authorized-keys", str(w / "authorized_keys"),
-             "--expose", f"echo={self.echo_port}"]
+            [
+                "--relay",
+                url,
+                "--name",
+                "gpu",
+                "--token-file",
+                str(w / "agent.token"),
+                "--key",
+                str(w / "agent.key"),
+                "--authorized-keys",
+                str(w / "authorized_keys"),
+                "--expose",
+                f"echo={self.echo_port}",
+            ]
         )
         self.agent = agent_tap.makeService(options, self.reactor)
         self.agent.startService()
         options = client_tap.Options()
         options.parseOptions(
-            ["--relay", url, "--agent", "gpu", "--agent-key", self.agent_key.public_key.to_text(),
-             "--token-file", str(w / "client.token"), "--key", str(w / "client.key"),
-             "--forward", "echo=0", "--status", "off"]
+            [
+                "--relay",
+                url,
+                "--agent",
+                "gpu",
+                "--agent-key",
+                self.agent_key.public_key.to_text(),
+                "--token-file",
+                str(w / "client.token"),
+                "--key",
+                str(w / "client.key"),
+                "--forward",
+                "echo=0",
+                "--status",
+                "off",
+            ]
         )
         self.client = client_tap.makeService(options, self.reactor)
         self.client.startService()
@@ -224,7 +250,9 @@ async def main(reactor: Any, argv: list[str]) -> None:
             )
         for label, k in (("relay back -> byte", 0), ("reconnect -> byte", 1), ("baseline", 2)):
             values = [r[k] * 1000 for r in rows]
-            print(f"{label:20} median {statistics.median(values):7.1f} ms, max {max(values):7.1f} ms")
+            print(
+                f"{label:20} median {statistics.median(values):7.1f} ms, max {max(values):7.1f} ms"
+            )
         per_tunnel, per_direct = await memory_per_channel(tunnel, port, args.channels)
         print(
             f"memory, {args.channels} connections: {per_tunnel / 1024:.1f} KiB per suspended "

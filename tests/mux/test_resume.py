@@ -18,8 +18,8 @@ from nbbridge.mux._resume import (
     AGENT_PROOF,
     CLIENT_PROOF,
     ChannelPosition,
-    Retransmit,
     ResumeSecrets,
+    Retransmit,
     plan_channel,
 )
 from nbbridge.wire import (
@@ -188,7 +188,10 @@ class ResumeTests(TestCase):
     def test_cut_at_random_points_including_mid_resume(self) -> None:
         """Cuts anywhere, the resume exchange included (budgets smaller than RESUME)."""
         rng = random.Random(14)
-        cuts: list[int | None] = [rng.choice([0, 1, 9, 30, 61, 100, 500, 3000, 40_000, 150_000, 400_000]) for _ in range(25)]
+        cuts: list[int | None] = [
+            rng.choice([0, 1, 9, 30, 61, 100, 500, 3000, 40_000, 150_000, 400_000])
+            for _ in range(25)
+        ]
         self.transfer_across_cuts(cuts, size=200_000)
 
     def test_grace_period_ends_with_resets(self) -> None:
@@ -250,7 +253,7 @@ class ResumeTests(TestCase):
 
     def test_channel_reset_while_apart_is_reset_after(self) -> None:
         link = self.pair.connect()
-        user, service_transport, service = self.open()
+        user, _, service = self.open()
         link.cut()
         # The service resets its connection while the link is down.
         service.connectionLost(_reset())

@@ -187,10 +187,10 @@ class ResumeFaultInjectionTests(TunnelTestCase):
             # The relay dies just as RESUME or RESUMED is written, or a few turns later.
             original(session, data)
             kind = data[0] if data else 0
-            if kind in (FrameType.RESUME, FrameType.RESUMED) and len(kills) < 4:
-                if rng.random() < 0.8:
-                    turns = rng.choice([0, 0, 1, 2, 5])
-                    kills.append(_after_turns(turns, self.kill_relay_if_up))
+            wanted = kind in (FrameType.RESUME, FrameType.RESUMED) and len(kills) < 4
+            if wanted and rng.random() < 0.8:
+                turns = rng.choice([0, 0, 1, 2, 5])
+                kills.append(_after_turns(turns, self.kill_relay_if_up))
 
         self.patch(MuxSession, "_write_session", write_session)
         await down.wait_received(5 * MB)
@@ -253,7 +253,8 @@ class JupyterKernelResumeTests(TunnelTestCase):
             60,
             "start a kernel",
             self.http.post(
-                f"{base}/api/kernels", data=json.dumps({"name": "python3"}).encode(),
+                f"{base}/api/kernels",
+                data=json.dumps({"name": "python3"}).encode(),
                 headers=headers,
             ),
         )

@@ -139,8 +139,7 @@ class StatusSampler:
             "suspensions": session.suspensions,
             "resumes": session.resumes,
             "last_suspended_for": (
-                None if session.last_suspended_for is None
-                else round(session.last_suspended_for, 2)
+                None if session.last_suspended_for is None else round(session.last_suspended_for, 2)
             ),
         }
 

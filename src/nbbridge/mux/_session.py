@@ -621,7 +621,9 @@ class MuxSession(Protocol):
                 ch._resume_producer("session")
         self._paused = False
         if not first:
-            self._log.info("{label}: link lost again while resuming: {why}", label=self.label, why=why)
+            self._log.info(
+                "{label}: link lost again while resuming: {why}", label=self.label, why=why
+            )
             return
         self._suspended_at = self._clock.seconds()
         self.suspensions += 1
@@ -636,7 +638,8 @@ class MuxSession(Protocol):
         grace = self._grace_period()
         self._grace_call = self._clock.callLater(grace, self._expire, grace)
         self._log.info(
-            "{label}: link lost ({why}); session suspended, {n} channels kept for up to {grace:g} s",
+            "{label}: link lost ({why}); session suspended, {n} channels kept for up to "
+            "{grace:g} s",
             label=self.label,
             why=why,
             n=len(self.channels),
@@ -729,7 +732,7 @@ class MuxSession(Protocol):
             self._suspend("replaced by a newer link from the same client")
             old.abortConnection()  # type: ignore[attr-defined]
         self._link = link
-        self.makeConnection(transport)  # type: ignore[arg-type]
+        self.makeConnection(transport)  # type: ignore[no-untyped-call]
         secrets = self._secrets
         handshake_hash = getattr(transport, "handshake_hash", None)
         assert secrets is not None and handshake_hash is not None
@@ -954,7 +957,6 @@ def _describe(reason: Failure) -> str:
     return reason.getErrorMessage() or type(reason.value).__name__
 
 
-
 class LinkEnd(Protocol):
     """One link's end of a session: what the secure channel wraps.
 
@@ -969,7 +971,7 @@ class LinkEnd(Protocol):
 
     def connectionMade(self) -> None:
         self.session._link = self
-        self.session.makeConnection(self.transport)  # type: ignore[arg-type]
+        self.session.makeConnection(self.transport)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         if self.session._link is self:

@@ -36,25 +36,23 @@ from ._frames import (
     MAX_PAYLOAD,
     MAX_REASON,
     MAX_SERVICE_NAME,
+    PROOF_SIZE,
+    SESSION_ID_SIZE,
+    Ack,
     Close,
     Data,
     Frame,
     FrameType,
     GoAway,
+    Hello,
     Open,
     OpenFail,
     OpenOk,
     Reset,
-    Window,
-)
-from ._frames import (
-    PROOF_SIZE,
-    SESSION_ID_SIZE,
-    Ack,
-    Hello,
     Resume,
     Resumed,
     ResumeEntry,
+    Window,
 )
 
 _HEADER = struct.Struct(">BBII")
