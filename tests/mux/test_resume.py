@@ -52,6 +52,23 @@ class FrameTests(TestCase):
         self.assertEqual(FrameDecoder().feed(encode_all(frames)), frames)
 
 
+class MalformedFrameTests(TestCase):
+    def test_refused(self) -> None:
+        from nbbridge.wire import FrameError
+
+        import struct
+
+        body = b"s" * 16 + b"p" * 32 + struct.pack(">I", 2) + struct.pack(">IBQQ", 1, 0, 5, 9)
+        two_announced_one_given = struct.pack(">BBII", 10, 0, 0, len(body)) + body
+        for bad in (
+            two_announced_one_given,
+            bytes([9, 0, 0, 0, 0, 3, 0, 0, 0, 5]) + bytes(5),  # HELLO on channel 3
+            bytes([12, 0, 0, 0, 0, 1, 0, 0, 0, 9]) + bytes([2]) + bytes(8),  # ACK, unknown flag
+            bytes([9, 0, 0, 0, 0, 0, 0, 0, 0, 4]) + bytes(4),  # HELLO too short
+        ):
+            self.assertRaises(FrameError, FrameDecoder().feed, bad)
+
+
 class RetransmitTests(TestCase):
     def test_ack_and_since(self) -> None:
         r = Retransmit()
@@ -134,6 +151,26 @@ class ResumeTests(TestCase):
         self.assertTrue(self.pair.client.resumable)
         self.assertTrue(self.pair.agent.resumable)
         self.assertEqual(len(self.pair.registry), 1)
+
+    def test_old_client_is_not_resumed(self) -> None:
+        """A client that sends no HELLO: the agent's session is an ordinary one."""
+        self.pair.client = MuxSession(initiator=True, label="old", clock=self.pair.clock)
+        link = self.pair.connect()
+        self.assertFalse(self.pair.agent.resumable)
+        user, service_transport, _ = self.open()
+        link.cut()
+        self.assertTrue(user.lost.called)
+        self.assertTrue(service_transport.disconnecting)
+        self.assertEqual(len(self.pair.registry), 0)
+
+    def test_sessions_per_client_key_are_bounded(self) -> None:
+        """A client that keeps starting sessions (and losing them) cannot pile them up."""
+        for _ in range(12):
+            self.pair.client = MuxSession(
+                initiator=True, label="c", clock=self.pair.clock, resume_grace=60
+            )
+            self.pair.connect().cut()
+        self.assertEqual(len(self.pair.registry), 8)
 
     def test_old_agent_is_not_resumed(self) -> None:
         """An agent that does not offer resumption: a lost link resets, as before."""

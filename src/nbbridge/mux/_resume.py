@@ -204,11 +204,21 @@ def plan_channel(ours: ChannelPosition, theirs: ResumeEntry | None) -> ChannelPl
     )
 
 
-class SessionRegistry:
-    """The agent's resumable sessions, by session id; RESUME requests are checked here."""
+#: Resumable sessions the agent keeps per client key: a client that keeps starting new
+#: sessions (restarted, or two laptops sharing a key) cannot pile up suspended ones.
+MAX_SESSIONS_PER_CLIENT: Final = 8
 
-    def __init__(self) -> None:
+
+class SessionRegistry:
+    """The agent's resumable sessions, by session id; RESUME requests are checked here.
+
+    At most ``per_client`` sessions per client key: adding one more ends the oldest
+    suspended session of that key (its channels are reset, and it says so).
+    """
+
+    def __init__(self, per_client: int = MAX_SESSIONS_PER_CLIENT) -> None:
         self._sessions: dict[bytes, MuxSession] = {}
+        self._per_client = per_client
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -218,6 +228,14 @@ class SessionRegistry:
 
     def add(self, session_id: bytes, session: MuxSession) -> None:
         self._sessions[session_id] = session
+        _, key = session.resume_identity()
+        same = [s for s in self._sessions.values() if s.resume_identity()[1] == key]
+        for old in same[: max(0, len(same) - self._per_client)]:
+            if old is not session:
+                old.close(
+                    f"more than {self._per_client} resumable sessions for this client key; "
+                    "the oldest ends"
+                )
 
     def remove(self, session_id: bytes, session: MuxSession) -> None:
         if self._sessions.get(session_id) is session:

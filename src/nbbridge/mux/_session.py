@@ -232,6 +232,12 @@ class MuxSession(Protocol):
     def close(self, reason: str = "closed", code: int = Reason.NORMAL) -> None:
         """End the session: tell the peer why, then drop the connection."""
         if self._closed_reason is None and not self._connected and self._suspended_at is not None:
+            self._log.info(
+                "{label}: suspended session ended ({reason}): {n} channels reset",
+                label=self.label,
+                reason=reason,
+                n=len(self.channels),
+            )
             self._end(reason)
             return
         if self._closed_reason is None and self._connected:
