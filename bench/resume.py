@@ -10,8 +10,9 @@ Printed per round:
 
 * relay back -> first resumed byte: from the relay listening again until the echo of the
   byte written while it was away reaches the user (includes the client's reconnect backoff);
-* reconnect -> first resumed byte: from the client's RESUMED (its new link is up and the
-  session resumed) to that echo. Target: 1 s at most;
+* reconnect -> first resumed byte: from the start of the client's link attempt that
+  resumed (after its backoff: TCP, WebSocket, the relay's dial to the agent, a fresh Noise
+  handshake, RESUME/RESUMED, the re-sent byte and its echo). Target: 1 s at most;
 * baseline, in the same run: a brand-new connection's first echo once the link is back.
 
 Then memory: CHANNELS idle connections through the tunnel are suspended (relay killed), and
@@ -171,6 +172,12 @@ async def round_trip_after_restart(tunnel: Tunnel, port: int) -> tuple[float, fl
     user.transport.write(b"a")  # type: ignore[union-attr]
     await first
     await tunnel.kill_relay()
+    # The start of each link attempt (after the backoff): the last one before the byte is
+    # the client's reconnect.
+    attempts: list[float] = []
+    link: Any = tunnel.link
+    connect_once = link._connect
+    link._connect = lambda: (attempts.append(time.perf_counter()), connect_once())
     resumed: defer.Deferred[float] = defer.Deferred()
     session = tunnel.link.current_session
     assert session is not None
@@ -179,7 +186,9 @@ async def round_trip_after_restart(tunnel: Tunnel, port: int) -> tuple[float, fl
     user.transport.write(b"b")  # type: ignore[union-attr]
     back = await tunnel.start_relay()
     got = await echoed
-    at_resume = await resumed
+    await resumed
+    del link._connect
+    reconnect = max(t for t in attempts if t <= got)
     # Baseline: a new connection's first echo on the link that just came back.
     fresh = await connect(tunnel.reactor, port)
     started = time.perf_counter()
@@ -188,7 +197,7 @@ async def round_trip_after_restart(tunnel: Tunnel, port: int) -> tuple[float, fl
     baseline = await d - started
     fresh.transport.loseConnection()  # type: ignore[union-attr]
     user.transport.loseConnection()  # type: ignore[union-attr]
-    return got - back, got - at_resume, baseline
+    return got - back, got - reconnect, baseline
 
 
 def _traced() -> int:
