@@ -8,13 +8,17 @@ tests/mux/test_resume.py.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from typing import Any
 
+import treq
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from nbbridge.client._status import StatusService
 from nbbridge.crypto import parse_public_key
 from nbbridge.mux import MuxSession
 from nbbridge.tunnel import AgentLink
@@ -22,7 +26,7 @@ from nbbridge.wire import FrameType
 from tests._tools import unavailable
 
 from . import _tcp
-from ._harness import MUX, TunnelTestCase
+from ._harness import MUX, Client, TunnelTestCase
 from ._jupyter import execute_request, missing_jupyter, open_channels, start_jupyter
 from .test_faults import _pattern_digest
 
@@ -50,6 +54,14 @@ class ResumeTests(TunnelTestCase):
 
     async def wait_resumed(self, since: int) -> None:
         await self.logs.wait_for(RESUMED_LINE, MUX, since, timeout=90)
+
+    async def session_status(self, client: Client) -> dict[str, Any]:
+        """The ``session`` part of the client's /status.json."""
+        [status] = [s for s in client.service if isinstance(s, StatusService)]  # type: ignore[attr-defined]
+        port = (await status.listening).getHost().port
+        response = await self.http.get(f"http://127.0.0.1:{port}/status.json")
+        document: dict[str, Any] = json.loads(await treq.content(response))
+        return document["session"]  # type: ignore[no-any-return]
 
     async def test_200mb_across_two_relay_kills(self) -> None:
         """A 200 MB download and a 64 MB upload, the relay SIGKILLed twice mid-way: same TCP
@@ -95,10 +107,17 @@ class ResumeTests(TunnelTestCase):
         await user.say(self, b"uname -a\n")
         mark = self.logs.mark()
         await self.stop_relay()
+        await self.logs.wait_for("session suspended", MUX, since=mark)
+        suspended = await self.session_status(client)
+        self.assertEqual((suspended["state"], suspended["channels"]), ("suspended", 1))
+        self.assertGreaterEqual(suspended["suspended_for"], 0)
         # Typed while the relay is away: kept, and echoed once the session resumes.
         user.transport.write(b"typed while away\n")  # type: ignore[union-attr]
         await self.start_relay(port)
         await self.wait_resumed(mark)
+        resumed = await self.session_status(client)
+        self.assertEqual((resumed["state"], resumed["resumes"]), ("live", 1))
+        self.assertGreater(resumed["last_suspended_for"], 0)
         await self.within(60, "the line typed while away", user.wait_received(26))
         await user.say(self, b"exit\n")
         self.assertEqual(bytes(user.keep), b"uname -a\ntyped while away\nexit\n")
@@ -238,10 +257,6 @@ class JupyterKernelResumeTests(TunnelTestCase):
     timeout = 300
 
     async def test_kernel_websocket_survives_a_relay_restart(self) -> None:
-        import json
-
-        import treq
-
         jupyter = await start_jupyter(self)
         await self.start_relay()
         port = self.relay_port
