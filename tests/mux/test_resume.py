@@ -54,9 +54,9 @@ class FrameTests(TestCase):
 
 class MalformedFrameTests(TestCase):
     def test_refused(self) -> None:
-        from nbbridge.wire import FrameError
-
         import struct
+
+        from nbbridge.wire import FrameError
 
         body = b"s" * 16 + b"p" * 32 + struct.pack(">I", 2) + struct.pack(">IBQQ", 1, 0, 5, 9)
         two_announced_one_given = struct.pack(">BBII", 10, 0, 0, len(body)) + body

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import treq
-
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
