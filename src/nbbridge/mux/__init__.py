@@ -12,6 +12,7 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
+from ._resumable import LinkEnd
 from ._resume import (
     DEFAULT_GRACE,
     RESUME_FEATURE,
@@ -25,7 +26,6 @@ from ._session import (
     DEFAULT_MAX_WINDOW,
     DEFAULT_WINDOW,
     ChannelLimits,
-    LinkEnd,
     MuxSession,
 )
 
