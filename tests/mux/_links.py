@@ -42,7 +42,7 @@ class _End:
             setattr(self, name, value)
 
     def write(self, data: bytes) -> None:
-        if not self.link.cut_already:
+        if not self.link.cut_already and not self.link.client_gone:
             self.out.append(bytes(data))
 
     def writeSequence(self, data: list[bytes]) -> None:
@@ -80,6 +80,7 @@ class CutLink:
         secret = os.urandom(32)
         handshake_hash = os.urandom(32)
         self.cut_already = False
+        self.client_gone = False
         self.closing = False
         self.client = _End(
             self,
@@ -123,6 +124,14 @@ class CutLink:
         if self.closing and not self.cut_already:
             self.cut()
         return moved
+
+    def cut_client_side(self) -> None:
+        """Only the client hears of the loss (its network changed); the agent's end of the
+        link stays up, unaware, and what it writes goes nowhere."""
+        self.client_gone = True
+        self.client.out.clear()
+        self.agent.out.clear()
+        self.client.protocol.connectionLost(Failure(ConnectionLost("client's network changed")))
 
     def cut(self) -> None:
         """The link dies: what was not delivered is lost; both ends hear of it."""

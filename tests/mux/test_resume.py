@@ -231,6 +231,28 @@ class ResumeTests(TestCase):
         ]
         self.transfer_across_cuts(cuts, size=200_000)
 
+    def test_agent_still_on_the_old_link(self) -> None:
+        """The client's network changed: it resumes on a new link while the agent's end of
+        the old one is still up; the agent drops the old link and goes on on the new one."""
+        link = self.pair.connect()
+        user, service_transport, service = self.open()
+        service.dataReceived(b"before")
+        link.flush()
+        old_agent_end = self.pair.agent_ends[-1]
+        session = self.pair.agent
+        link.cut_client_side()
+        service.dataReceived(b" lost on the old link")  # written into the dead link
+        self.assertIsNone(session.suspended_since)  # the agent has not noticed
+        new = self.pair.connect()
+        self.assertIs(self.pair.agent, session)
+        self.assertTrue(link.cut_already, "the old link was not dropped")
+        self.assertIsNot(session._link, old_agent_end)
+        self.assertEqual(bytes(user.data), b"before lost on the old link")
+        self.assertFalse(user.lost.called)
+        user.transport.write(b"up")  # type: ignore[union-attr]
+        new.flush()
+        self.assertEqual(service_transport.value(), b"up")
+
     def test_grace_period_ends_with_resets(self) -> None:
         link = self.pair.connect()
         user, service_transport, _ = self.open()
