@@ -85,6 +85,9 @@ def _is_final(error: BaseException) -> bool:
     return False
 
 
+#: The longest wait between link attempts while a suspended session waits to resume.
+SUSPENDED_MAX_BACKOFF = 8.0
+
 #: The start of the payload of our round-trip pings (Autobahn's own carry a timestamp).
 _RTT_PING = b"nbbridge-rtt:"
 
@@ -376,7 +379,12 @@ class AgentLink(Service):
 
     def _schedule_retry(self) -> None:
         # Only a link someone asked for gets here: once used, it is kept up.
-        delay = min(self._delay, self._max_backoff) * (0.5 + random.random() / 2)
-        self._delay = min(self._delay * 2, self._max_backoff)
+        cap = self._max_backoff
+        if self.suspended_session() is not None:
+            # Connections are waiting, open, for this link: look for it more often, so that
+            # they go on within seconds of the relay's return, not a minute.
+            cap = min(cap, SUSPENDED_MAX_BACKOFF)
+        delay = min(self._delay, cap) * (0.5 + random.random() / 2)
+        self._delay = min(self._delay * 2, cap)
         self.state = LinkState.BACKING_OFF
         self._retry = self.clock.callLater(delay, self._connect)
