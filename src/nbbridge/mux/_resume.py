@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -223,7 +224,7 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[MuxSession]:
         return iter(list(self._sessions.values()))
 
     def add(self, session_id: bytes, session: MuxSession) -> None:
