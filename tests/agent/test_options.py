@@ -104,6 +104,22 @@ class AgentOptionsTests(TestCase):
             )
             self.assertIn("--max-channels must be a positive number", str(e))
 
+    def test_resume_grace(self) -> None:
+        """--resume-grace: how long the agent keeps a session whose link was lost (0: off)."""
+        o = Options()
+        o.parseOptions(self.args("--expose", "ssh=22", "--resume-grace", "30"))
+        agent = makeService(o)
+        self.assertEqual(agent.resume_grace, 30)  # type: ignore[attr-defined]
+        defaults = Options()
+        defaults.parseOptions(self.args("--expose", "ssh=22"))
+        self.assertEqual(defaults["resume-grace"], 600)
+        e = self.assertRaises(
+            usage.UsageError,
+            Options().parseOptions,
+            self.args("--expose", "ssh=22", "--resume-grace", "-1"),
+        )
+        self.assertIn("--resume-grace", str(e))
+
 
 class AgentConfigTests(TestCase):
     def test_config_file_alone(self) -> None:
@@ -121,6 +137,7 @@ class AgentConfigTests(TestCase):
                 'relay = "ws://127.0.0.1:8765"\nname = "gpu"\nkey = "agent.key"\n'
                 'token_file = "agent.token"\nauthorized_keys = "authorized_keys"\n'
                 'expose = ["jupyter=8888", "ssh=22"]\nmax_pending_opens = 3\n'
+                "resume_grace = 120\n"
             )
         self.patch(Options, "default_config", os.path.join(directory, "absent.toml"))
         o = Options()
@@ -130,6 +147,7 @@ class AgentConfigTests(TestCase):
         agent = makeService(o)
         self.assertEqual(sorted(agent.acceptor.services), ["jupyter", "ssh"])  # type: ignore[attr-defined]
         self.assertEqual(agent.channel_limits.max_pending_accepts, 3)  # type: ignore[attr-defined]
+        self.assertEqual(agent.resume_grace, 120)  # type: ignore[attr-defined]
         # The systemd unit passes its credentials as flags: they win over the file.
         other = os.path.join(directory, "other.key")
         write_private_key(other, PrivateKey.generate())

@@ -120,6 +120,26 @@ class AgentLinkTests(TestCase):
         assert link.up_since is not None
         self.assertGreater(link.up_since, 5.0)
 
+    def test_backoff_is_short_while_a_session_is_suspended(self) -> None:
+        """Connections wait, open, for the link: it is looked for every 8 s at most."""
+        clock = Clock()
+        link = FakeLink(clock, [])
+        suspended = MuxSession(initiator=True, clock=clock)
+        suspended._suspended_at = 0.0
+        link._session = suspended
+        for _ in range(10):
+            link._schedule_retry()
+            retry = link._retry
+            assert retry is not None
+            self.assertLessEqual(retry.getTime() - clock.seconds(), 8.0)
+            retry.cancel()
+        link._session = None
+        link._delay = 60.0
+        link._schedule_retry()
+        assert link._retry is not None
+        self.assertGreater(link._retry.getTime() - clock.seconds(), 8.0)
+        link._retry.cancel()
+
     def test_open_session_is_reused(self) -> None:
         clock = Clock()
         session = MuxSession(initiator=True)

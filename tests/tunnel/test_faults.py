@@ -1,7 +1,9 @@
-"""Faults: the relay or the agent dies; connections end visibly and the tunnel comes back.
+"""Faults: the relay or the agent dies; connections resume or end visibly; the tunnel comes back.
 
-A transfer cut short must never look complete: the user's program must not see a clean EOF
-after a truncated stream, but a reset (or at least an error with fewer bytes).
+When the relay dies, client and agent resume their session on the next link (docs/resume.md):
+transfers under way go on, on the same connections. When the agent dies, a transfer cut short
+must never look complete: the user's program must not see a clean EOF after a truncated
+stream, but a reset (or at least an error with fewer bytes).
 """
 
 from __future__ import annotations
@@ -91,12 +93,20 @@ class FaultTestCase(TunnelTestCase):
 
         mark = self.logs.mark()
         await take_down()
-        await self.assert_cut(flows)
 
         await self.start_relay(port)
         self.assertEqual(self.relay_port, port)
         await self.wait_agent_online(since=mark)
         await self.assert_back(client, since=mark)
+        await self.assert_resumed(flows)
+
+    async def assert_resumed(self, flows: InFlight) -> None:
+        """Both transfers go on, on the same connections, with the stream intact so far."""
+        await flows.down.wait_received(flows.down.received + 4 * MB)
+        await flows.sink.wait_received(flows.sink.received + 4 * MB)
+        for protocol in (flows.down, flows.up, flows.source, flows.sink):
+            self.assertFalse(protocol.lost.called, f"{protocol!r} ended across a relay restart")
+        self.assertEqual(flows.down.received_hash.digest(), _pattern_digest(flows.down.received))
 
     async def assert_back(self, client: Client, since: int) -> None:
         """Agent and client reconnected by themselves, and new connections work."""
@@ -135,12 +145,12 @@ class RelayDiesTests(FaultTestCase):
         mark = self.logs.mark()
         await relay.kill()
         self.assertTrue(relay.killed(), relay.exit)
-        await self.assert_cut(flows)
 
         relay = await self.start_relay_process(port)
         self.assertEqual(self.relay_port, port)
         await relay.wait_for("agent gpu online")
         await self.assert_back(client, since=mark)
+        await self.assert_resumed(flows)
 
 
 class AgentDiesTests(FaultTestCase):
@@ -179,6 +189,12 @@ class AgentDiesTests(FaultTestCase):
         self.assertTrue(agent.killed(), agent.exit)
         await self.assert_cut(flows, agent_alive=False)
         await self.assert_agent_gone(client, since=mark)
+
+    async def start_client(self, *args: Any, **kwargs: Any) -> Client:
+        """A client that does not resume: an agent that dies is otherwise found out only when
+        it comes back (its sessions are gone) or at the end of the grace period."""
+        kwargs["extra"] = [*kwargs.get("extra", ()), "--resume-grace", "0"]
+        return await super().start_client(*args, **kwargs)
 
     async def test_agent_stopped(self) -> None:
         """An agent stopped in-process (as by SIGTERM): same outcome for the client."""

@@ -417,6 +417,11 @@ class FaultsAtScaleTestCase(TunnelTestCase):
 
     timeout = 120 + KILLS * 30
 
+    def client_args(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Clients that do not resume: every kill must end each stream exactly or with an
+        explicit error within END_WITHIN (resumed streams: tests/tunnel/test_resume.py)."""
+        return [*super().client_args(*args, **kwargs), "--resume-grace", "0"]
+
     def setUp(self) -> None:
         super().setUp()
         self.service_ends: list[Service] = []

@@ -10,16 +10,21 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nbbridge.wire import (
     MAX_PAYLOAD,
+    Ack,
     Close,
     Data,
     Frame,
     FrameDecoder,
     FrameError,
     GoAway,
+    Hello,
     Open,
     OpenFail,
     OpenOk,
     Reset,
+    Resume,
+    Resumed,
+    ResumeEntry,
     Window,
     encode,
     encode_all,
@@ -34,6 +39,12 @@ metadata = st.dictionaries(st.text(min_size=0, max_size=20), st.text(max_size=50
     lambda d: tuple(d.items())
 )
 
+entries = st.lists(
+    st.builds(
+        ResumeEntry, ids, st.integers(0, 3), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)
+    ),
+    max_size=5,
+).map(tuple)
 frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Open, ids, names, u32, metadata),
     st.builds(OpenOk, ids, u32),
@@ -43,6 +54,13 @@ frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(Close, ids),
     st.builds(Reset, ids, u16, reasons),
     st.builds(GoAway, u16, reasons),
+    # Resumption (docs/resume.md)
+    st.builds(Hello, st.integers(0, 255), st.integers(0, 0xFFFFFFFF)),
+    st.builds(Ack, ids, st.integers(0, 2**64 - 1), st.booleans()),
+    st.builds(
+        Resume, st.binary(min_size=16, max_size=16), st.binary(min_size=32, max_size=32), entries
+    ),
+    st.builds(Resumed, u16, st.binary(min_size=32, max_size=32), entries, reasons),
 )
 
 

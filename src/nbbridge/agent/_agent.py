@@ -40,7 +40,17 @@ from nbbridge.crypto import (
     Responder,
     SecureProtocol,
 )
-from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, Acceptor, ChannelLimits, MuxSession
+from nbbridge.mux import (
+    DEFAULT_CHANNEL_LIMITS,
+    DEFAULT_GRACE,
+    RESUME_FEATURE,
+    Acceptor,
+    ChannelLimits,
+    LinkEnd,
+    MuxSession,
+    SessionRegistry,
+    features_payload,
+)
 from nbbridge.transport import RelayURL, client_endpoint, websocket_client_factory
 from nbbridge.websocket import StreamClientProtocol, bind
 
@@ -74,21 +84,33 @@ class _ControlProtocol(StreamClientProtocol):
 class _DataProtocol(StreamClientProtocol):
     """One data link: Noise responder and mux over a WebSocket the relay splices to a client."""
 
+    link_end: LinkEnd | None = None
+
+    @property
+    def session(self) -> MuxSession | None:  # type: ignore[override]
+        """The session this link carries: a new one, or the one a RESUME named."""
+        return self.link_end.session if self.link_end is not None else None
+
     def make_inner(self) -> IProtocol:
         agent: Agent = self.owner
-        self.session = MuxSession(
+        session = MuxSession(
             initiator=False,
             acceptor=agent.acceptor,
             label=f"link {self.factory.link_id[:6]}",
             clock=agent.clock,
             max_channels=agent.channel_limits.max_channels,
             max_pending_accepts=agent.channel_limits.max_pending_accepts,
+            resume_grace=agent.resume_grace or None,
+            registry=agent.sessions,
         )
+        self.link_end = LinkEnd(session)
+        # Our handshake reply says whether we resume sessions (older clients ignore it).
+        features = features_payload(RESUME_FEATURE) if agent.resume_grace else b""
         # The handshake ends only with the client's first authenticated record, so a replayed
         # handshake message never counts as a client and is dropped after the deadline.
         secure = SecureProtocol(
-            self.session,
-            Responder(agent.key, agent.is_authorized),
+            self.link_end,
+            Responder(agent.key, agent.is_authorized, payload=features),
             agent.clock,
             handshake_timeout=agent.handshake_timeout,
         )
@@ -133,8 +155,13 @@ class Agent(MultiService):
         max_pending_dials: int = MAX_PENDING_DIALS,
         handshake_timeout: float = RESPONDER_HANDSHAKE_TIMEOUT,
         channel_limits: ChannelLimits = DEFAULT_CHANNEL_LIMITS,
+        resume_grace: float = DEFAULT_GRACE,
     ) -> None:
         super().__init__()
+        #: seconds a session whose link was lost waits for its client (0: never resumes)
+        self.resume_grace = resume_grace
+        #: resumable sessions by id, suspended or not
+        self.sessions = SessionRegistry()
         self.handshake_timeout = handshake_timeout
         self.channel_limits = channel_limits
         self.reactor = reactor
@@ -236,9 +263,11 @@ class Agent(MultiService):
     def stopService(self) -> Deferred[None]:
         self._stopping = True
         closing = []
-        for link in list(self.links):
-            if link.session is not None and link.session.is_open:
-                closing.append(link.session.when_closed())
-                link.session.close("agent stopping")
+        sessions = {link.session for link in self.links if link.session is not None}
+        sessions.update(self.sessions)
+        for session in sessions:
+            if session.closed_reason is None and (session.is_open or session.resumable):
+                closing.append(session.when_closed())
+                session.close("agent stopping")
         d = super().stopService()
         return DeferredList([d, *closing]).addCallback(lambda _: None)  # type: ignore[arg-type]

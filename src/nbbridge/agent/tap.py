@@ -67,6 +67,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         services,
         options["ca"],
         channel_limits=options["channel_limits"],
+        resume_grace=options["resume-grace"],
     )
     care_for_memory(agent, reactor)
     return agent

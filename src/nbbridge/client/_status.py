@@ -3,7 +3,8 @@
 """The client's status page and JSON, on loopback: is the link up, and what does it carry.
 
 * `GET /`            the page (HTML, `app.js`, `app.css`, and the shared `chart.js`)
-* `GET /status.json` the document: the link (state, relay, agent, round trip, reconnects) and
+* `GET /status.json` the document: the link (state, relay, agent, round trip, reconnects), the
+  session (live or suspended and since when, resumes, the last suspension's length) and
   each forward (what to open, connections, bytes and rates both ways)
 
 `nbbridge status` prints the same document. Every `interval` seconds the sampler works out the
@@ -120,7 +121,26 @@ class StatusSampler:
                 "reconnects": link.reconnects,
                 "last_error": None if link.up_since is not None else link.last_error,
             },
+            "session": self._session(now),
             "forwards": [self._forward(f) for f in self._forwards],
+        }
+
+    def _session(self, now: float) -> dict[str, Any]:
+        """Is the session resumable, suspended (since when), how often resumed (docs/resume.md)."""
+        session = self._link.current_session
+        if session is None:
+            return {"state": "none", "resumable": False}
+        suspended = session.suspended_since
+        return {
+            "state": "suspended" if suspended is not None else "live",
+            "resumable": session.resumable,
+            "suspended_for": None if suspended is None else round(now - suspended, 1),
+            "channels": len(session.channels),
+            "suspensions": session.suspensions,
+            "resumes": session.resumes,
+            "last_suspended_for": (
+                None if session.last_suspended_for is None else round(session.last_suspended_for, 2)
+            ),
         }
 
     def _forward(self, forward: ForwardService) -> dict[str, Any]:

@@ -78,6 +78,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["token"],
         options["ca"],
         channel_limits=options["channel_limits"],
+        resume_grace=options["resume-grace"],
     )
     top = MultiService()
     link.setServiceParent(top)

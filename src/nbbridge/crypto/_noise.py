@@ -201,6 +201,15 @@ class SymmetricState:
         self.mix_hash(ciphertext)
         return plaintext
 
+    def export(self, label: bytes) -> bytes:
+        """A secret for use outside Noise, derived from the chaining key under LABEL.
+
+        HKDF with LABEL as input key material: independent of the transport keys, which
+        ``split`` derives with empty input. Unlike the handshake hash (computable from the
+        messages on the wire), only the two parties can compute it.
+        """
+        return hkdf(self._ck, label, 2)[0]
+
     def split(self) -> tuple[CipherState, CipherState]:
         """Two transport CipherStates: (initiator -> responder, responder -> initiator)."""
         temp_k1, temp_k2 = hkdf(self._ck, b"", 2)
@@ -261,6 +270,12 @@ class HandshakeState:
     def get_handshake_hash(self) -> bytes:
         """The transcript hash; usable as a channel binding once the handshake completes."""
         return self._ss.get_handshake_hash()
+
+    def export_secret(self, label: bytes) -> bytes:
+        """A 32-byte secret known only to the two parties, once complete (see ``export``)."""
+        if self._result is None:
+            raise NoiseError("handshake not complete")
+        return self._ss.export(label)
 
     def cipher_states(self) -> tuple[CipherState, CipherState]:
         """(send, receive) transport states for this side, once complete."""

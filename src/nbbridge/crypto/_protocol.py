@@ -102,6 +102,16 @@ class SecureProtocol(Protocol):
         """The Noise handshake hash (a channel binding) once the handshake has completed."""
         return self._role.handshake_hash
 
+    @property
+    def peer_payload(self) -> bytes:
+        """The payload of the peer's handshake message (the responder's feature flags)."""
+        return self._role.peer_payload
+
+    @property
+    def session_secret(self) -> bytes | None:
+        """A secret exported from this handshake that only the two ends know (see docs)."""
+        return self._role.session_secret
+
     # -- events from the byte transport below ------------------------------------------------
 
     def connectionMade(self) -> None:

@@ -71,6 +71,14 @@ class HandshakeComplete:
 
     remote_static: PublicKey
     handshake_hash: bytes
+    #: the payload of the peer's handshake message (feature flags; empty from older peers)
+    payload: bytes = b""
+    #: a secret only the two parties know, for binding later use to this session
+    secret: bytes = b""
+
+
+#: The label of the secret exported from every handshake (``HandshakeComplete.secret``).
+EXPORT_LABEL: Final = b"nbbridge/1 session secret"
 
 
 Event: TypeAlias = bytes | HandshakeComplete | SecureChannelError
@@ -113,6 +121,10 @@ class _Session:
         self._error: SecureChannelError | None = None
         self.remote_static: PublicKey | None = None
         self.handshake_hash: bytes | None = None
+        #: the peer's handshake payload, once complete
+        self.peer_payload: bytes = b""
+        #: the exported session secret, once complete
+        self.session_secret: bytes | None = None
         # A responder's handshake, answered but not yet confirmed by an authenticated record.
         self._unconfirmed: HandshakeComplete | None = None
 
@@ -311,11 +323,15 @@ class _Session:
     def _refusal(self, body: bytes) -> Event:
         return self._fail(SecureChannelError("protocol error: unexpected REFUSAL record"))
 
-    def _complete(self, hs: HandshakeState, remote: PublicKey) -> HandshakeComplete:
+    def _complete(
+        self, hs: HandshakeState, remote: PublicKey, payload: bytes = b""
+    ) -> HandshakeComplete:
         self._send, self._recv = hs.cipher_states()
         self.remote_static = remote
         self.handshake_hash = hs.get_handshake_hash()
-        return HandshakeComplete(remote, self.handshake_hash)
+        self.peer_payload = payload
+        self.session_secret = hs.export_secret(EXPORT_LABEL)
+        return HandshakeComplete(remote, self.handshake_hash, payload, self.session_secret)
 
     def _confirmed(self) -> HandshakeComplete:
         done = self._unconfirmed
@@ -323,6 +339,8 @@ class _Session:
         self._unconfirmed = None
         self.remote_static = done.remote_static
         self.handshake_hash = done.handshake_hash
+        self.peer_payload = done.payload
+        self.session_secret = done.secret
         return done
 
     def _unconfirmed_reason(self, what: str) -> str:
@@ -366,7 +384,7 @@ class Initiator(_Session):
         if hs is None:
             return self._fail(HandshakeError("protocol error: handshake reply before start()"))
         try:
-            hs.read_message(body)
+            payload = hs.read_message(body)
         except DecryptError:
             return self._fail(
                 HandshakeError(f"{KEY_MISMATCH} (the agent's reply did not authenticate)")
@@ -374,7 +392,7 @@ class Initiator(_Session):
         except NoiseError as e:
             return self._fail(HandshakeError(f"bad handshake reply from the agent: {e}"))
         self._hs = None
-        done = self._complete(hs, self.responder_key)
+        done = self._complete(hs, self.responder_key, payload)
         # Confirm at once, even with nothing to say: the responder waits for an authenticated
         # record before it counts us as connected (see "Confirmation" above).
         confirmation: list[bytes] = []
@@ -406,9 +424,12 @@ class Responder(_Session):
         *,
         rekey_interval: int = REKEY_INTERVAL,
         max_records: int = MAX_RECORDS,
+        payload: bytes = b"",
     ) -> None:
         super().__init__(static, rekey_interval, max_records)
         self._authorized = authorized
+        #: sent in our handshake reply, encrypted to the initiator (older initiators ignore it)
+        self._payload = payload
 
     def _is_authorized(self, key: PublicKey) -> bool:
         if isinstance(self._authorized, AuthorizedKeys):
@@ -456,11 +477,13 @@ class Responder(_Session):
         if not allowed:
             return self._refuse(f"client key {client} is not authorized", told_peer=NOT_AUTHORIZED)
         try:
-            reply = hs.write_message(b"")
+            reply = hs.write_message(self._payload)
         except NoiseError as e:
             return self._refuse(f"handshake failed: {e}", told_peer=BAD_HANDSHAKE)
         self._outbuf += record(HANDSHAKE, reply)
         # Not complete yet: this message may be a replay. Wait for the confirmation.
         self._send, self._recv = hs.cipher_states()
-        self._unconfirmed = HandshakeComplete(client, hs.get_handshake_hash())
+        self._unconfirmed = HandshakeComplete(
+            client, hs.get_handshake_hash(), b"", hs.export_secret(EXPORT_LABEL)
+        )
         return None

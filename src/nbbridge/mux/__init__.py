@@ -12,6 +12,15 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
+from ._resumable import LinkEnd
+from ._resume import (
+    DEFAULT_GRACE,
+    RESUME_FEATURE,
+    ResumeSecrets,
+    SessionRegistry,
+    features_payload,
+    peer_features,
+)
 from ._session import (
     DEFAULT_CHANNEL_LIMITS,
     DEFAULT_MAX_WINDOW,
@@ -22,8 +31,10 @@ from ._session import (
 
 __all__ = [
     "DEFAULT_CHANNEL_LIMITS",
+    "DEFAULT_GRACE",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
+    "RESUME_FEATURE",
     "Acceptor",
     "Channel",
     "ChannelAddress",
@@ -33,14 +44,19 @@ __all__ = [
     "ChannelReset",
     "ForwardCounters",
     "ForwardingFactory",
+    "LinkEnd",
     "MuxSession",
     "OpenRequest",
+    "ResumeSecrets",
     "ServiceMap",
     "ServiceUnavailable",
     "SessionClosed",
+    "SessionRegistry",
     "SessionSource",
     "SpliceFactory",
     "TcpSide",
     "TooManyChannels",
     "UnknownService",
+    "features_payload",
+    "peer_features",
 ]

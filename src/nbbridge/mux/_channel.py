@@ -44,6 +44,7 @@ from zope.interface import implementer
 from nbbridge.wire import Reason
 
 from ._errors import ChannelReset, SessionClosed
+from ._resume import ChannelPlan, ChannelPosition, Retransmit
 
 if TYPE_CHECKING:
     from ._session import MuxSession
@@ -113,6 +114,7 @@ class Channel:
 
     __slots__ = (
         "_ending",
+        "_fin_acked",
         "_grant_threshold",
         "_grown",
         "_paused",
@@ -124,6 +126,7 @@ class Channel:
         "_recv_allowed",
         "_recv_queue",
         "_recv_queued",
+        "_retx",
         "_send_credit",
         "_send_queue",
         "_sending",
@@ -180,6 +183,9 @@ class Channel:
         self._receiving = RECV_OPEN
         # Ending.
         self._ending = LIVE
+        # Resumption: bytes sent and not yet acknowledged (None: the session cannot resume).
+        self._retx: Retransmit | None = Retransmit() if session.resumable else None
+        self._fin_acked = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -201,6 +207,8 @@ class Channel:
         self.bytes_sent += len(data)
         if not self._send_queue and len(data) <= self._send_credit and self._ready:
             self._send_credit -= len(data)
+            if self._retx is not None:
+                self._retx.append(bytes(data))
             self._session._send_data(self.id, data)
             return
         if self._send_queue is None:
@@ -322,6 +330,9 @@ class Channel:
             self._violation(Reason.PROTOCOL_ERROR, "second CLOSE")
             return
         self._receiving = RECV_CLOSE_QUEUED
+        if self._retx is not None:
+            # The sender keeps our channel's last bytes and its CLOSE until we say we hold them.
+            self._session._send_ack(self.id, self.bytes_received, True)
         self._deliver_queued()
 
     def _on_reset(self, code: int, reason: str) -> None:
@@ -365,6 +376,8 @@ class Channel:
                 queue[0] = chunk[self._send_credit :]
                 chunk = chunk[: self._send_credit]
             self._send_credit -= len(chunk)
+            if self._retx is not None:
+                self._retx.append(chunk)
             self._session._send_data(self.id, chunk)
         if self._ending is LOST:
             return
@@ -415,6 +428,8 @@ class Channel:
             increment = self._unacked + self._grow()
             self._recv_allowed += increment
             self._session._send_window(self.id, increment)
+            if self._retx is not None:
+                self._session._send_ack(self.id, self.bytes_received, False)
             self._unacked = 0
 
     def _grow(self) -> int:
@@ -439,7 +454,7 @@ class Channel:
             self._receiving is RECV_CLOSED or self._ending is CLOSING
         ):
             if self._receiving is RECV_CLOSED:
-                self._session._forget(self.id)
+                self._session._forget(self.id, finished=True)
             else:
                 # We closed both ways first: stay in the table, dropping data, until the
                 # peer's CLOSE comes; the protocol is told now, as TCP would.
@@ -469,6 +484,63 @@ class Channel:
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
+
+    # --- resumption (docs/resume.md) -----------------------------------------------------------
+
+    def _on_ack(self, received: int, fin: bool) -> bool:
+        """The peer holds RECEIVED bytes (and our CLOSE if FIN); True once it holds it all."""
+        retx = self._retx
+        if retx is None:
+            return False
+        retx.ack(received)
+        if fin and self._sending is SEND_CLOSED:
+            self._fin_acked = True
+        return self._fin_acked and not retx
+
+    def _owes_peer(self) -> bool:
+        """Bytes or a CLOSE of ours the peer has not acknowledged (kept for a resume)."""
+        retx = self._retx
+        return retx is not None and (bool(retx) or not self._fin_acked)
+
+    def _position(self, discarding: bool = False) -> ChannelPosition:
+        retx = self._retx
+        assert retx is not None
+        return ChannelPosition(
+            channel=self.id,
+            received=self.bytes_received,
+            limit=self.bytes_received + max(0, self._recv_allowed),
+            fin_received=self._receiving is not RECV_OPEN,
+            acked=retx.acked,
+            sent=retx.sent,
+            fin_sent=self._sending is SEND_CLOSED,
+            discarding=discarding,
+        )
+
+    def _suspend(self) -> None:
+        """The link is gone: send nothing, read nothing more from our producer."""
+        self._send_credit = 0
+        self._pause_producer("suspended")
+
+    def _resume(self, plan: ChannelPlan) -> None:
+        """Carry out PLAN (the session checked that it holds no reset)."""
+        retx = self._retx
+        assert retx is not None
+        if plan.resend_from is not None:
+            # What the peer holds is acknowledged; the rest goes again, and stays kept.
+            retx.ack(plan.resend_from)
+            for chunk in retx.since(plan.resend_from):
+                self._session._send_data(self.id, chunk)
+        else:
+            retx.ack(retx.sent)
+        if plan.resend_close:
+            self._session._send_close(self.id)
+        if plan.fin_acked:
+            self._fin_acked = True
+        if self._ending is LOST:
+            return
+        self._send_credit = plan.credit
+        self._resume_producer("suspended")
+        self._flush()
 
     @property
     def lost(self) -> bool:

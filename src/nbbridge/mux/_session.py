@@ -9,16 +9,25 @@ chosen by the two ends never collide.
 Errors are contained: a bad frame for one channel resets that channel; bytes that are not
 frames at all end the session with a GOAWAY naming the problem. Nothing raises out of
 ``dataReceived``.
+
+Resumption (docs/resume.md): a session made with ``resume_grace`` whose peer agreed (HELLO)
+outlives its link. When the link is lost it is *suspended*: its channels stay, paused, and
+each keeps the bytes it sent that the peer has not acknowledged. Attached to a new link (a
+fresh Noise handshake, through a :class:`LinkEnd`), the client sends RESUME with each
+channel's position and a proof bound to the new handshake; the agent answers RESUMED with
+its own; each side re-sends what the other lacks and the channels go on. Past the grace
+period, or if the peer cannot resume, the channels are reset with a log line saying why.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IPushProducer,
     IReactorTime,
@@ -33,17 +42,21 @@ from nbbridge._observer import OneShotObserver
 from nbbridge.wire import (
     MAX_CHANNEL_ID,
     MAX_PAYLOAD,
+    Ack,
     Close,
     Data,
     Frame,
     FrameDecoder,
     FrameError,
     GoAway,
+    Hello,
     Open,
     OpenFail,
     OpenOk,
     Reason,
     Reset,
+    Resume,
+    Resumed,
     Window,
     data_header,
     encode,
@@ -53,6 +66,11 @@ from nbbridge.wire import (
 from ._acceptor import Acceptor, OpenRequest
 from ._channel import Channel
 from ._errors import ChannelOpenFailed, SessionClosed, TooManyChannels, open_failure
+from ._resumable import LinkEnd, Resumable
+from ._resume import (
+    ResumeSecrets,
+    SessionRegistry,
+)
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
@@ -82,7 +100,7 @@ DEFAULT_CHANNEL_LIMITS = ChannelLimits()
 
 
 @implementer(IPushProducer)
-class MuxSession(Protocol):
+class MuxSession(Resumable, Protocol):
     """One end of a multiplexed session.
 
     :param initiator: True on the side that dialled; it picks odd channel ids.
@@ -108,6 +126,8 @@ class MuxSession(Protocol):
         max_pending_accepts: int = DEFAULT_MAX_PENDING_ACCEPTS,
         label: str = "mux",
         clock: IReactorTime | None = None,
+        resume_grace: float | None = None,
+        registry: SessionRegistry | None = None,
     ) -> None:
         if not 0 < window <= 0x7FFFFFFF:
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
@@ -135,7 +155,32 @@ class MuxSession(Protocol):
             from twisted.internet import reactor as clock
         assert clock is not None
         self._ended: OneShotObserver[str] = OneShotObserver(clock)
+        self._clock = clock
         self._connected = False
+        # Resumption: the grace period we offer (None: never resumable), the agent's table.
+        self._grace = resume_grace
+        self._registry = registry
+        self._secrets: ResumeSecrets | None = None
+        self._peer_key: object | None = None
+        self._peer_grace: int | None = None
+        self._suspended_at: float | None = None
+        self._grace_call: IDelayedCall | None = None
+        #: the client sent RESUME and waits for RESUMED: nothing else may go out meanwhile
+        self._resuming = False
+        #: channels closed here whose last bytes or CLOSE the peer has not acknowledged
+        self._finishing: dict[int, Channel] = {}
+        #: the LinkEnd this session is attached through (None: used as a plain protocol)
+        self._link: LinkEnd | None = None
+        self._handed_to: MuxSession | None = None
+        #: told when the session is usable on a link (fresh, or resumed), suspended, resumed
+        self.on_ready: Callable[[MuxSession], None] | None = None
+        self.on_suspended: Callable[[str], None] | None = None
+        self.on_resumed: Callable[[float], None] | None = None
+        #: how often this session was suspended and resumed; the last suspension's length
+        self.suspensions = 0
+        self.resumes = 0
+        self.last_suspended_for: float | None = None
+        self.resent_bytes = 0
         #: frames that named a channel we do not know (logged at 1, 10, 100, ... of them)
         self.unknown_frames = 0
         self.bytes_in = 0
@@ -178,8 +223,17 @@ class MuxSession(Protocol):
 
     def close(self, reason: str = "closed", code: int = Reason.NORMAL) -> None:
         """End the session: tell the peer why, then drop the connection."""
+        if self._closed_reason is None and not self._connected and self._suspended_at is not None:
+            self._log.info(
+                "{label}: suspended session ended ({reason}): {n} channels reset",
+                label=self.label,
+                reason=reason,
+                n=len(self.channels),
+            )
+            self._end(reason)
+            return
         if self._closed_reason is None and self._connected:
-            self._write(encode(GoAway(code, reason)))
+            self._write_session(encode(GoAway(code, reason)))
             self._shutdown(reason)
             if self.transport is not None:
                 self.transport.loseConnection()
@@ -190,16 +244,45 @@ class MuxSession(Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self._connected and self._closed_reason is None
+        """Open and usable: on a link, not suspended, not in the middle of resuming."""
+        return self._connected and self._closed_reason is None and self._suspended_at is None
+
+    @property
+    def resumable(self) -> bool:
+        """Both ends agreed to resume this session if its link is lost."""
+        return self._secrets is not None
+
+    @property
+    def suspended_since(self) -> float | None:
+        """When the link was lost (clock seconds), while the session waits for a new one."""
+        return self._suspended_at if self._closed_reason is None else None
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    def resume_identity(self) -> tuple[ResumeSecrets | None, object | None]:
+        """The session's secrets and its client's key (what a RESUME is checked against)."""
+        return self._secrets, self._peer_key
 
     # --- Protocol -------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._connected = True
+        self._paused = False
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if self._closed_reason is not None:
+            self.transport.loseConnection()
+        elif self._suspended_at is None:
+            self._start_fresh()
+        elif self._initiator:
+            self._send_resume()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._handed_to is not None:
+            self._handed_to.dataReceived(data)
+            return
         if self._closed_reason is not None:
             return
         self.bytes_in += len(data)
@@ -209,6 +292,10 @@ class MuxSession(Protocol):
             self._protocol_error(str(e))
             return
         for frame in frames:
+            if self._handed_to is not None:
+                # A RESUME handed the link to the session it names; it takes what follows.
+                self._handed_to._dispatch(frame)
+                continue
             if self._closed_reason is not None:
                 return
             try:
@@ -223,9 +310,10 @@ class MuxSession(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         why = self._closed_reason or _describe(reason)
-        self._shutdown(why)
-        self._connected = False
-        self._ended.fire(why)
+        if self._secrets is not None and self._closed_reason is None:
+            self._suspend(why)
+            return
+        self._end(why)
 
     # --- IPushProducer: the transport below is full / has room again ------------------------
 
@@ -248,6 +336,9 @@ class MuxSession(Protocol):
 
     def _dispatch(self, frame: Frame) -> None:
         cid = frame.channel
+        if self._resuming and not isinstance(frame, Resumed | GoAway):
+            self._protocol_error(f"{type(frame).__name__.upper()} before RESUMED")
+            return
         if isinstance(frame, (Data, Window, Close)) and cid in self._accepting:
             # The peer learns of the channel from our OPEN_OK, so it cannot speak on it before.
             kind = type(frame).__name__.upper()
@@ -267,8 +358,10 @@ class MuxSession(Protocol):
             ch = self.channels.get(cid)
             if ch is not None:
                 ch._on_window(frame.increment)
-            elif cid not in self._draining:
+            elif cid not in self._draining and cid not in self._finishing:
                 self._unknown(frame)
+        elif isinstance(frame, Ack):
+            self._on_ack(frame)
         elif isinstance(frame, Close):
             ch = self.channels.get(cid)
             if ch is not None:
@@ -284,6 +377,12 @@ class MuxSession(Protocol):
             self._on_open(frame)
         elif isinstance(frame, OpenOk):
             self._on_open_ok(frame)
+        elif isinstance(frame, Hello):
+            self._on_hello(frame)
+        elif isinstance(frame, Resume):
+            self._on_resume(frame)
+        elif isinstance(frame, Resumed):
+            self._on_resumed(frame)
         elif isinstance(frame, OpenFail):
             d = self.opening.pop(cid, None)
             self._open_requests.pop(cid, None)
@@ -393,6 +492,7 @@ class MuxSession(Protocol):
 
     def _on_reset(self, frame: Reset) -> None:
         cid = frame.channel
+        self._finishing.pop(cid, None)
         ch = self.channels.pop(cid, None)
         if ch is not None:
             self._remember_closed(cid)
@@ -469,12 +569,19 @@ class MuxSession(Protocol):
     # --- frames out (called by channels) --------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        # While the client waits for RESUMED nothing but session frames may go out; what
+        # channels say meanwhile is lost as with the link, and the resume makes up for it.
+        if self.transport is not None and self._closed_reason is None and not self._resuming:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def _write_session(self, data: bytes) -> None:
         if self.transport is not None and self._closed_reason is None:
             self.bytes_out += len(data)
             self.transport.write(data)
 
     def _send_data(self, cid: int, data: bytes) -> None:
-        if self.transport is None or self._closed_reason is not None:
+        if self.transport is None or self._closed_reason is not None or self._resuming:
             return
         n = len(data)
         self.bytes_out += n
@@ -495,6 +602,9 @@ class MuxSession(Protocol):
     def _send_reset(self, cid: int, code: int, reason: str) -> None:
         self._write(encode(Reset(cid, code, reason)))
 
+    def _send_ack(self, cid: int, received: int, fin: bool) -> None:
+        self._write(encode(Ack(cid, received, fin)))
+
     def _lend_window(self, wanted: int) -> int:
         """Up to ``wanted`` bytes of extra window from the session's budget."""
         granted = max(0, min(wanted, self._window_budget))
@@ -504,16 +614,27 @@ class MuxSession(Protocol):
     def _return_window(self, amount: int) -> None:
         self._window_budget += amount
 
-    def _forget(self, cid: int) -> None:
-        self.channels.pop(cid, None)
+    def _forget(self, cid: int, finished: bool = False) -> None:
+        ch = self.channels.pop(cid, None)
+        if finished and ch is not None and ch._owes_peer():
+            self._keep_finishing(ch)
         self._remember_closed(cid)
 
     def _draining_channel(self, cid: int) -> None:
         """We closed both ways first: drop (and credit) the peer's data until its CLOSE."""
-        if self.channels.pop(cid, None) is not None:
+        ch = self.channels.pop(cid, None)
+        if ch is not None:
             self._draining[cid] = None
             while len(self._draining) > self._max_channels:
                 self._draining.popitem(last=False)
+            if ch._owes_peer():
+                self._keep_finishing(ch)
+
+    def _keep_finishing(self, ch: Channel) -> None:
+        """Keep a closed channel's unacknowledged bytes and CLOSE, to re-send on a resume."""
+        self._finishing[ch.id] = ch
+        while len(self._finishing) > self._max_channels:
+            del self._finishing[next(iter(self._finishing))]
 
     def _remember_closed(self, cid: int) -> None:
         self._recently_closed[cid] = None
@@ -521,10 +642,20 @@ class MuxSession(Protocol):
         while len(self._recently_closed) > _RECENT:
             self._recently_closed.popitem(last=False)
 
+    def _end(self, reason: str) -> None:
+        """The session is over for good (not suspended): channels reset, waiters told."""
+        self._shutdown(reason)
+        self._connected = False
+        self._ended.fire(reason)
+
     def _shutdown(self, reason: str) -> None:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
+        self._stop_grace()
+        self._finishing.clear()
+        if self._registry is not None and self._secrets is not None:
+            self._registry.remove(self._secrets.session_id, self)
         channels, self.channels = self.channels, {}
         opening, self.opening = self.opening, {}
         self._open_requests.clear()

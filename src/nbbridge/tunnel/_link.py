@@ -6,6 +6,11 @@ wait for it, up to ``wait`` seconds; a refusal that waiting cannot cure (the age
 our token or key is refused, the agent's key is not the pinned one, the relay's certificate is
 refused) fails them at once, so the user's program sees a prompt close rather than a hang. The
 link keeps retrying in the background all the same.
+
+With an agent that can resume (docs/resume.md), the session outlives the link: when the link
+is lost its channels are suspended (the user's connections stay open, unread), and the next
+link resumes them after a fresh handshake. Only a session that cannot be resumed, or whose
+grace period ends first, resets its channels.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from nbbridge._internals import auto_ping_pending
 from nbbridge._observer import Waiters
 from nbbridge.contract import bearer_headers, link_path
 from nbbridge.crypto import HandshakeError, Initiator, PrivateKey, PublicKey, SecureProtocol
-from nbbridge.mux import DEFAULT_CHANNEL_LIMITS, ChannelEndpoint, ChannelLimits, MuxSession
+from nbbridge.mux import (
+    DEFAULT_CHANNEL_LIMITS,
+    DEFAULT_GRACE,
+    ChannelEndpoint,
+    ChannelLimits,
+    LinkEnd,
+    MuxSession,
+)
 from nbbridge.transport import (
     RelayCertificateError,
     RelayURL,
@@ -73,6 +85,9 @@ def _is_final(error: BaseException) -> bool:
     return False
 
 
+#: The longest wait between link attempts while a suspended session waits to resume.
+SUSPENDED_MAX_BACKOFF = 8.0
+
 #: The start of the payload of our round-trip pings (Autobahn's own carry a timestamp).
 _RTT_PING = b"nbbridge-rtt:"
 
@@ -107,20 +122,26 @@ class _LinkProtocol(StreamClientProtocol):
 
     def make_inner(self) -> IProtocol:
         link: AgentLink = self.owner
-        self.session = MuxSession(
+        # A suspended session goes on over this link; otherwise a new one starts.
+        self.session = link.suspended_session() or MuxSession(
             initiator=True,
-            label=f"link to {link.agent}",
+            label=f"session with {link.agent}",
             clock=link.clock,
             max_channels=link.channel_limits.max_channels,
             max_pending_accepts=link.channel_limits.max_pending_accepts,
+            resume_grace=link.resume_grace or None,
         )
-        secure = SecureProtocol(self.session, Initiator(link.key, link.agent_key), link.clock)
-        secure.handshake.addCallbacks(self._secured, self._refused)
+        # Ready once usable: at once for a new session, after RESUMED for a resumed one.
+        self.session.on_ready = self._ready
+        secure = SecureProtocol(
+            LinkEnd(self.session), Initiator(link.key, link.agent_key), link.clock
+        )
+        secure.handshake.addErrback(self._refused)
         return secure
 
-    def _secured(self, _: PublicKey) -> None:
-        if not self.ready.called and self.session is not None:
-            self.ready.callback(self.session)
+    def _ready(self, session: MuxSession) -> None:
+        if not self.ready.called:
+            self.ready.callback(session)
 
     def _refused(self, failure: Failure) -> None:
         if not self.ready.called:
@@ -129,6 +150,7 @@ class _LinkProtocol(StreamClientProtocol):
     def closed(self, code: int | None, reason: str) -> None:
         if not self.ready.called:
             self.ready.errback(LinkClosed(code, reason))
+        self.owner.link_closed(self, str(LinkClosed(code, reason)))
 
 
 class AgentLink(Service):
@@ -157,6 +179,7 @@ class AgentLink(Service):
         attempt_timeout: float = 30.0,
         max_backoff: float = 60.0,
         channel_limits: ChannelLimits = DEFAULT_CHANNEL_LIMITS,
+        resume_grace: float = DEFAULT_GRACE,
     ) -> None:
         self.reactor: IReactorTCP = reactor
         self.clock: IReactorTime = reactor
@@ -170,6 +193,8 @@ class AgentLink(Service):
         self._attempt_timeout = attempt_timeout
         self._max_backoff = max_backoff
         self.channel_limits = channel_limits
+        #: seconds a session waits for its link to come back (0: never resumes)
+        self.resume_grace = resume_grace
         self.state = LinkState.IDLE
         self._session: MuxSession | None = None
         self._attempt: Deferred[MuxSession] | None = None
@@ -197,6 +222,18 @@ class AgentLink(Service):
         Deferred returned fires with it (None: no ping sent, one is on its way already)."""
         if self.state is LinkState.UP and self._protocol is not None:
             return self._protocol.ping()
+        return None
+
+    @property
+    def current_session(self) -> MuxSession | None:
+        """The session, open or suspended (None: none yet, or it ended)."""
+        return self._session
+
+    def suspended_session(self) -> MuxSession | None:
+        """The session waiting for a link to resume on, if there is one."""
+        session = self._session
+        if session is not None and session.suspended_since is not None:
+            return session
         return None
 
     @property
@@ -234,7 +271,7 @@ class AgentLink(Service):
             self._attempt.cancel()
         self._waiters.fire(Failure(LinkDown("the client is stopping")))
         session = self._session
-        if session is not None and session.is_open:
+        if session is not None and session.closed_reason is None:
             closed = session.when_closed()
             session.close("client stopping")
             return closed  # type: ignore[return-value]
@@ -280,7 +317,9 @@ class AgentLink(Service):
             session.close("client stopping")
             return
         self.state = LinkState.UP
-        self._session = session
+        if session is not self._session:
+            self._session = session
+            session.when_closed().addCallback(self._session_ended, session)
         if self._ups:
             self.reconnects += 1
         self._ups += 1
@@ -291,7 +330,6 @@ class AgentLink(Service):
             "link to agent {agent} via {relay} is up", agent=self.agent, relay=self.relay.netloc
         )
         self._waiters.fire(session)
-        session.when_closed().addCallback(self._lost)
 
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
@@ -314,8 +352,21 @@ class AgentLink(Service):
             self._waiters.fire(Failure(LinkDown(self._last_error)))
         self._schedule_retry()
 
+    def link_closed(self, protocol: _LinkProtocol, reason: str) -> None:
+        """PROTOCOL's WebSocket closed; if it was our link, the link is lost."""
+        if protocol is self._protocol and self.state is LinkState.UP:
+            self._lost(reason)
+
+    def _session_ended(self, reason: str, session: MuxSession) -> None:
+        if self._session is session:
+            self._session = None
+            if self.state is LinkState.UP:
+                # Ended while its link looked up (a link without a WebSocket, in tests).
+                self._lost(reason)
+
     def _lost(self, reason: str) -> None:
-        self._session = None
+        if self._session is not None and self._session.suspended_since is None:
+            self._session = None
         self._protocol = None
         self.up_since = None
         self.rtt = None
@@ -328,7 +379,12 @@ class AgentLink(Service):
 
     def _schedule_retry(self) -> None:
         # Only a link someone asked for gets here: once used, it is kept up.
-        delay = min(self._delay, self._max_backoff) * (0.5 + random.random() / 2)
-        self._delay = min(self._delay * 2, self._max_backoff)
+        cap = self._max_backoff
+        if self.suspended_session() is not None:
+            # Connections are waiting, open, for this link: look for it more often, so that
+            # they go on within seconds of the relay's return, not a minute.
+            cap = min(cap, SUSPENDED_MAX_BACKOFF)
+        delay = min(self._delay, cap) * (0.5 + random.random() / 2)
+        self._delay = min(self._delay * 2, cap)
         self.state = LinkState.BACKING_OFF
         self._retry = self.clock.callLater(delay, self._connect)

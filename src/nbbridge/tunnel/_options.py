@@ -19,7 +19,7 @@ from twisted.python import reflect, usage
 
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key
-from nbbridge.mux import ChannelLimits
+from nbbridge.mux import DEFAULT_GRACE, ChannelLimits
 from nbbridge.transport import load_trust_root, parse_mapping, parse_relay_url
 
 from ._config import ConfigError, ConfigSchema, read_config
@@ -61,6 +61,14 @@ class TunnelOptions(usage.Options):
             None,
             ChannelLimits().max_pending_accepts,
             "opens from the other end that may be connecting to a service at once",
+            int,
+        ],
+        [
+            "resume-grace",
+            None,
+            DEFAULT_GRACE,
+            "seconds a session whose link was lost keeps its connections open, waiting to "
+            "resume (0: never resume; the agent's value bounds the client's)",
             int,
         ],
     ]
@@ -112,6 +120,8 @@ class TunnelOptions(usage.Options):
             self["channel_limits"] = ChannelLimits(
                 _positive(self, "max-channels"), _positive(self, "max-pending-opens")
             )
+            if not isinstance(self["resume-grace"], int) or self["resume-grace"] < 0:
+                raise ValueError("--resume-grace must be a number of seconds, 0 or more")
             self.parse()
         except (ValueError, KeyFormatError) as e:
             raise usage.UsageError(str(e)) from None

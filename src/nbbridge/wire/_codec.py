@@ -15,6 +15,14 @@ Payloads by type:
     CLOSE      empty
     RESET      u16 code | reason (UTF-8, the rest)
     GOAWAY     u16 code | reason (UTF-8, the rest); channel 0
+
+Resumption (docs/resume.md), channel 0 except ACK:
+
+    HELLO      u8 version | u32 grace seconds
+    RESUME     16-byte session id | 32-byte proof | u32 count | count x ENTRY
+    RESUMED    u16 code | 32-byte proof | u32 count | count x ENTRY | reason (UTF-8, the rest)
+    ACK        u8 flags (1: CLOSE received) | u64 bytes received
+    ENTRY      u32 channel | u8 flags | u64 received | u64 limit
 """
 
 from __future__ import annotations
@@ -28,15 +36,22 @@ from ._frames import (
     MAX_PAYLOAD,
     MAX_REASON,
     MAX_SERVICE_NAME,
+    PROOF_SIZE,
+    SESSION_ID_SIZE,
+    Ack,
     Close,
     Data,
     Frame,
     FrameType,
     GoAway,
+    Hello,
     Open,
     OpenFail,
     OpenOk,
     Reset,
+    Resume,
+    Resumed,
+    ResumeEntry,
     Window,
 )
 
@@ -44,6 +59,9 @@ _HEADER = struct.Struct(">BBII")
 HEADER_SIZE = _HEADER.size
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
+_HELLO = struct.Struct(">BI")
+_ACK = struct.Struct(">BQ")
+_ENTRY = struct.Struct(">IBQQ")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
@@ -103,11 +121,85 @@ def encode(frame: Frame) -> bytes:
         kind, body = FrameType.CLOSE, b""
     elif isinstance(frame, Reset):
         kind, body = FrameType.RESET, _U16.pack(frame.code) + _reason(frame.text)
+    elif isinstance(frame, Ack):
+        kind, body = FrameType.ACK, _ACK.pack(1 if frame.fin else 0, frame.received)
+    elif isinstance(frame, Hello):
+        kind, body = FrameType.HELLO, _HELLO.pack(frame.version, frame.grace)
+    elif isinstance(frame, Resume):
+        if len(frame.session_id) != SESSION_ID_SIZE or len(frame.proof) != PROOF_SIZE:
+            raise FrameError("RESUME needs a 16-byte session id and a 32-byte proof")
+        kind = FrameType.RESUME
+        body = frame.session_id + frame.proof + _entries(frame.entries)
+    elif isinstance(frame, Resumed):
+        if len(frame.proof) != PROOF_SIZE:
+            raise FrameError("RESUMED needs a 32-byte proof")
+        kind = FrameType.RESUMED
+        body = _U16.pack(frame.code) + frame.proof + _entries(frame.entries) + _reason(frame.text)
     else:
         kind, body = FrameType.GOAWAY, _U16.pack(frame.code) + _reason(frame.text)
-        if frame.channel != 0:
-            raise FrameError("GOAWAY must be sent on channel 0")
+    if kind in _SESSION_FRAMES and frame.channel != 0:
+        raise FrameError(f"{kind.name} must be sent on channel 0")
     return _pack_header(kind, 0, frame.channel, len(body)) + body
+
+
+_SESSION_FRAMES = frozenset(
+    {FrameType.GOAWAY, FrameType.HELLO, FrameType.RESUME, FrameType.RESUMED}
+)
+
+
+def _entries(entries: Iterable[ResumeEntry]) -> bytes:
+    items = list(entries)
+    if len(items) * _ENTRY.size > MAX_PAYLOAD - 64:
+        raise FrameError(f"{len(items)} resume entries do not fit in one frame")
+    return _U32.pack(len(items)) + b"".join(
+        _ENTRY.pack(e.channel, e.flags, e.received, e.limit) for e in items
+    )
+
+
+def _decode_entries(body: memoryview, what: str) -> tuple[tuple[ResumeEntry, ...], int]:
+    """The entries at the start of BODY, and the bytes they took."""
+    if len(body) < 4:
+        raise FrameError(f"truncated {what}: no entry count")
+    count = _U32.unpack_from(body)[0]
+    end = 4 + count * _ENTRY.size
+    if end > len(body):
+        raise FrameError(f"truncated {what}: {count} entries announced")
+    entries = tuple(
+        ResumeEntry(*_ENTRY.unpack_from(body, 4 + i * _ENTRY.size)) for i in range(count)
+    )
+    return entries, end
+
+
+def _decode_resumption(kind: int, channel: int, body: memoryview) -> Frame:
+    name = FrameType(kind).name
+    if channel != 0 and kind != FrameType.ACK:
+        raise FrameError(f"{name} on channel {channel}, not 0")
+    if kind == FrameType.ACK:
+        if len(body) != _ACK.size:
+            raise FrameError(f"ACK payload must be {_ACK.size} bytes, not {len(body)}")
+        flags, received = _ACK.unpack_from(body)
+        if flags & ~1:
+            raise FrameError(f"unknown ACK flags {flags:#04x}")
+        return Ack(channel, received, bool(flags & 1))
+    if kind == FrameType.HELLO:
+        if len(body) != _HELLO.size:
+            raise FrameError(f"HELLO payload must be {_HELLO.size} bytes, not {len(body)}")
+        return Hello(*_HELLO.unpack_from(body))
+    if kind == FrameType.RESUME:
+        head = SESSION_ID_SIZE + PROOF_SIZE
+        if len(body) < head:
+            raise FrameError("truncated RESUME")
+        entries, used = _decode_entries(body[head:], "RESUME")
+        if head + used != len(body):
+            raise FrameError("stray bytes after RESUME entries")
+        return Resume(bytes(body[:SESSION_ID_SIZE]), bytes(body[SESSION_ID_SIZE:head]), entries)
+    head = 2 + PROOF_SIZE
+    if len(body) < head:
+        raise FrameError("truncated RESUMED")
+    code = _U16.unpack_from(body)[0]
+    entries, used = _decode_entries(body[head:], "RESUMED")
+    text = _text(body[head + used :], "RESUMED reason")
+    return Resumed(code, bytes(body[2:head]), entries, text)
 
 
 def encode_data(channel: int, payload: bytes) -> bytes:
@@ -220,6 +312,8 @@ def decode_body(kind: int, flags: int, channel: int, body: memoryview) -> Frame:
         if channel != 0:
             raise FrameError(f"GOAWAY on channel {channel}, not 0")
         return GoAway(*_code_and_text(body, "GOAWAY"))
+    if FrameType.HELLO <= kind <= FrameType.ACK:
+        return _decode_resumption(kind, channel, body)
     raise FrameError(f"unknown frame type {kind}")
 
 

@@ -31,6 +31,11 @@ class FrameType(enum.IntEnum):
     CLOSE = 6
     RESET = 7
     GOAWAY = 8
+    #: resumption (docs/resume.md): sent only to a peer that said it understands them
+    HELLO = 9
+    RESUME = 10
+    RESUMED = 11
+    ACK = 12
 
 
 class Reason(enum.IntEnum):
@@ -46,6 +51,8 @@ class Reason(enum.IntEnum):
     ABORTED = 7
     SESSION_CLOSED = 8
     INTERNAL_ERROR = 9
+    #: a RESUME refused: unknown session, another client's, or a bad proof
+    RESUME_REFUSED = 10
 
 
 def _metadata_pairs(
@@ -125,4 +132,81 @@ class GoAway:
     channel: int = 0
 
 
-Frame = Open | OpenOk | OpenFail | Data | Window | Close | Reset | GoAway
+#: Length of a session id and of a resume proof.
+SESSION_ID_SIZE = 16
+PROOF_SIZE = 32
+#: Flags of a ResumeEntry.
+ENTRY_FIN = 0x01  #: the sender of the entry has received the channel's CLOSE
+ENTRY_DISCARD = 0x02  #: the sender closed the channel and drops what still comes for it
+#: Largest u64 (byte offsets in resumption are u64).
+MAX_OFFSET = 0xFFFFFFFFFFFFFFFF
+
+
+@attrs.frozen
+class Hello:
+    """First frame of a resumable session, both ways: version and grace period (seconds)."""
+
+    version: int
+    grace: int
+
+    channel: int = 0
+
+
+@attrs.frozen
+class ResumeEntry:
+    """Where one channel stands, for resumption: bytes received, and up to where the
+    sender may send (``limit``, an absolute offset: lost WINDOW frames do not matter)."""
+
+    channel: int
+    flags: int
+    received: int
+    limit: int
+
+
+@attrs.frozen
+class Resume:
+    """The client asks, on a fresh link, to go on with session ``session_id``."""
+
+    session_id: bytes
+    proof: bytes
+    entries: tuple[ResumeEntry, ...]
+
+    channel: int = 0
+
+
+@attrs.frozen
+class Resumed:
+    """The agent's answer to RESUME: code 0 and its own entries, or a refusal and why."""
+
+    code: int
+    proof: bytes
+    entries: tuple[ResumeEntry, ...]
+    text: str = ""
+
+    channel: int = 0
+
+
+@attrs.frozen
+class Ack:
+    """The receiver holds ``received`` bytes of the channel (and its CLOSE, if ``fin``):
+    the sender may forget them."""
+
+    channel: int
+    received: int
+    fin: bool = False
+
+
+Frame = (
+    Open
+    | OpenOk
+    | OpenFail
+    | Data
+    | Window
+    | Close
+    | Reset
+    | GoAway
+    | Hello
+    | Resume
+    | Resumed
+    | Ack
+)

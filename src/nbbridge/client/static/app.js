@@ -46,6 +46,14 @@
       card("reconnects", link.reconnects, "reconnects")
     ];
     if (link.last_error) { cards.push(card("last error", link.last_error, "last_error")); }
+    var session = (window.__nbbSession || {});
+    if (session.state === "suspended") {
+      cards.push(card("session", "suspended for " + duration(session.suspended_for) +
+        " (" + session.channels + " connections kept)", "session"));
+    } else if (session.resumes) {
+      cards.push(card("session resumed", session.resumes + "× (last after " +
+        duration(session.last_suspended_for) + ")", "session"));
+    }
     document.getElementById("link").replaceChildren.apply(document.getElementById("link"), cards);
   }
 
@@ -89,7 +97,7 @@
       })
       .then(function (doc) {
         interval = doc.interval || interval;
-        renderLink(doc.link);
+        window.__nbbSession = doc.session; renderLink(doc.link);
         renderForwards(doc.forwards);
         var rates = {};
         doc.forwards.forEach(function (f) { rates[f.service] = f.rate_up + f.rate_down; });
