@@ -1,0 +1,102 @@
+"""The datalab daemon as a Twisted service: the listener, and the instances stopped at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+
+from nbbridge._observer import OneShotObserver
+from nbbridge.store import Store
+
+from ._core import Datalab, DatalabConfig
+from ._instances import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INSTANCES, Instances
+from ._launcher import Launcher
+from ._records import DatalabState
+from ._static import StaticFetcher
+from ._upload import DEFAULT_MAX_UPLOAD
+from ._web import DatalabApi, DatalabRoot, DatalabSite
+
+ProxyFactory = Any  # (Datalab) -> IResource: the ``ANY /*`` resource
+
+
+class DatalabService(MultiService):
+    """Serves the datalab on an endpoint; stopping it stops every instance it started."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint | None,
+        config: DatalabConfig,
+        store: Store,
+        launcher: Launcher,
+        proxy: ProxyFactory,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        max_upload: int = DEFAULT_MAX_UPLOAD,
+        on_listen_failure: Callable[[Failure], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self._on_listen_failure = on_listen_failure
+        self.state = DatalabState.over(store)
+        self.instances = Instances(
+            reactor,
+            launcher,
+            self.state,
+            idle_timeout=idle_timeout,
+            max_instances=max_instances,
+        )
+        self.datalab = Datalab(reactor, config, self.state, self.instances)
+        api = DatalabApi(self.datalab, StaticFetcher(reactor), launcher.spool)
+        proxy_resource: IResource = proxy(self.datalab)
+        self.site = DatalabSite(DatalabRoot(api, proxy_resource), launcher.spool(), max_upload)
+        self._endpoint = endpoint
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+        self._bound = OneShotObserver[IListeningPort](reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._endpoint is None:
+            return
+        self._listening = self._endpoint.listen(self.site)
+        self._listening.addCallbacks(self._listen_ok, self._listen_failed)
+
+    def _listen_ok(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
+        self._log.info("nbbridge datalab listening on http://{where}/", where=where)
+        self._bound.fire(port)
+
+    def _listen_failed(self, failure: Failure) -> None:
+        self._log.critical("nbbridge datalab cannot listen: {e}", e=failure.getErrorMessage())
+        self._bound.fire(failure)
+        if self._on_listen_failure is not None:
+            self._on_listen_failure(failure)
+
+    def when_listening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once bound (or with the failure)."""
+        return self._bound.when_fired()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then stop every instance; fires when none is left."""
+        super().stopService()
+
+        async def stop() -> None:
+            if self.port is not None:
+                await self.port.stopListening()
+            await self.instances.close()
+            self._log.info("datalab stopped; no instance left")
+
+        return Deferred.fromCoroutine(stop())
