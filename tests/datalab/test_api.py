@@ -159,9 +159,7 @@ class FlowTests(DatalabTestCase):
         # view: 302 to /DEST on this host, with the session cookie
         response = await self.get(f"/datalab/view/{nonce}/lab/tree/weather.csv")
         self.assertEqual(response.code, 302)
-        self.assertEqual(
-            response.headers.getRawHeaders(b"Location"), [b"/lab/tree/weather.csv"]
-        )
+        self.assertEqual(response.headers.getRawHeaders(b"Location"), [b"/lab/tree/weather.csv"])
         cookie = response.headers.getRawHeaders(b"Set-Cookie")[0].decode()
         self.assertTrue(cookie.startswith(SESSION_COOKIE + "="), cookie)
         for attribute in ("HttpOnly", "SameSite=lax", "Path=/"):
@@ -250,7 +248,7 @@ class FlowTests(DatalabTestCase):
     async def test_hmac_and_milliseconds(self) -> None:
         await self.start_datalab()
         ts = str(int(time.time() * 1000))
-        code, answer = await self.within(
+        _, answer = await self.within(
             120,
             "start",
             self.upload(
@@ -303,4 +301,3 @@ class FlowTests(DatalabTestCase):
         self.assertNotIn(instance.token.encode(), cmdline)
         with open(f"/proc/{instance.pid}/environ", "rb") as f:
             self.assertIn(b"JUPYTER_TOKEN=" + instance.token.encode(), f.read())
-

@@ -9,6 +9,7 @@ browser keeps could reach an instance without datalab.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 #: The browser's cookie naming its datalab session.
@@ -19,7 +20,7 @@ SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 KEPT_INSTANCE_COOKIES = frozenset({"_xsrf"})
 
 
-def read_cookie(headers: list[bytes] | None, name: str) -> str | None:
+def read_cookie(headers: Sequence[bytes] | None, name: str) -> str | None:
     """The value of cookie NAME in Cookie headers (the last one if repeated), or None."""
     found = None
     for header in headers or []:
@@ -30,7 +31,7 @@ def read_cookie(headers: list[bytes] | None, name: str) -> str | None:
     return found
 
 
-def strip_cookie(headers: list[bytes] | None, name: str) -> list[bytes]:
+def strip_cookie(headers: Sequence[bytes] | None, name: str) -> list[bytes]:
     """Cookie headers without cookie NAME (empty list if nothing is left)."""
     kept: list[str] = []
     for header in headers or []:

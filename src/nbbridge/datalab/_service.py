@@ -74,7 +74,7 @@ class DatalabService(MultiService):
 
     def _listen_ok(self, port: IListeningPort) -> None:
         self.port = port
-        address = port.getHost()
+        address: Any = port.getHost()
         where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
         self._log.info("nbbridge datalab listening on http://{where}/", where=where)
         self._bound.fire(port)
@@ -94,8 +94,11 @@ class DatalabService(MultiService):
         super().stopService()
 
         async def stop() -> None:
+            stopping: Any
             if self.port is not None:
-                await self.port.stopListening()
+                stopping = self.port.stopListening()
+                if stopping is not None:
+                    await stopping
             await self.instances.close()
             self._log.info("datalab stopped; no instance left")
 

@@ -58,8 +58,9 @@ class _BodyRelay(Protocol):
 
     def _browser_gone(self, _: Failure) -> None:
         self.browser_gone = True
-        if self.transport is not None:
-            self.transport.stopProducing()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self._request.write(data)
@@ -115,8 +116,9 @@ class StaticFetcher:
             await relay.done
         except Exception as e:
             self._log.warn("download from instance {id} cut: {e}", id=record.id, e=str(e))
-            if request.transport is not None:
-                request.transport.abortConnection()
+            transport: Any = request.transport
+            if transport is not None:
+                transport.abortConnection()
             return
         if not request.finished and not relay.browser_gone:
             request.finish()

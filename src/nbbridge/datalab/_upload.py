@@ -53,7 +53,7 @@ class SpooledRequest(Request):
     _log_upload = Logger()
 
     def gotLength(self, length: int | None) -> None:
-        site = self.channel.site
+        site: Any = self.channel.site  # type: ignore[attr-defined]  # set by Site.buildProtocol
         self._max_body: int = site.max_body
         self._received = 0
         self._refused = False
@@ -62,11 +62,11 @@ class SpooledRequest(Request):
             self._refuse_too_large()
             return
         if length is not None and length < _IN_MEMORY:
-            self.content = BytesIO()
+            self.content = BytesIO()  # type: ignore[assignment]
             return
-        self.content = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by Request._cleanup
+        self.content = tempfile.NamedTemporaryFile(  # type: ignore[assignment]  # noqa: SIM115
             dir=site.spool_dir, prefix="upload-"
-        )
+        )  # closed by Request._cleanup, or connectionLost
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -91,17 +91,16 @@ class SpooledRequest(Request):
     def _refuse_too_large(self) -> None:
         """Answer 413 before the body is read, and close: the rest of it is never taken."""
         self._refused = True
-        if isinstance(self.content, _Discard):
-            pass
-        else:
-            self.content.close()
+        content: Any = self.content
+        if not isinstance(content, _Discard):
+            content.close()
             self.content = _Discard()  # type: ignore[assignment]
         error = ApiError(
             413, "TOO_LARGE", f"the request body is over the limit of {self._max_body} bytes"
         )
         self._log_upload.info("refused a request body over {limit} bytes", limit=self._max_body)
         body = error.body()
-        transport = self.channel.transport
+        transport: Any = self.channel.transport
         transport.write(
             b"HTTP/1.1 413 Payload Too Large\r\n"
             b"Content-Type: application/json\r\n"
@@ -114,7 +113,7 @@ class SpooledRequest(Request):
 def take_body(request: Request, spool_dir: str) -> str:
     """The path of a new file in SPOOL_DIR holding REQUEST's body (a hard link, not a copy)."""
     target = os.path.join(spool_dir, "in-" + os.urandom(12).hex())
-    content = request.content
+    content: Any = request.content
     name = getattr(content, "name", None)
     if isinstance(name, str) and os.path.dirname(name) == spool_dir:
         content.flush()

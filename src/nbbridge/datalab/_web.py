@@ -7,7 +7,7 @@ Thin: each route reads the request, calls `Datalab`, and writes its answer or it
 from __future__ import annotations
 
 import html
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -26,8 +26,13 @@ from ._upload import DEFAULT_MAX_UPLOAD, SpooledRequest, take_body
 PREFIX_HEADER = b"X-Forwarded-Prefix"
 
 
+def _segments(request: Request) -> list[bytes]:
+    return list(request.postpath or [])
+
+
 def _arg(request: Request, name: bytes) -> str | None:
-    values = (request.args or {}).get(name)
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name)
     if not values:
         return None
     try:
@@ -45,6 +50,13 @@ def is_secure(request: Request) -> bool:
     """TLS here, or at the front that forwarded the request."""
     forwarded = request.getHeader(b"X-Forwarded-Proto")
     return bool(request.isSecure() or (forwarded and forwarded.strip().lower() == b"https"))
+
+
+def abort(request: Request) -> None:
+    """End the browser's connection with a reset: the response cannot be completed."""
+    transport: Any = request.transport
+    if transport is not None:
+        transport.abortConnection()
 
 
 def write_json_error(request: Request, error: ApiError) -> None:
@@ -82,8 +94,9 @@ class DatalabApi(Resource):
 
     def render(self, request: Request) -> Any:
         # postpath: [b"datalab", ACTION, ...]
-        action = request.postpath[1] if len(request.postpath) > 1 else b""
-        handler: Callable[[Request], Awaitable[None]] | None = {
+        path = _segments(request)
+        action = path[1] if len(path) > 1 else b""
+        handler: Callable[[Request], Coroutine[Any, Any, None]] | None = {
             b"start": self._start,
             b"stop": self._stop,
             b"view": self._view,
@@ -92,7 +105,7 @@ class DatalabApi(Resource):
         if handler is None:
             write_json_error(request, ApiError(404, "NOT_FOUND", "no such datalab call"))
             return NOT_DONE_YET
-        d = Deferred.fromCoroutine(handler(request))
+        d: Deferred[None] = Deferred.fromCoroutine(handler(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
@@ -102,7 +115,7 @@ class DatalabApi(Resource):
             self._log.info(
                 "datalab refused {method} {action}: {code} ({message})",
                 method=request.method.decode("latin-1"),
-                action=(request.postpath[1:2] or [b""])[0].decode("latin-1"),
+                action=(_segments(request)[1:2] or [b""])[0].decode("latin-1"),
                 code=error.code,
                 message=error.message,
             )
@@ -110,8 +123,7 @@ class DatalabApi(Resource):
             self._log.failure("datalab request failed", failure)
             error = ApiError(500, "ERROR", "internal error; see the datalab's log")
         if request.finished or request.startedWriting:
-            if request.transport is not None:
-                request.transport.abortConnection()
+            abort(request)
             return
         write_json_error(request, error)
 
@@ -149,7 +161,8 @@ class DatalabApi(Resource):
         request.finish()
 
     async def _view(self, request: Request) -> None:
-        nonce = request.postpath[2].decode("utf-8", "replace") if len(request.postpath) > 2 else ""
+        path = _segments(request)
+        nonce = path[2].decode("utf-8", "replace") if len(path) > 2 else ""
         session = await self._datalab.view(nonce)
         raw_path, _, query = bytes(request.uri).partition(b"?")
         # /datalab/view/NONCE/DEST...: DEST is everything after the fourth slash, raw.
@@ -175,11 +188,12 @@ class DatalabApi(Resource):
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET")
             raise ApiError(405, "METHOD_NOT_ALLOWED", "use GET")
-        if len(request.postpath) < 4:
+        path_segments = _segments(request)
+        if len(path_segments) < 4:
             raise ApiError(404, "NOT_FOUND", "no file named")
-        nonce = request.postpath[2].decode("utf-8", "replace")
+        nonce = path_segments[2].decode("utf-8", "replace")
         try:
-            segments = [s.decode("utf-8") for s in request.postpath[3:]]
+            segments = [s.decode("utf-8") for s in path_segments[3:]]
         except UnicodeDecodeError:
             raise ApiError(404, "NOT_FOUND", "no such file") from None
         path = file_path(segments)
@@ -200,7 +214,7 @@ class DatalabRoot(Resource):
         self._proxy = proxy
 
     def render(self, request: Request) -> Any:
-        path = request.postpath
+        path = _segments(request)
         if len(path) >= 2 and path[0] == b"datalab" and path[1] in self._API_CALLS:
             return self._api.render(request)
         return self._proxy.render(request)

@@ -36,3 +36,9 @@ nbbridgeClient = _DaemonMaker(
     "Runs on the laptop and forwards local ports to an agent's services.",
     "nbbridge-client",
 )
+nbbridgeDatalab = _DaemonMaker(
+    "nbbridge datalab",
+    "nbbridge.datalab.tap",
+    "Signed uploads start a Jupyter per file; a nonce opens it in the browser, proxied.",
+    "nbbridge-datalab",
+)
