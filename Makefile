@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test test-lowest lint typecheck trial demo bench fuzz faults clean
+.PHONY: all install test test-lowest lint typecheck trial demo datalab-demo bench fuzz faults clean
 
 all: test
 
@@ -59,6 +59,10 @@ test-lowest: $(LOWEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo $(DEMO_ARGS)
+
+# A datalab daemon on loopback, a signed CSV upload, and the URL that opens it (README "Datalab").
+datalab-demo: $(STAMP)
+	$(BIN)/python -m nbbridge.datalab.demo $(DEMO_ARGS)
 
 # Benchmarks measure time, so they stay out of `make test`; see bench/RESULTS.md.
 bench: $(STAMP)

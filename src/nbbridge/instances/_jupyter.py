@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 #: Starts ARGV[1:] in a new session, so the whole process group can be signalled at once.
@@ -56,10 +56,13 @@ class _ServerProcess(ProcessProtocol):
 
     _log = Logger()
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, port: int) -> None:
         self.instance_id = instance_id
         self.tail: deque[str] = deque(maxlen=30)
         self.ended: Deferred[None] = Deferred()
+        #: fires when the server logs its URL: it is listening (or with None at its exit)
+        self.listening: Deferred[bool] = Deferred()
+        self._url = f"127.0.0.1:{port}/".encode()
         self.reason: Failure | None = None
         self._partial = b""
 
@@ -69,11 +72,15 @@ class _ServerProcess(ProcessProtocol):
         self._partial = self._partial[-4096:]
         for raw in lines:
             self.tail.append(raw.decode("utf-8", "replace")[:500])
+            if not self.listening.called and self._url in raw:
+                self.listening.callback(True)
 
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
         self.reason = reason
+        if not self.listening.called:
+            self.listening.callback(False)
         self.ended.callback(None)
 
     @property
@@ -234,41 +241,40 @@ class JupyterProcesses:
         ]
         if os.geteuid() == 0:
             argv.append("--ServerApp.allow_root=True")
-        process = _ServerProcess(instance_id)
+        process = _ServerProcess(instance_id, port)
         self._reactor.spawnProcess(
             process, argv[0], argv, env=env, path=directory, childFDs={0: "w", 1: "r", 2: "r"}
         )
         return process
 
     async def _wait_ready(self, instance: RunningJupyter, process: _ServerProcess) -> None:
-        agent = Agent(self._reactor)
+        """Once the server logs its URL, /api/status must answer 200 with the token."""
+        listening = process.listening
+        listening.addTimeout(self._start_timeout, self._reactor)
+        try:
+            up = await listening
+        except TimeoutError:
+            raise InstanceStartError(
+                f"jupyter-server did not start within {self._start_timeout:g} s: "
+                + " | ".join(process.tail)
+            ) from None
+        if not up:
+            raise InstanceStartError(
+                "jupyter-server exited before it answered: " + " | ".join(process.tail)
+            )
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        agent = Agent(self._reactor, pool=pool)
         url = f"http://127.0.0.1:{instance.port}/api/status".encode()
         headers = Headers({b"Authorization": [f"token {instance.token}".encode()]})
-        deadline = self._reactor.seconds() + self._start_timeout
-        delay = 0.05
-        while True:
-            if not process.running:
-                raise InstanceStartError(
-                    "jupyter-server exited before it answered: " + " | ".join(process.tail)
-                )
-            try:
-                response = await agent.request(b"GET", url, headers)
-                await readBody(response)
-                if response.code == 200:
-                    return
-            except Exception:
-                pass
-            if self._reactor.seconds() > deadline:
-                raise InstanceStartError(
-                    f"jupyter-server did not answer within {self._start_timeout:g} s: "
-                    + " | ".join(process.tail)
-                )
-            # Polling a local port that is not open yet: the server writes no event we could
-            # wait on that means "listening with the token set".
-            wait: Deferred[None] = Deferred()
-            self._reactor.callLater(delay, wait.callback, None)
-            await wait
-            delay = min(delay * 1.5, 0.5)
+        request = agent.request(b"GET", url, headers)
+        request.addTimeout(self._start_timeout, self._reactor)
+        try:
+            response = await request
+            await readBody(response)
+        except Exception as e:
+            raise InstanceStartError(f"jupyter-server did not answer /api/status: {e}") from None
+        if response.code != 200:
+            raise InstanceStartError(f"jupyter-server answered /api/status with {response.code}")
 
     async def stop(self, instance_id: str) -> None:
         """Stop the instance (SIGTERM, then SIGKILL to its group) and remove its directory."""
