@@ -210,3 +210,52 @@ def add_trust_root_to_context(root: IOpenSSLTrustRoot, context: Any) -> None:
     stock Mac), so that it can fall back to certifi's bundle.
     """
     root._addCACertsToContext(context)
+
+
+#: Twisted's write-buffer fields `queued_bytes` reads (FileDescriptor).
+TWISTED_BUFFER_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataLen")
+
+
+def queued_bytes(transport: Any) -> int | None:
+    """How many bytes TRANSPORT holds that the kernel has not taken yet, or None if unknown.
+
+    The reverse proxy (`nbbridge.web`) reports the most it ever held, so that a test can see
+    that a large body streamed with backpressure instead of piling up in memory. Twisted keeps
+    the count only in its private write-buffer fields; wrappers (a `ProtocolWrapper`, the
+    request-body consumer of twisted.web's client, which keeps its transport as ``_transport``)
+    are looked through; TLS and other transports answer None.
+    """
+    seen = 0
+    while not isinstance(transport, Connection):
+        inner = getattr(transport, "transport", None) or getattr(transport, "_transport", None)
+        if inner is None or inner is transport or seen > 4:
+            return None
+        transport, seen = inner, seen + 1
+    if transport.TLS:
+        return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def take_over_connection(request: Any, protocol: Any) -> Any:
+    """Hand the connection under a twisted.web REQUEST to PROTOCOL; returns the transport.
+
+    After a WebSocket upgrade the connection is no longer HTTP. Twisted has no public way to
+    do this (its own ``HTTPChannel._protocolUpgradeForWebsockets`` is private and recent);
+    this is what Autobahn's ``WebSocketResource`` does: the channel forgets its transport,
+    the transport (or the `ProtocolWrapper` around it, e.g. a connection tracker) delivers to
+    PROTOCOL from now on. The channel's own producer registration and idle timeout are
+    removed, and reading resumes (the channel pauses it while a request is handled).
+    """
+    from twisted.protocols.policies import ProtocolWrapper
+
+    channel = request.channel
+    transport, channel.transport = channel.transport, None
+    channel.setTimeout(None)
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    transport.unregisterProducer()
+    protocol.makeConnection(transport)
+    transport.resumeProducing()
+    return transport
