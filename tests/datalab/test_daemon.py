@@ -132,7 +132,7 @@ class DaemonTests(TestCase):
         self.assertEqual((await treq.json_content(response))["code"], "OK")
         [instance_dir] = [d for d in os.listdir(work) if d.startswith("i-")]
         instance_dir = os.path.join(work, instance_dir)
-        pids = processes_in(instance_dir)
+        pids = processes_in(os.path.join(instance_dir, "files"))
         self.assertTrue(pids, "no jupyter-server found running in the instance directory")
         await daemon.stop()
         self.assertIn("no instance left", daemon.tail())

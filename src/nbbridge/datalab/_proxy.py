@@ -9,29 +9,29 @@ login cookies removed from its answers). The proxying itself is `nbbridge.web`'s
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from nbbridge.web import Decision, Refusal, Route, Upstream, is_upgrade
 
 from ._api import ApiError
 from ._core import Datalab
 from ._records import InstanceRecord
-from ._routing import SESSION_COOKIE, origin_allowed, read_cookie
-from ._web import write_page_error
-
-
-def is_websocket(request: Request) -> bool:
-    upgrade = request.getHeader(b"Upgrade")
-    return upgrade is not None and upgrade.strip().lower() == b"websocket"
+from ._routing import SESSION_COOKIE, keep_set_cookie, origin_allowed, read_cookie
 
 
 async def admit(datalab: Datalab, request: Request) -> InstanceRecord:
     """The instance REQUEST may reach, or the ApiError refusing it (401, 403)."""
-    websocket = is_websocket(request)
+    websocket = is_upgrade(request)
     if not origin_allowed(
         request.method,
         request.getHeader(b"Origin"),
@@ -43,36 +43,89 @@ async def admit(datalab: Datalab, request: Request) -> InstanceRecord:
     return await datalab.session(session)
 
 
-class PendingProxy(Resource):
-    """Checks sessions and origins; proxying waits for `nbbridge.web` (501 until then)."""
+def drop_login_cookies(headers: Headers) -> None:
+    """Remove the instance's own login cookies from its response (Jupyter's ``_xsrf`` stays)."""
+    values = headers.getRawHeaders(b"Set-Cookie")
+    if not values:
+        return
+    kept = [v for v in values if keep_set_cookie(v)]
+    if kept:
+        headers.setRawHeaders(b"Set-Cookie", kept)
+    else:
+        headers.removeHeader(b"Set-Cookie")
 
-    isLeaf = True
+
+class _Watched:
+    """Counts a connection open until it is lost (a kernel WebSocket keeps its instance up)."""
+
+    def __init__(self, factory: IProtocolFactory, opened: Callable[[], Callable[[], None]]):
+        self._factory = factory
+        self._opened = opened
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:
+        protocol = self._factory.buildProtocol(addr)
+        if protocol is None:
+            return None
+        closed = self._opened()
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Failure) -> None:
+            closed()
+            lost(reason)
+
+        # An instance attribute over the method: the protocol stays the transport's own
+        # (the proxy's splice writes to the real TCP transport), so nothing wraps it.
+        protocol.connectionLost = connection_lost  # type: ignore[method-assign]
+        return protocol
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, opened: Callable[[], Callable[[], None]]
+    ) -> None:
+        self._endpoint = endpoint
+        self._opened = opened
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        d: Deferred[IProtocol] = self._endpoint.connect(
+            cast(IProtocolFactory, _Watched(factory, self._opened))
+        )
+        return d
+
+
+class DatalabRouter:
+    """The `nbbridge.web.Router` of the datalab: the session cookie names the instance."""
+
     _log = Logger()
 
     def __init__(self, datalab: Datalab) -> None:
-        super().__init__()
         self._datalab = datalab
 
-    def render(self, request: Request) -> Any:
-        d = Deferred.fromCoroutine(admit(self._datalab, request))
-        d.addCallbacks(self._pass, self._refuse, callbackArgs=(request,), errbackArgs=(request,))
-        return NOT_DONE_YET
-
-    def _pass(self, record: InstanceRecord, request: Request) -> None:
-        write_page_error(request, ApiError(501, "NO_PROXY", "proxying is not available yet"))
-
-    def _refuse(self, failure: Failure, request: Request) -> None:
-        if isinstance(failure.value, ApiError):
-            write_page_error(request, failure.value)
-        else:
-            self._log.failure("proxy admission failed", failure)
-            write_page_error(request, ApiError(500, "ERROR", "internal error"))
-
-
-def proxy_factory(reactor: Any) -> Any:
-    """The ``ANY /*`` resource for a datalab."""
-
-    def build(datalab: Datalab) -> IResource:
-        return PendingProxy(datalab)
-
-    return build
+    async def __call__(self, request: IRequest) -> Decision:
+        req = cast(Request, request)
+        try:
+            record = await admit(self._datalab, req)
+        except ApiError as e:
+            self._log.info(
+                "proxy refused {method} {path}: {code}",
+                method=req.method.decode("latin-1"),
+                path=req.path.decode("latin-1")[:200],
+                code=e.code,
+            )
+            return Refusal(e.status, e.message)
+        instances = self._datalab.instances
+        endpoint = instances.launcher.endpoint(record)
+        if is_upgrade(request):
+            instance_id = record.id
+            endpoint = _WatchedEndpoint(endpoint, lambda: instances.socket_opened(instance_id))
+        return Route(
+            Upstream(f"instance-{record.id}", endpoint),
+            drop_cookies=[SESSION_COOKIE],
+            drop_headers=["Authorization", "X-Forwarded-Prefix"],
+            set_headers={"Authorization": f"token {record.token}"},
+            response_headers=drop_login_cookies,
+        )

@@ -10,20 +10,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource
 
 from nbbridge._observer import OneShotObserver
 from nbbridge.store import Store
+from nbbridge.web import ProxyResource, UpstreamPool
 
 from ._core import Datalab, DatalabConfig
 from ._instances import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INSTANCES, Instances
 from ._launcher import Launcher
+from ._proxy import DatalabRouter
 from ._records import DatalabState
 from ._static import StaticFetcher
 from ._upload import DEFAULT_MAX_UPLOAD
 from ._web import DatalabApi, DatalabRoot, DatalabSite
-
-ProxyFactory = Any  # (Datalab) -> IResource: the ``ANY /*`` resource
 
 
 class DatalabService(MultiService):
@@ -38,7 +37,7 @@ class DatalabService(MultiService):
         config: DatalabConfig,
         store: Store,
         launcher: Launcher,
-        proxy: ProxyFactory,
+        pool: UpstreamPool,
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_instances: int = DEFAULT_MAX_INSTANCES,
@@ -58,7 +57,8 @@ class DatalabService(MultiService):
         )
         self.datalab = Datalab(reactor, config, self.state, self.instances)
         api = DatalabApi(self.datalab, StaticFetcher(reactor), launcher.spool)
-        proxy_resource: IResource = proxy(self.datalab)
+        self.pool = pool
+        proxy_resource = ProxyResource(DatalabRouter(self.datalab), pool)
         self.site = DatalabSite(DatalabRoot(api, proxy_resource), launcher.spool(), max_upload)
         self._endpoint = endpoint
         self.port: IListeningPort | None = None
@@ -99,6 +99,7 @@ class DatalabService(MultiService):
                 stopping = self.port.stopListening()
                 if stopping is not None:
                     await stopping
+            await self.pool.close()
             await self.instances.close()
             self._log.info("datalab stopped; no instance left")
 

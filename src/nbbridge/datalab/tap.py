@@ -15,12 +15,12 @@ from twisted.python import usage
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.instances import JupyterProcesses
 from nbbridge.store import MemoryStore
+from nbbridge.web import UpstreamPool
 
 from ._api import DEFAULT_FRESHNESS
 from ._core import DEFAULT_NONCE_TTL, DatalabConfig
 from ._instances import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INSTANCES
 from ._launcher import SubprocessLauncher
-from ._proxy import proxy_factory
 from ._service import DatalabService
 from ._upload import DEFAULT_MAX_UPLOAD
 
@@ -130,7 +130,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         config,
         MemoryStore(reactor),
         launcher,
-        proxy_factory(reactor),
+        UpstreamPool(reactor),
         idle_timeout=options["idle-timeout"],
         max_instances=options["max-instances"],
         max_upload=options["max-upload"],

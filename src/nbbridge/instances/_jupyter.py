@@ -12,6 +12,7 @@ ends a kernel whose parent died.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ConnectionRefusedError, ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +35,14 @@ from twisted.web.http_headers import Headers
 
 #: Starts ARGV[1:] in a new session, so the whole process group can be signalled at once.
 _SETSID_EXEC = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+#: Each instance's own server config: the extension that keeps the token out of pages.
+_SERVER_CONFIG = {
+    "ServerApp": {"jpserver_extensions": {"nbbridge.instances.jupyter_extension": True}}
+}
+#: Where the nbbridge package in use lives.
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: What the extension logs once loaded (jupyter_extension.py).
+EXTENSION_MARK = b"nbbridge: the token is kept out of served pages"
 #: Seconds a server may take to answer /api/status after it was started.
 DEFAULT_START_TIMEOUT = 90.0
 #: Seconds a server may take to exit after SIGTERM before its group gets SIGKILL.
@@ -63,6 +72,8 @@ class _ServerProcess(ProcessProtocol):
         #: fires when the server logs its URL: it is listening (or with None at its exit)
         self.listening: Deferred[bool] = Deferred()
         self._url = f"127.0.0.1:{port}/".encode()
+        #: whether the extension keeping the token out of pages said it loaded
+        self.token_hidden = False
         self.reason: Failure | None = None
         self._partial = b""
 
@@ -72,6 +83,8 @@ class _ServerProcess(ProcessProtocol):
         self._partial = self._partial[-4096:]
         for raw in lines:
             self.tail.append(raw.decode("utf-8", "replace")[:500])
+            if EXTENSION_MARK in raw:
+                self.token_hidden = True
             if not self.listening.called and self._url in raw:
                 self.listening.callback(True)
 
@@ -187,6 +200,8 @@ class JupyterProcesses:
             root = os.path.join(directory, "files")
             for name in ("files", "config", "data", "runtime", "ipython"):
                 os.mkdir(os.path.join(directory, name), 0o700)
+            with open(os.path.join(directory, "config", "jupyter_server_config.json"), "w") as f:
+                json.dump(_SERVER_CONFIG, f)
             os.replace(upload, os.path.join(root, filename))
             token = secrets.token_urlsafe(32)
             port = free_port()
@@ -225,6 +240,10 @@ class JupyterProcesses:
                 "IPYTHONDIR": os.path.join(directory, "ipython"),
                 "JUPYTER_PLATFORM_DIRS": "1",
                 "HOME": directory,
+                # The extension is imported from the nbbridge this process runs.
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p
+                ),
             }
         )
         argv = [
@@ -243,7 +262,13 @@ class JupyterProcesses:
             argv.append("--ServerApp.allow_root=True")
         process = _ServerProcess(instance_id, port)
         self._reactor.spawnProcess(
-            process, argv[0], argv, env=env, path=directory, childFDs={0: "w", 1: "r", 2: "r"}
+            process,
+            argv[0],
+            argv,
+            env=env,
+            # Kernels started without a path run here: beside the uploaded file.
+            path=os.path.join(directory, "files"),
+            childFDs={0: "w", 1: "r", 2: "r"},
         )
         return process
 
@@ -262,17 +287,41 @@ class JupyterProcesses:
             raise InstanceStartError(
                 "jupyter-server exited before it answered: " + " | ".join(process.tail)
             )
+        if not process.token_hidden:
+            # Without it JupyterLab would hand the token to every browser: refuse to serve.
+            raise InstanceStartError(
+                "jupyter-server did not load nbbridge.instances.jupyter_extension (is nbbridge "
+                "importable by its Python?): " + " | ".join(process.tail)
+            )
+        # The server logs its URL just before it binds (a callback on its event loop), so a
+        # refused connection right after the line means "a moment": try again, briefly.
         pool = HTTPConnectionPool(self._reactor, persistent=False)
         agent = Agent(self._reactor, pool=pool)
         url = f"http://127.0.0.1:{instance.port}/api/status".encode()
         headers = Headers({b"Authorization": [f"token {instance.token}".encode()]})
-        request = agent.request(b"GET", url, headers)
-        request.addTimeout(self._start_timeout, self._reactor)
-        try:
-            response = await request
-            await readBody(response)
-        except Exception as e:
-            raise InstanceStartError(f"jupyter-server did not answer /api/status: {e}") from None
+        deadline = self._reactor.seconds() + self._start_timeout
+        delay = 0.02
+        while True:
+            request = agent.request(b"GET", url, headers)
+            request.addTimeout(self._start_timeout, self._reactor)
+            try:
+                response = await request
+                await readBody(response)
+                break
+            except ConnectionRefusedError as e:
+                if not process.running or self._reactor.seconds() > deadline:
+                    raise InstanceStartError(
+                        f"jupyter-server did not answer /api/status: {e}: "
+                        + " | ".join(process.tail)
+                    ) from None
+            except Exception as e:
+                raise InstanceStartError(
+                    f"jupyter-server did not answer /api/status: {e}"
+                ) from None
+            wait: Deferred[None] = Deferred()
+            self._reactor.callLater(delay, wait.callback, None)
+            await wait
+            delay = min(delay * 2, 0.5)
         if response.code != 200:
             raise InstanceStartError(f"jupyter-server answered /api/status with {response.code}")
 
