@@ -8,11 +8,16 @@ endpoint; the pool keys its connections by that name, i.e. by ``Upstream.name``.
 name never reaches the upstream: the proxy always sends a ``Host`` header of its own.
 
 Every connection attempt is bounded by the connect timeout, whatever the endpoint does.
+
+The Agent's protocol (`HTTP11ClientProtocol.abort`, used by ``closeCachedConnections``) assumes
+that a transport's ``connectionLost`` comes on a later turn than ``loseConnection``, as TCP's
+does; a mux channel calls it from inside ``loseConnection``, and the abort then waits forever.
+So pool connections hear of their end one turn later (`_LaterLoss`), over any endpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -21,10 +26,15 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
+
+from nbbridge._tuning import tune
 
 from ._route import Upstream
 
@@ -54,6 +64,43 @@ class TimeoutEndpoint:
         return d
 
 
+class _LaterLoss(ProtocolWrapper):
+    """Passes the end of the connection on one reactor turn later (see the module docstring)."""
+
+    factory: _LaterLossFactory
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.clock.callLater(0, ProtocolWrapper.connectionLost, self, reason)
+
+
+class _LaterLossFactory(WrappingFactory):
+    protocol = _LaterLoss
+
+    def __init__(self, wrapped: IProtocolFactory, clock: IReactorTime) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        self.clock = clock
+
+
+@implementer(IStreamClientEndpoint)
+class _PoolEndpoint:
+    """An upstream's endpoint for pool connections: the connect timeout, `_LaterLoss`."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> None:
+        self._endpoint = endpoint
+        self._clock = clock
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        wrapper = cast(
+            _LaterLoss, await self._endpoint.connect(_LaterLossFactory(factory, self._clock))
+        )
+        # No Nagle delay between a request's head and its body, or behind a small reply.
+        tune(wrapper.transport, size=64 * 1024)
+        return wrapper.wrappedProtocol
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return Deferred.fromCoroutine(self._connect(factory))
+
+
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
     """Maps the synthetic host names of `UpstreamPool` back to endpoints."""
@@ -74,7 +121,8 @@ class _Endpoints:
         return host
 
     def endpoint_for(self, host: bytes) -> IStreamClientEndpoint:
-        return TimeoutEndpoint(self._endpoints[host], self._timeout, self._clock)
+        timed = TimeoutEndpoint(self._endpoints[host], self._timeout, self._clock)
+        return _PoolEndpoint(timed, self._clock)
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
         return self.endpoint_for(uri.host)

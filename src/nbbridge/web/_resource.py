@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from nbbridge._internals import take_over_connection, write_now
+from nbbridge._tuning import tune
 from nbbridge.websocket import TrackedConnection
 
 from ._head import BadHead, encode_request, encode_response_head
@@ -137,6 +138,8 @@ class ProxyResource(Resource):
     def render(self, request: IRequest) -> Any:
         req = cast(Request, request)
         self.stats.requests += 1
+        # No Nagle delay for the pieces of a streamed answer (a chunk, its trailer).
+        tune(req.transport, size=64 * 1024)
         d = Deferred.fromCoroutine(self._serve(req))
         d.addErrback(self._crashed, req)
         return NOT_DONE_YET

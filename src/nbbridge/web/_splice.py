@@ -23,9 +23,13 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from nbbridge._internals import write_now
+from nbbridge._tuning import tune
 from nbbridge.websocket import TrackedConnection
 
 from ._stats import ProxyStats
+
+#: Read size and pause level of spliced connections (Twisted's default).
+READ_SIZE = 64 * 1024
 
 
 class SpliceEnd(Protocol):
@@ -52,6 +56,8 @@ class SpliceEnd(Protocol):
     def attach(self, peer: SpliceEnd) -> None:
         """Splice with PEER (call on both ends)."""
         self.peer = peer
+        # No Nagle delay for small messages; Twisted's pause level kept (64 KiB).
+        tune(self.out, size=READ_SIZE)
         # A full transport of ours pauses the reading of the peer's.
         self.out.registerProducer(peer.out, True)
         pending, self._pending = self._pending, []
