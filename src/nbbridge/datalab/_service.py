@@ -90,17 +90,19 @@ class DatalabService(MultiService):
         return self._bound.when_fired()
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then stop every instance; fires when none is left."""
-        super().stopService()
+        """Stop listening, stop every instance, then the children (a tunnel link); fires when
+        none is left."""
 
         async def stop() -> None:
-            stopping: Any
             if self.port is not None:
                 stopping = self.port.stopListening()
                 if stopping is not None:
                     await stopping
             await self.pool.close()
             await self.instances.close()
+            children = super(DatalabService, self).stopService()
+            if children is not None:
+                await children
             self._log.info("datalab stopped; no instance left")
 
         return Deferred.fromCoroutine(stop())

@@ -13,14 +13,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from nbbridge._secrets import SecretError, read_secret
+from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key, parse_public_key
 from nbbridge.instances import JupyterProcesses
 from nbbridge.store import MemoryStore
+from nbbridge.transport import load_trust_root, parse_relay_url
+from nbbridge.tunnel import AgentLink
 from nbbridge.web import UpstreamPool
 
+from ._agent_launcher import AgentLauncher
 from ._api import DEFAULT_FRESHNESS
 from ._core import DEFAULT_NONCE_TTL, DatalabConfig
 from ._instances import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INSTANCES
-from ._launcher import SubprocessLauncher
+from ._launcher import Launcher, SubprocessLauncher
 from ._service import DatalabService
 from ._upload import DEFAULT_MAX_UPLOAD
 
@@ -90,7 +94,20 @@ class Options(usage.Options):
             _positive(int),
         ],
         ["work-dir", None, None, "where instances' directories go (default: a new temp dir)"],
+        # --launcher agent: the agent that runs the instances, reached through a relay.
+        ["relay", None, None, "agent launcher: the relay URL (wss://...)"],
+        ["agent", None, None, "agent launcher: the agent's name"],
+        ["agent-key", None, None, "agent launcher: the agent's public key (nbb1...), pinned"],
+        ["key", None, None, "agent launcher: this daemon's private key file (nbbridge keygen)"],
+        [
+            "token-file",
+            None,
+            None,
+            "agent launcher: file holding the relay token (else $NBBRIDGE_TOKEN)",
+        ],
+        ["ca", None, None, "agent launcher: PEM file of the CA(s) to trust for wss://"],
     ]
+    optFlags = [["insecure", None, "agent launcher: allow ws:// to a relay not on loopback"]]
 
     def postOptions(self) -> None:
         listen = self["listen"]
@@ -101,7 +118,7 @@ class Options(usage.Options):
         if self["launcher"] not in LAUNCHERS:
             raise usage.UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
         if self["launcher"] == "agent":
-            raise usage.UsageError("--launcher agent is not available yet")
+            self._agent_options()
         if self["store"] != "memory":
             # Never echo the URL: it may hold a password.
             raise usage.UsageError("--store: only 'memory' is supported yet")
@@ -110,6 +127,23 @@ class Options(usage.Options):
         except SecretError as e:
             raise SystemExit(f"nbbridge-datalab: {e}") from None
         self["sign_key"] = key.encode("utf-8")
+
+    def _agent_options(self) -> None:
+        for flag in ("relay", "agent", "agent-key", "key"):
+            if not self[flag]:
+                raise usage.UsageError(f"--launcher agent needs --{flag}")
+        try:
+            self["relay_url"] = parse_relay_url(self["relay"], self["insecure"])
+            self["agent_public_key"] = parse_public_key(self["agent-key"])
+        except (ValueError, KeyFormatError) as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            self["private_key"] = load_private_key(self["key"])
+            self["token"] = read_secret(self["token-file"], "NBBRIDGE_TOKEN")
+            if self["ca"] is not None:
+                load_trust_root(self["ca"])
+        except (ValueError, KeyFileError, KeyFormatError, SecretError) as e:
+            raise SystemExit(f"nbbridge-datalab: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -123,8 +157,22 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     work = options["work-dir"]
     if work is not None:
         os.makedirs(work, mode=0o700, exist_ok=True)
-    launcher = SubprocessLauncher(reactor, JupyterProcesses(reactor, work))
-    return DatalabService(
+    launcher: Launcher
+    link: AgentLink | None = None
+    if options["launcher"] == "agent":
+        link = AgentLink(
+            reactor,
+            options["relay_url"],
+            options["agent"],
+            options["agent_public_key"],
+            options["private_key"],
+            options["token"],
+            options["ca"],
+        )
+        launcher = AgentLauncher(link, work)
+    else:
+        launcher = SubprocessLauncher(reactor, JupyterProcesses(reactor, work))
+    service = DatalabService(
         reactor,
         serverFromString(reactor, options["listen"]),
         config,
@@ -135,3 +183,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_instances=options["max-instances"],
         max_upload=options["max-upload"],
     )
+    if link is not None:
+        link.setServiceParent(service)
+    return service

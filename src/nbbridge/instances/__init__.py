@@ -9,5 +9,15 @@ or a directory behind.
 """
 
 from ._jupyter import InstanceStartError, JupyterProcesses, RunningJupyter
+from ._remote import SERVICE, InstanceHost, RemoteError, start_remote, stop_remote
 
-__all__ = ["InstanceStartError", "JupyterProcesses", "RunningJupyter"]
+__all__ = [
+    "SERVICE",
+    "InstanceHost",
+    "InstanceStartError",
+    "JupyterProcesses",
+    "RemoteError",
+    "RunningJupyter",
+    "start_remote",
+    "stop_remote",
+]
