@@ -51,6 +51,34 @@ TUNNEL = {
     "pending_dials": int,
     "dial_failures": int,
 }
+class Nullable:
+    """SCHEMA, or null."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+CLUSTER: dict[str, Any] = {
+    "relay": str,
+    "relays": int,
+    "totals": {
+        "topics": int,
+        "members": int,
+        "queued_bytes": int,
+        "slow_closes": int,
+        "messages_in": int,
+        "bytes_in": int,
+        "messages_out": int,
+        "bytes_out": int,
+        "dropped": int,
+        "dropped_bytes": int,
+        "ignored": int,
+        "ignored_bytes": int,
+        "rates": RATES,
+    },
+    "relayed": {"published": int, "received": int, "publish_failures": int},
+    "topics": [{"name": str, "kind": str, "members": int, "relays": int}],
+}
 DOCUMENT: dict[str, Any] = {
     "type": str,
     "version": str,
@@ -68,13 +96,17 @@ DOCUMENT: dict[str, Any] = {
         **COUNTERS,
     },
     "tunnel": TUNNEL,
+    "cluster": Nullable(CLUSTER),
     "topics": [TOPIC],
 }
 
 
 def check(test: unittest.TestCase, value: Any, schema: Any, where: str = "$") -> None:
     """Fail TEST unless VALUE has exactly SCHEMA's keys, with its types, all the way down."""
-    if isinstance(schema, dict):
+    if isinstance(schema, Nullable):
+        if value is not None:
+            check(test, value, schema.schema, where)
+    elif isinstance(schema, dict):
         test.assertIsInstance(value, dict, where)
         test.assertEqual(sorted(value), sorted(schema), where)
         for key, sub in schema.items():

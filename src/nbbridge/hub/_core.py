@@ -39,6 +39,8 @@ class Message:
     is_binary: bool
     #: what the connection layer sends (a prepared frame); the core never looks inside
     frame: Any
+    #: the message itself, for relays that share topics over a bus (`hub._cluster`)
+    payload: bytes = b""
 
 
 class MemberPeer(Protocol):
@@ -88,6 +90,8 @@ class Topic:
 
 
 Observer = Callable[[str, Member], None]
+#: Told of every message a local sender sent on a topic, after the local fan-out.
+PublishHook = Callable[[Topic, Message], None]
 
 
 def address_of(remote: str) -> str | None:
@@ -126,6 +130,8 @@ class Hub:
         self._per_address: collections.Counter[str | None] = collections.Counter()
         self._next_id = 1
         self._observers: list[Observer] = []
+        #: set when topics span relays (`hub._cluster.TopicBridge`): local messages go out too
+        self.on_publish: PublishHook | None = None
 
     def add_observer(self, observer: Observer) -> Callable[[], None]:
         """Call OBSERVER(event, member) on each hub event; returns a function that removes it.
@@ -268,16 +274,34 @@ class Hub:
                 c.ignored_bytes += size
             self._notify("ignored", member)
             return
+        self._fan_out(topic, message, member, now)
+        if self.on_publish is not None:
+            self.on_publish(topic, message)
+
+    def deliver(self, kind: TopicKind, name: str, message: Message) -> bool:
+        """MESSAGE came from a sender on another relay: hand it to this relay's readers.
+
+        The same per-reader queues, caps and drops apply as to a local sender's messages;
+        it counts as delivered (``messages_out``), not as received (``messages_in`` counts
+        what this relay's own senders sent). False if the topic has no members here.
+        """
+        topic = self.topics.get((kind, name))
+        if topic is None:
+            return False
+        self._fan_out(topic, message, None, self.clock.seconds())
+        return True
+
+    def _fan_out(self, topic: Topic, message: Message, sender: Member | None, now: float) -> None:
         sent = 0
         for reader in topic.readers:
-            if reader is member or reader.left:
+            if reader is sender or reader.left:
                 continue
             if reader.full or reader.queue:
                 self._enqueue(reader, message)
             else:
                 self._send(reader, message, now)
                 sent += 1
-        self._delivered(topic, sent, sent * size, now)
+        self._delivered(topic, sent, sent * message.size, now)
 
     def _send(self, reader: Member, message: Message, now: float) -> None:
         """Write MESSAGE to READER and count it on READER's own counters.

@@ -124,7 +124,7 @@ class HubMemberProtocol(_HubWebSocket):
             if member.route.role.sends
             else None
         )
-        self.hub.publish(member, Message(len(payload), isBinary, frame))
+        self.hub.publish(member, Message(len(payload), isBinary, frame, payload))
 
     def _write_full_changed(self, full: bool) -> None:
         if self.member is not None:

@@ -109,8 +109,14 @@ def topic_figures(topic: Topic, now: float, prefix: str) -> dict[str, Any]:
     }
 
 
-def snapshot(hub: Hub, tunnel: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole stats document: totals, the tunnel's counters, every topic and connection."""
+def snapshot(
+    hub: Hub, tunnel: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole stats document: totals, the tunnel's counters, every topic and connection.
+
+    CLUSTER is the figures of every relay sharing the hub's topics (`TopicBridge.figures`),
+    None for a relay on its own.
+    """
     now = hub.clock.seconds()
     prefix = hub.config.prefix
     topics: Iterable[Topic] = sorted(hub.topics.values(), key=lambda t: (t.name, t.kind.value))
@@ -130,5 +136,6 @@ def snapshot(hub: Hub, tunnel: dict[str, Any] | None = None) -> dict[str, Any]:
             **hub.totals.figures(now),
         },
         "tunnel": tunnel,
+        "cluster": cluster,
         "topics": [topic_figures(t, now, prefix) for t in topics],
     }

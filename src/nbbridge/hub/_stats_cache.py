@@ -27,7 +27,10 @@ def totals_view(document: dict[str, Any]) -> dict[str, Any]:
 
     Totals and the tunnel's counters stay (the relay's `/status` shows as much to anyone).
     """
-    return {**document, "view": "totals", "topics": []}
+    cluster = document.get("cluster")
+    if cluster is not None:
+        cluster = {**cluster, "topics": []}
+    return {**document, "view": "totals", "topics": [], "cluster": cluster}
 
 
 class StatsDocuments:

@@ -31,9 +31,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.util import Redirect
 
+from nbbridge.store import Bus
 from nbbridge.webpage import StaticFile, shared_file
 from nbbridge.websocket import RateLimit, RateLimitedResource, RefusalLog, RouteBinding
 
+from ._cluster import TopicBridge
 from ._config import HubConfig, StatsView
 from ._core import Hub
 from ._metrics import MetricsResource, TunnelFigures, make_registry
@@ -168,14 +170,24 @@ class HubRuntime:
 
     _log = Logger()
 
-    def __init__(self, hub: Hub, stream: StatsStreamFactory, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: StatsStreamFactory,
+        clock: IReactorTime,
+        bridge: TopicBridge | None = None,
+    ) -> None:
         self.hub = hub
         self.stream = stream
         self.documents = stream.documents
+        #: shares the topics with other relays' hubs (None: this relay's members only)
+        self.bridge = bridge
         self._jobs = [
             (self._job(hub.sample, "rate sample"), hub.config.rate_window / 5),
             (self._job(stream.broadcast, "stats broadcast"), hub.config.stats_interval),
         ]
+        if bridge is not None:
+            self._jobs.append((self._job(bridge.tick, "cluster tick"), hub.config.stats_interval))
         self._loops: list[LoopingCall] = []
         self._clock = clock
 
@@ -193,6 +205,8 @@ class HubRuntime:
         """Start sampling and broadcasting (when the Site starts listening)."""
         if self._loops:
             return
+        if self.bridge is not None:
+            self.bridge.start()
         # The document's intervals start with the broadcasts: each broadcast builds it afresh.
         self.documents.start()
         for work, interval in self._jobs:
@@ -207,6 +221,8 @@ class HubRuntime:
         for loop in loops:
             if loop.running:
                 loop.stop()
+        if self.bridge is not None:
+            self.bridge.stop()
 
 
 def tunnel_figures(relay: Any) -> dict[str, Any]:
@@ -232,22 +248,45 @@ def _mount(root: Resource, segments: list[bytes], child: Resource) -> None:
     parent.putChild(segments[-1], child)
 
 
-def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConfig) -> HubRuntime:
+def mount_hub(
+    root: Resource,
+    relay: Any,
+    reactor: IReactorTime,
+    config: HubConfig,
+    *,
+    bus: Bus | None = None,
+) -> HubRuntime:
     """Put the hub's routes, /stats and /metrics on ROOT, configured by CONFIG (``[hub]``).
 
     RELAY is the relay core, read only through what it shows of itself: ``status()``,
     ``pending_count``, ``dial_failures``, ``limits`` (heartbeats) and ``clock``. The hub keeps
     the relay core's time: its time stamps, rate samples and stats broadcasts. REACTOR runs
     the hub's WebSockets.
+
+    BUS (the shared store's, when relays scale out) makes every topic span the relays that
+    share it: a sender here reaches readers on the others and the other way round, and the
+    stats document gains a ``cluster`` section (`hub._cluster`). Without it the hub serves
+    this relay's members only.
     """
     hub = Hub(config, relay.clock)
     heartbeat = Heartbeat(relay.limits.ping_interval, relay.limits.ping_timeout)
     tunnel: TunnelFigures = lambda: tunnel_figures(relay)  # noqa: E731
+    factory = HubFactory(hub, heartbeat, reactor)
+    bridge = None
+    if bus is not None and config.enabled:
 
-    documents = StatsDocuments(lambda: snapshot(hub, tunnel()), relay.clock, config.stats_interval)
+        def frame(payload: bytes, is_binary: bool) -> Any:
+            return factory.prepareMessage(payload, is_binary, doNotCompress=True).payloadHybi
+
+        bridge = TopicBridge(hub, bus, frame, relay.clock)
+
+    def document() -> dict[str, Any]:
+        return snapshot(hub, tunnel(), bridge.figures() if bridge is not None else None)
+
+    documents = StatsDocuments(document, relay.clock, config.stats_interval)
     stream = StatsStreamFactory(config, documents, heartbeat, reactor)
     if config.enabled:
-        _mount(root, config.prefix_segments, HubRoutes(HubFactory(hub, heartbeat, reactor)))
+        _mount(root, config.prefix_segments, HubRoutes(factory))
     # Anyone may ask for these, and each answer costs CPU: one rate for them all.
     rate = RateLimit(config.stats_requests_per_second, relay.clock)
     refusals = RefusalLog(relay.clock)
@@ -262,4 +301,4 @@ def mount_hub(root: Resource, relay: Any, reactor: IReactorTime, config: HubConf
     }
     metrics = MetricsResource(registries, lambda request: stats_view(config, request), token_in_url)
     root.putChild(b"metrics", limited(metrics, "/metrics"))
-    return HubRuntime(hub, stream, relay.clock)
+    return HubRuntime(hub, stream, relay.clock, bridge)

@@ -1,8 +1,11 @@
 """Who is this token, and may it do this? Decisions only: no I/O, no logging of tokens.
 
-Tokens are hashed with SHA-256 on arrival and compared with `hmac.compare_digest` against
-every configured hash (no early exit), so neither the comparison nor the loop tells an
-attacker how close a guess was.
+Tokens are hashed with SHA-256 on arrival and looked up by that digest in a table built once
+from relay.toml, so a connection costs the same with 10 000 `[agents.*]` entries as with one
+(comparing with every entry made registering 10 000 agents take 110 s). The one entry found is
+then compared with `hmac.compare_digest`. Neither step tells an attacker anything about the
+token: the table is keyed by its SHA-256, whose timing leaks at most a few bits of a digest,
+from which no token (nor a closer guess) can be derived.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ class Authority:
     """
 
     config: RelayConfig | None
+    #: token digest -> whom it proves (relay.toml refuses a token given twice)
+    _by_digest: dict[bytes, tuple[bytes, Identity]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        table: dict[bytes, tuple[bytes, Identity]] = {}
+        if self.config is not None:
+            for name, expected in self.config.agents.items():
+                table[expected] = (expected, Identity("agent", name))
+            for name, entry in self.config.clients.items():
+                table[entry.token_sha256] = (entry.token_sha256, Identity("client", name))
+        object.__setattr__(self, "_by_digest", table)
 
     @property
     def open(self) -> bool:
@@ -57,14 +71,11 @@ class Authority:
         if self.config is None or token is None:
             return None
         digest = token_digest(token)
-        found: Identity | None = None
-        for name, expected in self.config.agents.items():
-            if hmac.compare_digest(digest, expected):
-                found = Identity("agent", name)
-        for name, entry in self.config.clients.items():
-            if hmac.compare_digest(digest, entry.token_sha256):
-                found = Identity("client", name)
-        return found
+        entry = self._by_digest.get(digest)
+        if entry is None:
+            return None
+        expected, who = entry
+        return who if hmac.compare_digest(digest, expected) else None
 
     def _bearer(self, token: str | None) -> Identity | Refusal:
         """The identity TOKEN proves, or why it proves none."""
