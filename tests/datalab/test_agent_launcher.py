@@ -23,6 +23,7 @@ from nbbridge.datalab import SESSION_COOKIE, DatalabService
 from nbbridge.datalab import tap as datalab_tap
 from nbbridge.instances import InstanceHost
 from tests._cleanup import add_async_cleanup
+from tests._redis import start_redis
 from tests._tools import unavailable
 from tests.tunnel._harness import TunnelTestCase
 from tests.tunnel._jupyter import execute_request, missing_jupyter
@@ -40,7 +41,7 @@ class AgentLauncherTests(TunnelTestCase):
     timeout = 300
     skip = unavailable(missing_jupyter())
 
-    async def start_datalab(self) -> tuple[DatalabService, str]:
+    async def start_datalab(self, *extra: str) -> tuple[DatalabService, str]:
         key = FilePath(self.mktemp())
         key.setContent(SIGN_KEY.encode() + b"\n")
         os.chmod(key.path, 0o600)
@@ -55,6 +56,7 @@ class AgentLauncherTests(TunnelTestCase):
                 "--agent-key", self.files.public("agent"),
                 "--key", self.files.key_files["client"],
                 "--token-file", self.files.token_files["laptop"],
+                *extra,
             ]
         )  # fmt: skip
         service = datalab_tap.makeService(options, reactor)
@@ -62,7 +64,8 @@ class AgentLauncherTests(TunnelTestCase):
         service.startService()
 
         async def stop() -> None:
-            await service.stopService()
+            if service.running:
+                await service.stopService()
 
         add_async_cleanup(self, stop)
         port = await service.when_listening()
@@ -148,3 +151,68 @@ class AgentLauncherTests(TunnelTestCase):
         )
         answer = await treq.json_content(response)
         self.assertEqual((response.code, answer["code"]), (503, "UNAVAILABLE"), answer)
+
+
+class RestartWithRedisTests(AgentLauncherTests):
+    """With Redis, a restarted datalab daemon keeps serving sessions of instances still
+    running (on the agent): nonces, sessions and instance records outlive the process."""
+
+    async def test_upload_view_kernel_static_stop(self) -> None:
+        pass  # run once, in AgentLauncherTests
+
+    async def test_agent_without_launcher_refuses(self) -> None:
+        pass  # run once, in AgentLauncherTests
+
+    async def test_restarted_daemon_serves_the_session(self) -> None:
+        redis = await start_redis(self)
+        await self.start_relay()
+        agent = await self.start_agent({}, extra=["--datalab-launcher"])
+        host = host_of(agent)
+        first, base = await self.start_datalab("--store", redis.url)
+
+        ts = str(int(time.time()))
+        query = urllib.parse.urlencode({"ts": ts, "filename": "weather.csv"})
+        response = await self.within(
+            120,
+            "start on the agent",
+            self.call(
+                "POST",
+                f"{base}/datalab/start?{query}",
+                data=CSV,
+                headers={"X-SIGN": sign(ts, "weather.csv")},
+            ),
+        )
+        nonce = (await treq.json_content(response))["result"]["nonce"]
+        response = await self.call("GET", f"{base}/datalab/view/{nonce}/lab")
+        cookie = response.cookies()[SESSION_COOKIE]
+        headers = {"Cookie": f"{SESSION_COOKIE}={cookie}", "Origin": base}
+        response = await self.call("GET", f"{base}/api/contents", headers=headers)
+        self.assertEqual(response.code, 200)
+
+        # The daemon stops; the instance on the agent keeps running.
+        await first.stopService()
+        [instance_id] = host.processes.ids()
+
+        second, base = await self.start_datalab("--store", redis.url)
+        headers["Origin"] = base
+        response = await self.call("GET", f"{base}/api/contents", headers=headers)
+        listing = await treq.json_content(response)
+        self.assertEqual(response.code, 200, listing)
+        self.assertEqual([f["name"] for f in listing["content"]], ["weather.csv"])
+        response = await self.call("GET", f"{base}/datalab/static/{nonce}/weather.csv")
+        self.assertEqual(await response.content(), CSV)
+        self.assertEqual(second.instances.ids(), [instance_id])
+
+        # ... and can stop it: it adopted the instance.
+        running = host.processes.get(instance_id)
+        assert running is not None
+        ts = str(int(time.time()))
+        response = await self.call(
+            "POST",
+            f"{base}/datalab/stop?ts={ts}&nonce={nonce}",
+            headers={"X-SIGN": sign(ts, nonce)},
+        )
+        self.assertEqual((await treq.json_content(response))["code"], "OK")
+        await running.when_ended()
+        response = await self.call("GET", f"{base}/api/contents", headers=headers)
+        self.assertEqual(response.code, 403)

@@ -64,6 +64,9 @@ class StandInLauncher:
     def when_ended(self, record: InstanceRecord) -> Deferred[None]:
         return self.ended[record.id]
 
+    def adopt(self, record: InstanceRecord) -> None:
+        self.ended[record.id] = Deferred()
+
     async def stop(self, record: InstanceRecord) -> None:
         self.stopped.append(record.id)
         self.ended[record.id].callback(None)

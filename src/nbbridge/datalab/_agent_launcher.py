@@ -61,6 +61,9 @@ class AgentLauncher:
             ended.addBoth(lambda _: d.callback(None))
         return d
 
+    def adopt(self, record: InstanceRecord) -> None:
+        self._ended.setdefault(record.id, Deferred())
+
     async def stop(self, record: InstanceRecord) -> None:
         try:
             await stop_remote(self._control(), record.id)

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from ._api import ApiError
 from ._launcher import Launcher
-from ._records import DatalabState, InstanceRecord
+from ._records import INSTANCE_PREFIX, DatalabState, InstanceRecord
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_MAX_INSTANCES = 10
@@ -77,8 +77,12 @@ class Instances:
         await self._state.instances.put(instance_id, record, None)
         activity = self._live[instance_id] = _Activity(record)
         self._arm(activity)
-        self.launcher.when_ended(record).addCallback(lambda _: self._ended(instance_id))
+        self._watch_end(record)
         return record
+
+    def _watch_end(self, record: InstanceRecord) -> None:
+        instance_id = record.id
+        self.launcher.when_ended(record).addCallback(lambda _: self._ended(instance_id))
 
     async def lookup(self, instance_id: str) -> InstanceRecord | None:
         """The record of a running instance (from the store: it may run for another process)."""
@@ -145,9 +149,33 @@ class Instances:
         d = self._state.instances.delete(instance_id)
         d.addErrback(lambda f: self._log.failure("forgetting instance {id}", f, id=instance_id))
 
-    async def close(self) -> None:
-        """Stop every instance (the daemon is stopping)."""
+    async def adopt(self) -> list[str]:
+        """Take over the running instances of this launcher's kind that the store lists
+        (a previous daemon sharing the store left them): their idle timers start now."""
+        adopted = []
+        for key in await self._state.instances.store.scan(INSTANCE_PREFIX):
+            instance_id = key[len(INSTANCE_PREFIX) :]
+            if instance_id in self._live:
+                continue
+            record = await self._state.instances.get(instance_id)
+            if record is None or record.launcher != self.launcher.name:
+                continue
+            activity = self._live[instance_id] = _Activity(record)
+            self._arm(activity)
+            self.launcher.adopt(record)
+            self._watch_end(record)
+            adopted.append(instance_id)
+        if adopted:
+            self._log.info("adopted {n} running instance(s)", n=len(adopted))
+        return adopted
+
+    async def close(self, stop_instances: bool = True) -> None:
+        """Stop every instance (the daemon is stopping), or only let go of them."""
         self._closing = True
-        stops = [Deferred.fromCoroutine(self.stop(i)) for i in list(self._live)]
-        await DeferredList(stops, consumeErrors=True)
+        if stop_instances:
+            stops = [Deferred.fromCoroutine(self.stop(i)) for i in list(self._live)]
+            await DeferredList(stops, consumeErrors=True)
+        for activity in self._live.values():
+            if activity.timer is not None and activity.timer.active():
+                activity.timer.cancel()
         await self.launcher.close()

@@ -35,6 +35,10 @@ class Launcher(Protocol):
     def when_ended(self, record: InstanceRecord) -> Deferred[None]:
         """Fires when the instance has ended (stopped, or died by itself)."""
 
+    def adopt(self, record: InstanceRecord) -> None:
+        """Serve an instance another daemon started (only launchers whose instances outlive
+        a daemon are asked)."""
+
     async def stop(self, record: InstanceRecord) -> None:
         """Stop the instance; nothing of it is left afterwards."""
 
@@ -75,6 +79,9 @@ class SubprocessLauncher:
             d.callback(None)
             return d
         return running.when_ended()
+
+    def adopt(self, record: InstanceRecord) -> None:
+        raise NotImplementedError("local instances never outlive their daemon")
 
     async def stop(self, record: InstanceRecord) -> None:
         await self.processes.stop(record.id)

@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from nbbridge.store import StoreUnavailable
 from nbbridge.web import Decision, Refusal, Route, Upstream, is_upgrade
 
 from ._api import ApiError
@@ -109,6 +110,9 @@ class DatalabRouter:
         req = cast(Request, request)
         try:
             record = await admit(self._datalab, req)
+        except StoreUnavailable as e:
+            self._log.warn("datalab store unavailable: {e}", e=str(e))
+            return Refusal(503, "The datalab's store is unavailable; retry in a moment.")
         except ApiError as e:
             self._log.info(
                 "proxy refused {method} {path}: {code}",

@@ -43,10 +43,16 @@ class DatalabService(MultiService):
         max_instances: int = DEFAULT_MAX_INSTANCES,
         max_upload: int = DEFAULT_MAX_UPLOAD,
         on_listen_failure: Callable[[Failure], None] | None = None,
+        keep_instances: bool = False,
+        on_stopped: Callable[[], Deferred[None]] | None = None,
+        store_ready: Callable[[], Deferred[None]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self._on_listen_failure = on_listen_failure
+        self._keep_instances = keep_instances
+        self._on_stopped = on_stopped
+        self._store_ready = store_ready
         self.state = DatalabState.over(store)
         self.instances = Instances(
             reactor,
@@ -67,10 +73,21 @@ class DatalabService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self._endpoint is None:
+        d = Deferred.fromCoroutine(self._start())
+        d.addErrback(self._listen_failed)
+
+    async def _start(self) -> None:
+        if self._store_ready is not None:
+            # Nothing can be served without the store: listen once it is connected.
+            self._log.info("datalab waiting for its store")
+            await self._store_ready()
+        if self._keep_instances:
+            # Instances a previous daemon left running (on the agent) are ours to serve.
+            await self.instances.adopt()
+        if self._endpoint is None or not self.running:
             return
         self._listening = self._endpoint.listen(self.site)
-        self._listening.addCallbacks(self._listen_ok, self._listen_failed)
+        self._listen_ok(await self._listening)
 
     def _listen_ok(self, port: IListeningPort) -> None:
         self.port = port
@@ -80,7 +97,7 @@ class DatalabService(MultiService):
         self._bound.fire(port)
 
     def _listen_failed(self, failure: Failure) -> None:
-        self._log.critical("nbbridge datalab cannot listen: {e}", e=failure.getErrorMessage())
+        self._log.critical("nbbridge datalab cannot start: {e}", e=failure.getErrorMessage())
         self._bound.fire(failure)
         if self._on_listen_failure is not None:
             self._on_listen_failure(failure)
@@ -99,10 +116,15 @@ class DatalabService(MultiService):
                 if stopping is not None:
                     await stopping
             await self.pool.close()
-            await self.instances.close()
+            await self.instances.close(stop_instances=not self._keep_instances)
             children = super(DatalabService, self).stopService()
             if children is not None:
                 await children
-            self._log.info("datalab stopped; no instance left")
+            if self._on_stopped is not None:
+                await self._on_stopped()
+            if self._keep_instances:
+                self._log.info("datalab stopped; instances left running for the next one")
+            else:
+                self._log.info("datalab stopped; no instance left")
 
         return Deferred.fromCoroutine(stop())

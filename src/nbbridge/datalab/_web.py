@@ -16,6 +16,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from nbbridge.store import StoreUnavailable
+
 from ._api import ApiError, file_path, ok_body, redirect_target
 from ._core import Datalab
 from ._routing import SESSION_COOKIE
@@ -119,6 +121,9 @@ class DatalabApi(Resource):
                 code=error.code,
                 message=error.message,
             )
+        elif failure.check(StoreUnavailable):
+            self._log.warn("datalab store unavailable: {e}", e=failure.getErrorMessage())
+            error = ApiError(503, "UNAVAILABLE", "the datalab's store is unavailable; retry")
         else:
             self._log.failure("datalab request failed", failure)
             error = ApiError(500, "ERROR", "internal error; see the datalab's log")

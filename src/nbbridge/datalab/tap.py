@@ -15,7 +15,13 @@ from twisted.python import usage
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key, parse_public_key
 from nbbridge.instances import JupyterProcesses
-from nbbridge.store import MemoryStore
+from nbbridge.store import (
+    PASSWORD_ENV,
+    StoreURLError,
+    open_store,
+    parse_store_url,
+    read_password,
+)
 from nbbridge.transport import load_trust_root, parse_relay_url
 from nbbridge.tunnel import AgentLink
 from nbbridge.web import UpstreamPool
@@ -62,7 +68,18 @@ class Options(usage.Options):
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "endpoint to serve on (a bare port: loopback)"],
         ["sign-key-file", None, None, f"file holding the sign key (else ${SIGN_KEY_ENV})"],
-        ["store", None, "memory", "where nonces and sessions live: memory"],
+        [
+            "store",
+            None,
+            "memory",
+            "where nonces, sessions and instances live: memory or redis://HOST:PORT/DB",
+        ],
+        [
+            "store-password-file",
+            None,
+            None,
+            f"file holding the Redis password (else ${PASSWORD_ENV})",
+        ],
         ["launcher", None, "subprocess", "who runs instances: subprocess (here) or agent"],
         ["nonce-ttl", None, DEFAULT_NONCE_TTL, "seconds a nonce stays valid", _positive(float)],
         [
@@ -119,9 +136,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
         if self["launcher"] == "agent":
             self._agent_options()
-        if self["store"] != "memory":
-            # Never echo the URL: it may hold a password.
-            raise usage.UsageError("--store: only 'memory' is supported yet")
+        try:
+            parse_store_url(self["store"])  # its errors never repeat the URL
+        except StoreURLError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            self["store_password"] = read_password(self["store-password-file"])
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"nbbridge-datalab: {e}") from None
         try:
             key = read_secret(self["sign-key-file"], SIGN_KEY_ENV, "sign key")
         except SecretError as e:
@@ -157,6 +179,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     work = options["work-dir"]
     if work is not None:
         os.makedirs(work, mode=0o700, exist_ok=True)
+    backend = open_store(options["store"], password=options["store_password"], reactor=reactor)
     launcher: Launcher
     link: AgentLink | None = None
     if options["launcher"] == "agent":
@@ -176,12 +199,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor,
         serverFromString(reactor, options["listen"]),
         config,
-        MemoryStore(reactor),
+        backend.store,
         launcher,
         UpstreamPool(reactor),
         idle_timeout=options["idle-timeout"],
         max_instances=options["max-instances"],
         max_upload=options["max-upload"],
+        # Instances on an agent outlive a daemon that shares its store: the next one serves
+        # their sessions. Local ones never outlive the daemon.
+        keep_instances=launcher.name == "agent" and options["store"] != "memory",
+        on_stopped=backend.close,
+        store_ready=backend.when_connected,
     )
     if link is not None:
         link.setServiceParent(service)
