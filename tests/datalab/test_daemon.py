@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import urllib.parse
@@ -15,7 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from nbbridge.datalab import tap
-from tests._tools import unavailable
+from tests._tools import skip_unavailable, unavailable
+from tests.deploy._units import REPO, exec_start, read_unit
+from tests.deploy.test_systemd import INSTALLED_TWISTD
 from tests.tunnel._jupyter import free_port, missing_jupyter
 from tests.tunnel._process import child_env, spawn, twistd_command
 
@@ -151,3 +154,52 @@ def processes_in(directory: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+class SystemdUnitTests(TestCase):
+    """systemd/nbbridge-datalab.service: systemd accepts it; its command line parses."""
+
+    UNIT = REPO / "systemd" / "nbbridge-datalab.service"
+
+    def test_command_line_parses(self) -> None:
+        unit = read_unit(self.UNIT)
+        argv = exec_start(unit)
+        self.assertEqual(
+            argv[:4], [INSTALLED_TWISTD, "--nodaemon", "--pidfile=", "nbbridge-datalab"]
+        )
+        credentials = os.path.abspath(self.mktemp())
+        os.makedirs(credentials)
+        [load] = unit["Service"]["LoadCredential"]
+        name, source = load.split(":", 1)
+        self.assertTrue(source.startswith("/etc/nbbridge/"))
+        with open(os.path.join(credentials, name), "w") as f:
+            f.write("key\n")
+        os.chmod(os.path.join(credentials, name), 0o600)
+        args = [a.replace("%d", credentials) for a in argv[4:]]
+        self.assertIn(f"{credentials}/{name}", args)
+        options = tap.Options()
+        options.parseOptions(args)
+        self.assertEqual(options["listen"], "tcp:8890:interface=127.0.0.1")
+        self.assertEqual(options["sign_key"], b"key")
+        self.assertEqual(unit["Service"]["KillMode"], ["control-group"])
+
+    async def test_systemd_analyze_verify(self) -> None:
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            skip_unavailable("systemd-analyze not found: apt-get install systemd (.ci/run does)")
+        local_twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        copy = os.path.join(directory, self.UNIT.name)
+        with open(copy, "w") as f:
+            f.write(self.UNIT.read_text().replace(INSTALLED_TWISTD, local_twistd))
+        out, err, code = await getProcessOutputAndValue(analyze, ["verify", copy])
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output)
+        complaints = [
+            line
+            for line in output.splitlines()
+            if self.UNIT.name in line
+            and any(w in line.lower() for w in ("unknown", "ignoring", "invalid", "bad "))
+        ]
+        self.assertEqual(complaints, [], output)
