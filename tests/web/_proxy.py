@@ -15,7 +15,10 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -58,19 +61,46 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def accepting(port: int, timeout: float = 60) -> None:
+    """Wait until 127.0.0.1:PORT accepts a connection (a server that logged its URL a moment
+    before it listens, or on a loaded machine)."""
+    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    while True:
+        try:
+            protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+                Factory.forProtocol(Protocol)
+            )
+        except ConnectionRefusedError:
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                raise
+            await deferLater(reactor, 0.1)
+            continue
+        protocol.transport.loseConnection()
+        return
+
+
 class ProxyTestCase(TestCase):
     """Starts proxies in front of upstreams; closes every pool and connection at the end."""
 
     timeout = 180
 
     async def start_proxy(
-        self, router: Router, *, connect_timeout: float = 10, **options: Any
+        self,
+        router: Router,
+        *,
+        connect_timeout: float = 10,
+        wrap_site: Callable[[Site], Any] | None = None,
+        **options: Any,
     ) -> str:
-        """A proxy on 127.0.0.1 routing with ROUTER; returns its base URL (no slash)."""
+        """A proxy on 127.0.0.1 routing with ROUTER; returns its base URL (no slash).
+
+        :param wrap_site: wraps the Site's factory (a `ConnectionTracker`, as the fronts do).
+        """
         self.pool = UpstreamPool(reactor, connect_timeout=connect_timeout)
         self.stats = ProxyStats()
         self.proxy = ProxyResource(router, self.pool, stats=self.stats, **options)
-        port = await serve(self, LOOPBACK, Site(self.proxy))
+        site = Site(self.proxy)
+        port = await serve(self, LOOPBACK, wrap_site(site) if wrap_site else site)
         # Registered after `serve`, so run before its wait for idle connections.
         client_pool = HTTPConnectionPool(reactor)
         self.http = HTTPClient(Agent(reactor, pool=client_pool))

@@ -8,16 +8,17 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from nbbridge.web import Refusal, Upstream
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker
 from tests._loopback import LOOPBACK, serve
 
 from ._proxy import BlackHoleEndpoint, ProxyTestCase, closed_port, tcp, to
@@ -216,7 +217,131 @@ class HeaderTests(ProxyTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"x-why"), [b"test"])
 
 
+class NotModified(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(304)
+        request.setHeader(b"etag", b'"v1"')
+        return b""
+
+
+class MethodTests(ProxyTestCase):
+    async def test_head(self) -> None:
+        port = await self.start_upstream(Echo())
+        base = await self.start_proxy(to(Upstream("echo", tcp(port))))
+        response = await self.http.head(f"{base}/x")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await self.text(response), b"")
+        # The connection is still good for the next request.
+        response = await self.http.get(f"{base}/y")
+        self.assertEqual(json.loads(await self.text(response))["uri"], "/y")
+
+    async def test_not_modified(self) -> None:
+        port = await self.start_upstream(NotModified())
+        base = await self.start_proxy(to(Upstream("nm", tcp(port))))
+        response = await self.http.get(f"{base}/x", headers={"If-None-Match": '"v1"'})
+        self.assertEqual(response.code, 304)
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'"v1"'])
+        self.assertEqual(await self.text(response), b"")
+        response = await self.http.get(f"{base}/x")
+        self.assertEqual(response.code, 304)
+        await self.text(response)
+
+
+class Endless(Resource):
+    """Streams zeros for as long as the client reads; ``gone`` fires when its client left."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: Deferred[None] = Deferred()
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"content-length", b"%d" % (1 << 40))
+        request.notifyFinish().addErrback(lambda _: self.gone.callback(None))
+
+        @implementer(IPushProducer)
+        class Zeros:
+            paused = False
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                while not self.paused and not request.finished and not self.stopped:
+                    request.write(b"\0" * 65536)
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+
+            stopped = False
+
+            def stopProducing(self) -> None:
+                self.stopped = True
+
+        zeros = Zeros()
+        request.registerProducer(zeros, True)
+        reactor.callLater(0, zeros.resumeProducing)
+        return NOT_DONE_YET
+
+
+class Slow(Resource):
+    """Answers its head at once and finishes its body DELAY seconds later."""
+
+    isLeaf = True
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"content-length", b"4")
+        request.write(b"sl")
+        reactor.callLater(self.delay, lambda: (request.write(b"ow"), request.finish()))
+        return NOT_DONE_YET
+
+
+class TrackerTests(ProxyTestCase):
+    async def test_routed_request_outlives_handshake_deadline(self) -> None:
+        """Under a ConnectionTracker with a short handshake deadline, a slow answer completes."""
+        port = await self.start_upstream(Slow(1.0))
+
+        def wrap(site: Any) -> ConnectionTracker:
+            return ConnectionTracker(site, reactor, ConnectionLimits(handshake_timeout=0.3))
+
+        base = await self.start_proxy(to(Upstream("slow", tcp(port))), wrap_site=wrap)
+        response = await self.http.get(f"{base}/")
+        self.assertEqual(await self.text(response), b"slow")
+
+
 class FailureTests(ProxyTestCase):
+    async def test_router_error_500(self) -> None:
+        def router(request: Any) -> Any:
+            raise RuntimeError("router bug")
+
+        base = await self.start_proxy(router)
+        response = await self.http.get(f"{base}/x")
+        self.assertEqual(response.code, 500)
+        await self.text(response)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_client_leaving_ends_the_upstream(self) -> None:
+        endless = Endless()
+        port = await self.start_upstream(endless)
+        base = await self.start_proxy(to(Upstream("endless", tcp(port))))
+        response = await self.http.get(f"{base}/")
+        got: Deferred[None] = Deferred()
+
+        class Leave(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not got.called:
+                    got.callback(None)
+                    self.transport.stopProducing()  # type: ignore[union-attr]
+
+        response.deliverBody(Leave())
+        await got
+        await endless.gone  # the proxy dropped the upstream connection
+
     async def test_upstream_down_502(self) -> None:
         base = await self.start_proxy(to(Upstream("down", tcp(closed_port()))))
         response = await self.http.get(f"{base}/x")

@@ -115,9 +115,14 @@ def upstream_request_headers(
 ) -> Headers:
     """The headers to send upstream for a request that arrived with RECEIVED, along ROUTE."""
     headers = end_to_end(received, keep_length=False)
+    # twisted.web answered any "100-continue" itself and holds the whole body.
+    headers.removeHeader(b"expect")
     set_forwarded(headers, client, trust_incoming=trust_forwarded)
     if route.host is not None:
         headers.setRawHeaders(b"Host", [route.host])
+    elif not headers.hasHeader(b"host"):
+        # An HTTP/1.0 client without Host: never let the pool's synthetic name through.
+        headers.setRawHeaders(b"Host", [b"localhost"])
     drop_cookies(headers, route.drop_cookies)
     for name in route.drop_headers:
         headers.removeHeader(name.encode("latin-1"))

@@ -161,6 +161,12 @@ class ProxyResource(Resource):
             self.stats.refused += 1
             self._page(request, decision.code, decision.message, decision.headers)
             return
+        transport = request.channel.transport if request.channel is not None else None
+        if isinstance(transport, TrackedConnection):
+            # The router accepted this client: under a ConnectionTracker with limits, its
+            # connection stops counting as an unfinished handshake, as a WebSocket's does, so
+            # that a long download or a slow upstream is not cut at the handshake deadline.
+            transport.upgraded()
         if is_upgrade(request):
             await self._upgrade(request, decision, gone)
         else:
@@ -266,11 +272,12 @@ class ProxyResource(Resource):
         if response.code != 101:
             await self._refused_upgrade(request, route, upstream, response, leftover, gone)
             return
+        if gone.left or request.channel is None:
+            _abort(upstream.transport)
+            return
         # The upstream accepted: now, and only now, the browser's handshake completes.
         browser = SpliceEnd(self.stats)
-        transport = take_over_connection(request, browser)
-        if isinstance(transport, TrackedConnection):
-            transport.upgraded()
+        take_over_connection(request, browser)
         out = switching_headers(response.headers, route)
         write_now(
             browser.out, encode_response_head(101, response.phrase or b"Switching Protocols", out)

@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from nbbridge._internals import write_now
+from nbbridge._internals import NOT_ENDED, RESET, check_eof, write_now
 from nbbridge._tuning import tune
 from nbbridge.websocket import TrackedConnection
 
@@ -32,11 +34,35 @@ from ._stats import ProxyStats
 READ_SIZE = 64 * 1024
 
 
+@implementer(IPushProducer)
+class _Valve:
+    """A side's transport as the producer of the other side's: pausing it is counted."""
+
+    def __init__(self, transport: Any, stats: ProxyStats | None) -> None:
+        self._transport = transport
+        self._stats = stats
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+        if self._stats is not None:
+            self._stats.note_read_paused()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+
+@implementer(IHalfCloseableProtocol)
 class SpliceEnd(Protocol):
     """One side of a splice: what it reads goes to its `peer`'s transport.
 
     Bytes that arrive before the peer is attached (frames an upstream sent right behind its
-    101) are kept and written when it is.
+    101) are kept and written when it is. An end of input is checked before it is believed
+    (`_internals.check_eof`): Twisted's epoll reactor can report a reset that arrived while
+    reading was paused (the other side full) as a clean EOF, and a cut WebSocket must reach
+    the other side as a reset.
     """
 
     def __init__(self, stats: ProxyStats | None = None) -> None:
@@ -59,7 +85,7 @@ class SpliceEnd(Protocol):
         # No Nagle delay for small messages; Twisted's pause level kept (64 KiB).
         tune(self.out, size=READ_SIZE)
         # A full transport of ours pauses the reading of the peer's.
-        self.out.registerProducer(peer.out, True)
+        self.out.registerProducer(_Valve(peer.out, self._stats), True)
         pending, self._pending = self._pending, []
         for data in pending:
             self.dataReceived(data)
@@ -75,6 +101,28 @@ class SpliceEnd(Protocol):
         write_now(out, data)
         if self._stats is not None:
             self._stats.note_queued(out)
+
+    def shutdown(self, reason: str) -> None:
+        """The server is stopping (`ConnectionTracker.close_all`): end both sides in order."""
+        if self.ended is None and self.transport is not None:
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        transport: Any = self.transport
+        ended = check_eof(transport)
+        if ended == NOT_ENDED:
+            # A stale event (see check_eof): Twisted stopped reading; read on.
+            if not transport.disconnecting:
+                transport.startReading()
+        elif ended == RESET:
+            transport.abortConnection()
+        else:
+            # The peer's FIN: a WebSocket ends both ways, so close ours too (connectionLost
+            # then closes the other side in order).
+            transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our writing side was shut down (only after we closed): nothing to do."""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.ended = reason

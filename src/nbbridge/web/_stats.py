@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -25,6 +26,15 @@ class ProxyStats:
     bad_gateway: int = 0
     cut: int = 0
     peak_queued: int = 0
+    #: times a splice stopped reading one side because the other side's transport was full
+    read_pauses: int = 0
+    #: called at each of those (tests wait on it)
+    on_read_paused: Callable[[], object] | None = None
+
+    def note_read_paused(self) -> None:
+        self.read_pauses += 1
+        if self.on_read_paused is not None:
+            self.on_read_paused()
 
     def note_queued(self, transport: Any) -> None:
         """Record how much TRANSPORT holds right after a write of ours."""
