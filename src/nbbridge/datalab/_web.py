@@ -240,3 +240,7 @@ class DatalabSite(Site):
         super().__init__(resource, **kwargs)
         self.spool_dir = spool_dir
         self.max_body = max_body
+
+    def log(self, request: Request) -> None:
+        """No access log: JupyterLab makes dozens of requests per page, and URLs of the
+        API hold nonces. Refusals and instance events are logged where they happen."""
