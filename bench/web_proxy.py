@@ -12,8 +12,12 @@ of that Jupyter. Then, in the same run:
 * small GETs (``/api/status``, the token in a header that every path passes on) with ``wrk``
   (Debian's package): req/s and p99 latency for direct, nbbridge.web and chp, ``--rounds``
   times each, interleaved so a noisy machine hurts them alike;
+* WebSocket round trips of a 200-byte message to an Autobahn echo server, direct and through
+  a second nbbridge.web process: the proxy's own cost, without the kernel's;
 * kernel ``execute_request`` of ``1+1`` → ``execute_reply`` round trips over the kernel
-  WebSocket (legacy JSON framing), direct and through nbbridge.web, interleaved in blocks.
+  WebSocket (legacy JSON framing), direct and through nbbridge.web taking turns execute by
+  execute (the kernel's own drift dominates the round trip), with the median of the paired
+  differences.
 
 Prints min / median / max per figure and the medians' ratios.
 """
@@ -55,6 +59,26 @@ def serve_proxy(port: int, upstream_port: int) -> None:
     site.log = lambda request: None  # type: ignore[method-assign]  # no access log in a bench
     TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
     print(f"proxy listening on {port}", flush=True)
+    reactor.run()
+
+
+def serve_echo(port: int) -> None:
+    """A WebSocket echo server (Autobahn) on 127.0.0.1:PORT: the proxy's cost alone."""
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    class Echo(WebSocketServerProtocol):
+        def onConnect(self, request: Any) -> None:
+            self.transport.setTcpNoDelay(True)
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.sendMessage(payload, isBinary)
+
+    factory = WebSocketServerFactory(reactor=reactor)
+    factory.protocol = Echo
+    TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
+    print(f"echo listening on {port}", flush=True)
     reactor.run()
 
 
@@ -124,10 +148,10 @@ def start_kernel(port: int, token: str) -> str:
         return str(json.load(response)["id"])
 
 
-def execute_round_trips(
-    ports: dict[str, int], token: str, kernel: str, executes: int, blocks: int
+async def execute_round_trips(
+    ports: dict[str, int], token: str, kernel: str, executes: int
 ) -> dict[str, list[float]]:
-    """Execute round trips (ms) per path, in BLOCKS interleaved blocks, in one reactor."""
+    """Execute round trips (ms) per path, the paths taking turns (in the running reactor)."""
     from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -195,23 +219,83 @@ def execute_round_trips(
             for _ in range(20):  # warm-up
                 await proto.execute()
             sockets[name] = proto
-        per_block = max(1, executes // blocks)
-        for _ in range(blocks):
-            for name, proto in sockets.items():
-                for _ in range(per_block):
-                    start = time.perf_counter()
-                    await proto.execute()
-                    results[name].append((time.perf_counter() - start) * 1000)
+        # Alternate the paths execute by execute, so that the kernel's own drift (it dominates
+        # the round trip) hits both alike; the order within a pair alternates too.
+        names = list(sockets)
+        for i in range(executes):
+            for name in names if i % 2 == 0 else reversed(names):
+                start = time.perf_counter()
+                await sockets[name].execute()
+                results[name].append((time.perf_counter() - start) * 1000)
         for proto in sockets.values():
             proto.sendClose(1000)
 
+    await run()
+    return results
+
+
+async def echo_round_trips(ports: dict[str, int], count: int) -> dict[str, list[float]]:
+    """Round trips (ms) of a 200-byte message to the echo server, the paths taking turns."""
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet import defer, reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    class Client(WebSocketClientProtocol):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opened: defer.Deferred[None] = defer.Deferred()
+            self.reply: defer.Deferred[None] | None = None
+
+        def onOpen(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            self.opened.callback(None)
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            d, self.reply = self.reply, None
+            assert d is not None
+            d.callback(None)
+
+        def ask(self) -> defer.Deferred[None]:
+            self.reply = defer.Deferred()
+            self.sendMessage(b"x" * 200, isBinary=True)
+            return self.reply
+
+    results: dict[str, list[float]] = {name: [] for name in ports}
+
+    async def run() -> None:
+        clients = {}
+        for name, port in ports.items():
+            factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/echo", reactor=reactor)
+            factory.protocol = Client
+            client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+            await client.opened
+            for _ in range(100):
+                await client.ask()
+            clients[name] = client
+        names = list(clients)
+        for i in range(count):
+            for name in names if i % 2 == 0 else reversed(names):
+                start = time.perf_counter()
+                await clients[name].ask()
+                results[name].append((time.perf_counter() - start) * 1000)
+        for client in clients.values():
+            client.sendClose(1000)
+
+    await run()
+    return results
+
+
+def run_in_reactor(work: Any) -> None:
+    """Run the coroutine function WORK in the reactor (once per process: Twisted's reactor
+    cannot restart)."""
+    from twisted.internet import defer, reactor
+
     done: list[Any] = []
-    d = defer.Deferred.fromCoroutine(run())
+    d = defer.Deferred.fromCoroutine(work())
     d.addBoth(lambda r: (done.append(r), reactor.callLater(0.5, reactor.stop)))
     reactor.run()
     if done and hasattr(done[0], "raiseException"):
         done[0].raiseException()
-    return results
 
 
 def pct(values: list[float], q: float) -> float:
@@ -223,17 +307,41 @@ def triple(values: list[float]) -> str:
     return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
 
 
+def print_gets(
+    args: argparse.Namespace, rates: dict[str, list[float]], p99s: dict[str, list[float]]
+) -> None:
+    print()
+    print(
+        f"GET /api/status, wrk -t1 -c{args.connections} -d{args.seconds}s,"
+        f" {args.rounds} rounds (min / median / max)"
+    )
+    print(f"{'path':26} {'req/s':>22} {'p99 ms':>22}")
+    for name in rates:
+        print(f"{name:26} {triple(rates[name]):>22} {triple(p99s[name]):>22}")
+    web = statistics.median(rates["nbbridge.web"])
+    print(f"nbbridge.web / direct req/s: {web / statistics.median(rates['direct']):.2f}")
+    if "configurable-http-proxy" in rates:
+        chp = statistics.median(rates["configurable-http-proxy"])
+        print(f"nbbridge.web / configurable-http-proxy req/s: {web / chp:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", nargs=2, type=int, metavar=("PORT", "UPSTREAM"))
+    parser.add_argument("--serve-echo", type=int, metavar="PORT")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--executes", type=int, default=300)
+    parser.add_argument("--echoes", type=int, default=2000)
     parser.add_argument("--chp", default=shutil.which("configurable-http-proxy"))
+    parser.add_argument("--skip-get", action="store_true", help="only the execute round trips")
     args = parser.parse_args()
     if args.serve:
         serve_proxy(*args.serve)
+        return
+    if args.serve_echo:
+        serve_echo(args.serve_echo)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
@@ -287,9 +395,9 @@ def main() -> None:
             print(f"# {versions}", flush=True)
             rates: dict[str, list[float]] = {name: [] for name in ports}
             p99s: dict[str, list[float]] = {name: [] for name in ports}
-            for port in ports.values():  # warm-up
+            for port in [] if args.skip_get else ports.values():  # warm-up
                 wrk(f"http://127.0.0.1:{port}/api/status", token, 2, args.connections)
-            for r in range(args.rounds):
+            for r in range(0 if args.skip_get else args.rounds):
                 for name, port in ports.items():
                     rate, p99 = wrk(
                         f"http://127.0.0.1:{port}/api/status",
@@ -301,36 +409,57 @@ def main() -> None:
                     p99s[name].append(p99)
                     print(f"round {r + 1} {name}: {rate:.0f} req/s, p99 {p99:.1f} ms", flush=True)
             kernel = start_kernel(jport, token)
-            trips = execute_round_trips(
-                {k: ports[k] for k in ("direct", "nbbridge.web")},
-                token,
-                kernel,
-                args.executes,
-                blocks=5,
+            eport, epport = free_port(), free_port()
+            echo = Child(
+                "echo", [sys.executable, __file__, "--serve-echo", str(eport)], work, child_env()
             )
+            children.append(echo)
+            echo.wait_listening(eport)
+            echo_proxy = Child(
+                "nbbridge-web-echo",
+                [sys.executable, __file__, "--serve", str(epport), str(eport)],
+                work,
+                child_env(),
+            )
+            children.append(echo_proxy)
+            echo_proxy.wait_listening(epport)
+            measured: dict[str, dict[str, list[float]]] = {}
+
+            async def round_trips() -> None:
+                measured["execute"] = await execute_round_trips(
+                    {k: ports[k] for k in ("direct", "nbbridge.web")},
+                    token,
+                    kernel,
+                    args.executes,
+                )
+                measured["echo"] = await echo_round_trips(
+                    {"direct": eport, "nbbridge.web": epport}, args.echoes
+                )
+
+            run_in_reactor(round_trips)
         finally:
             for child in reversed(children):
                 child.stop()
+    if not args.skip_get:
+        print_gets(args, rates, p99s)
     print()
-    print(
-        f"GET /api/status, wrk -t1 -c{args.connections} -d{args.seconds}s,"
-        f" {args.rounds} rounds (min / median / max)"
-    )
-    print(f"{'path':26} {'req/s':>22} {'p99 ms':>22}")
-    for name in rates:
-        print(f"{name:26} {triple(rates[name]):>22} {triple(p99s[name]):>22}")
-    web = statistics.median(rates["nbbridge.web"])
-    print(f"nbbridge.web / direct req/s: {web / statistics.median(rates['direct']):.2f}")
-    if "configurable-http-proxy" in rates:
-        chp = statistics.median(rates["configurable-http-proxy"])
-        print(f"nbbridge.web / configurable-http-proxy req/s: {web / chp:.2f}")
-    print()
-    print(f"kernel execute round trip (1+1 -> execute_reply), {args.executes} each, ms")
-    print(f"{'path':26} {'p50':>8} {'p90':>8} {'p99':>8}")
-    for name, values in trips.items():
-        print(f"{name:26} {pct(values, 0.5):8.2f} {pct(values, 0.9):8.2f} {pct(values, 0.99):8.2f}")
-    added = pct(trips["nbbridge.web"], 0.5) - pct(trips["direct"], 0.5)
-    print(f"nbbridge.web adds {added:+.2f} ms at p50")
+    titles = {
+        "execute": f"kernel execute round trip (1+1 -> execute_reply), {args.executes} each, ms",
+        "echo": f"WebSocket echo round trip (200 B, Autobahn echo server), {args.echoes} each, ms",
+    }
+    for what, trips in measured.items():
+        print(titles[what])
+        print(f"{'path':26} {'p50':>8} {'p90':>8} {'p99':>8}")
+        for name, values in trips.items():
+            p50, p90, p99 = (pct(values, q) for q in (0.5, 0.9, 0.99))
+            print(f"{name:26} {p50:8.2f} {p90:8.2f} {p99:8.2f}")
+        added = pct(trips["nbbridge.web"], 0.5) - pct(trips["direct"], 0.5)
+        pairs = [w - d for w, d in zip(trips["nbbridge.web"], trips["direct"], strict=True)]
+        print(
+            f"nbbridge.web adds {added:+.2f} ms at p50;"
+            f" median of the {len(pairs)} paired differences {statistics.median(pairs):+.2f} ms"
+        )
+        print()
 
 
 if __name__ == "__main__":

@@ -301,6 +301,25 @@ class Slow(Resource):
         return NOT_DONE_YET
 
 
+class Own(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return b"own:" + request.path
+
+
+class MountTests(ProxyTestCase):
+    async def test_children_served_by_themselves(self) -> None:
+        """A front mounts its own API beside the proxy (datalab's /datalab/...)."""
+        port = await self.start_upstream(Echo())
+        base = await self.start_proxy(to(Upstream("echo", tcp(port))))
+        self.proxy.putChild(b"datalab", Own())
+        response = await self.http.get(f"{base}/datalab/view/x")
+        self.assertEqual(await self.text(response), b"own:/datalab/view/x")
+        response = await self.http.get(f"{base}/lab/tree/x?y=1")
+        self.assertEqual(json.loads(await self.text(response))["uri"], "/lab/tree/x?y=1")
+
+
 class TrackerTests(ProxyTestCase):
     async def test_routed_request_outlives_handshake_deadline(self) -> None:
         """Under a ConnectionTracker with a short handshake deadline, a slow answer completes."""

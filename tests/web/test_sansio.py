@@ -10,6 +10,7 @@ from nbbridge.web._head import BadHead, BodyReader, HeadReader, encode_request
 from nbbridge.web._headers import (
     ClientFacts,
     drop_cookies,
+    drop_set_cookies,
     end_to_end,
     switching_headers,
     upstream_request_headers,
@@ -88,6 +89,17 @@ class HeaderTests(TestCase):
         h = headers(Cookie="a=1; b=2")
         drop_cookies(h, ["a", "b"])
         self.assertFalse(h.hasHeader(b"cookie"))
+
+    def test_drop_set_cookies(self) -> None:
+        h = Headers()
+        h.setRawHeaders(
+            b"Set-Cookie",
+            [b"username-127-0-0-1-8888=x; Path=/", b"_xsrf=y; Path=/", b"keep=z; HttpOnly"],
+        )
+        drop_set_cookies(h, lambda name: name.startswith("username-") or name == "_xsrf")
+        self.assertEqual(h.getRawHeaders(b"set-cookie"), [b"keep=z; HttpOnly"])
+        drop_set_cookies(h, lambda name: True)
+        self.assertFalse(h.hasHeader(b"set-cookie"))
 
     def test_websocket_headers(self) -> None:
         received = headers(

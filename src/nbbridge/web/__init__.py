@@ -30,7 +30,7 @@ What the proxy does for every route (docs/web.md has the details):
   that looks complete.
 """
 
-from ._headers import HOP_BY_HOP, drop_cookies
+from ._headers import HOP_BY_HOP, drop_cookies, drop_set_cookies
 from ._pages import error_page
 from ._pool import ConnectTimeout, TimeoutEndpoint, UpstreamPool
 from ._resource import ProxyResource
@@ -61,6 +61,7 @@ __all__ = [
     "UpstreamPool",
     "changes_state",
     "drop_cookies",
+    "drop_set_cookies",
     "error_page",
     "is_upgrade",
 ]

@@ -6,7 +6,7 @@ WebSocket path rewrite headers the same way, and unit tests need no sockets.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import attrs
 from twisted.web.http_headers import Headers
@@ -108,6 +108,27 @@ def drop_cookies(headers: Headers, names: Collection[str]) -> None:
     headers.removeHeader(b"cookie")
     if kept:
         headers.setRawHeaders(b"Cookie", [b"; ".join(kept)])
+
+
+def drop_set_cookies(headers: Headers, unwanted: Callable[[str], bool]) -> None:
+    """Remove the ``Set-Cookie`` headers whose cookie name UNWANTED accepts.
+
+    For a front that must not let an upstream's own login cookies reach the browser (Jupyter
+    sets ``username-<host>-<port>`` and ``_xsrf``): ``Route(response_headers=lambda h:
+    drop_set_cookies(h, lambda name: name.startswith("username-") or name == "_xsrf"))``.
+    """
+    cookies = headers.getRawHeaders(b"set-cookie")
+    if not cookies:
+        return
+    kept = [
+        c
+        for c in cookies
+        if not unwanted(c.split(b";", 1)[0].split(b"=", 1)[0].strip().decode("latin-1"))
+    ]
+    if kept:
+        headers.setRawHeaders(b"Set-Cookie", kept)
+    else:
+        headers.removeHeader(b"set-cookie")
 
 
 def upstream_request_headers(

@@ -11,16 +11,13 @@ every other path is proxied.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.error import ConnectError, ConnectionLost
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest, IResponse
 from twisted.web.resource import Resource
@@ -30,7 +27,8 @@ from nbbridge._internals import take_over_connection, write_now
 from nbbridge._tuning import tune
 from nbbridge.websocket import TrackedConnection
 
-from ._head import BadHead, encode_request, encode_response_head
+from ._client import ClientWatch, Discard, abort, is_upstream_failure, reason
+from ._head import encode_request, encode_response_head
 from ._headers import (
     ClientFacts,
     client_response_headers,
@@ -40,47 +38,14 @@ from ._headers import (
 )
 from ._http import BodyRelay, request_body
 from ._pages import error_page, phrase
-from ._pool import ConnectTimeout, UpstreamPool
+from ._pool import UpstreamPool
 from ._route import Decision, Refusal, Route, Router, is_upgrade
 from ._splice import SpliceEnd, splice
 from ._stats import ProxyStats
-from ._upgrade import UpgradeClient, UpstreamClosed
+from ._upgrade import UpgradeClient
 
 #: Statuses whose responses have no body (RFC 9110).
 _NO_BODY = frozenset({204, 304})
-
-
-def _reason(failure: Failure) -> str:
-    """A short text for why the upstream could not be used."""
-    error = failure.value
-    if isinstance(error, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
-        inner = [r.getErrorMessage() for r in error.reasons]
-        return "; ".join(inner) or type(error).__name__
-    if isinstance(error, TimeoutError):
-        return "no answer in time"
-    return failure.getErrorMessage() or type(error).__name__
-
-
-def _is_upstream_failure(failure: Failure) -> bool:
-    return bool(
-        failure.check(
-            ConnectError,
-            ConnectTimeout,
-            ResponseNeverReceived,
-            ResponseFailed,
-            RequestTransmissionFailed,
-            UpstreamClosed,
-            BadHead,
-            TimeoutError,
-            ConnectionLost,
-        )
-    )
-
-
-def _abort(transport: Any) -> None:
-    """Reset a connection (a cut must never look like an orderly end)."""
-    if transport is not None:
-        transport.abortConnection()
 
 
 def _target(request: IRequest, route: Route) -> bytes:
@@ -153,7 +118,7 @@ class ProxyResource(Resource):
         return decision
 
     async def _serve(self, request: Request) -> None:
-        gone = _ClientWatch(request)
+        gone = ClientWatch(request)
         decision = await self._decide(request)
         if gone.left:
             return
@@ -172,7 +137,7 @@ class ProxyResource(Resource):
         else:
             await self._forward(request, decision, gone)
 
-    async def _forward(self, request: Request, route: Route, gone: _ClientWatch) -> None:
+    async def _forward(self, request: Request, route: Route, gone: ClientWatch) -> None:
         """A plain request: headers and body up, the response streamed down."""
         headers = upstream_request_headers(
             request.requestHeaders,
@@ -192,12 +157,12 @@ class ProxyResource(Resource):
             return  # the client left
         except Exception:
             failure = Failure()
-            if not _is_upstream_failure(failure):
+            if not is_upstream_failure(failure):
                 raise
             self._bad_gateway(request, route, failure)
             return
         if gone.left:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             return
         request.setResponseCode(response.code, response.phrase)
         out = client_response_headers(response.headers, route)
@@ -218,16 +183,16 @@ class ProxyResource(Resource):
                 method=request.method.decode("latin-1"),
                 uri=request.uri.decode("latin-1"),
                 upstream=route.upstream.name,
-                why=_reason(failure),
+                why=reason(failure),
             )
             request.unregisterProducer()
-            _abort(request.channel.transport)
+            abort(request.channel.transport)
             return
         request.unregisterProducer()
         if not gone.left:
             request.finish()
 
-    async def _upgrade(self, request: Request, route: Route, gone: _ClientWatch) -> None:
+    async def _upgrade(self, request: Request, route: Route, gone: ClientWatch) -> None:
         """A WebSocket: the upgrade upstream, then the upstream's answer to the browser."""
         self.stats.upgrades += 1
         headers = websocket_request_headers(
@@ -248,7 +213,7 @@ class ProxyResource(Resource):
             return
         except Exception:
             failure = Failure()
-            if not _is_upstream_failure(failure):
+            if not is_upstream_failure(failure):
                 raise
             self._bad_gateway(request, route, failure)
             return
@@ -259,13 +224,13 @@ class ProxyResource(Resource):
             response, leftover = await answer
         except CancelledError:
             if upstream.transport is not None:
-                _abort(upstream.transport)
+                abort(upstream.transport)
             return
         except Exception:
             failure = Failure()
             if upstream.transport is not None:
-                _abort(upstream.transport)
-            if not _is_upstream_failure(failure):
+                abort(upstream.transport)
+            if not is_upstream_failure(failure):
                 raise
             self._bad_gateway(request, route, failure)
             return
@@ -273,7 +238,7 @@ class ProxyResource(Resource):
             await self._refused_upgrade(request, route, upstream, response, leftover, gone)
             return
         if gone.left or request.channel is None:
-            _abort(upstream.transport)
+            abort(upstream.transport)
             return
         # The upstream accepted: now, and only now, the browser's handshake completes.
         browser = SpliceEnd(self.stats)
@@ -293,7 +258,7 @@ class ProxyResource(Resource):
         upstream: UpgradeClient,
         response: Any,
         leftover: bytes,
-        gone: _ClientWatch,
+        gone: ClientWatch,
     ) -> None:
         """The upstream said no to the upgrade: the browser gets its status, headers and body."""
         try:
@@ -338,7 +303,7 @@ class ProxyResource(Resource):
 
     def _bad_gateway(self, request: Request, route: Route, failure: Failure) -> None:
         self.stats.bad_gateway += 1
-        why = _reason(failure)
+        why = reason(failure)
         self._log.warn(
             "{method} {uri}: 502, the upstream {upstream} failed: {why}",
             method=request.method.decode("latin-1"),
@@ -360,38 +325,6 @@ class ProxyResource(Resource):
         self._log.failure("{uri}: the proxy failed", failure, uri=request.uri.decode("latin-1"))
         if request.startedWriting or request.finished or request.channel is None:
             if request.channel is not None and request.channel.transport is not None:
-                _abort(request.channel.transport)
+                abort(request.channel.transport)
             return
         self._page(request, 500, "The proxy failed on this request; the error is logged.")
-
-
-class _Discard(Protocol):
-    """Takes a response body nobody wants any more: its connection is closed at once."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]
-
-
-class _ClientWatch:
-    """Whether the client left (its connection ended) before its answer was finished.
-
-    Callbacks given to `on_leave` cancel what is under way for it (a connection attempt, a
-    request upstream). A request that finishes normally never counts as left.
-    """
-
-    def __init__(self, request: Request) -> None:
-        self.left = False
-        self._on_leave: list[Callable[[], object]] = []
-        request.notifyFinish().addErrback(self._gone)
-
-    def _gone(self, failure: Failure) -> None:
-        self.left = True
-        callbacks, self._on_leave = self._on_leave, []
-        for callback in callbacks:
-            callback()
-
-    def on_leave(self, callback: Callable[[], object]) -> None:
-        if self.left:
-            callback()
-        else:
-            self._on_leave.append(callback)
