@@ -22,12 +22,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from nbbridge.store import StoreUnavailable
-from nbbridge.web import Decision, Refusal, Route, Upstream, is_upgrade
+from nbbridge.web import Decision, Refusal, Route, Upstream, drop_set_cookies, is_upgrade
 
 from ._api import ApiError
 from ._core import Datalab
 from ._records import InstanceRecord
-from ._routing import SESSION_COOKIE, keep_set_cookie, origin_allowed, read_cookie
+from ._routing import KEPT_INSTANCE_COOKIES, SESSION_COOKIE, origin_allowed, read_cookie
 
 
 async def admit(datalab: Datalab, request: Request) -> InstanceRecord:
@@ -45,15 +45,9 @@ async def admit(datalab: Datalab, request: Request) -> InstanceRecord:
 
 
 def drop_login_cookies(headers: Headers) -> None:
-    """Remove the instance's own login cookies from its response (Jupyter's ``_xsrf`` stays)."""
-    values = headers.getRawHeaders(b"Set-Cookie")
-    if not values:
-        return
-    kept = [v for v in values if keep_set_cookie(v)]
-    if kept:
-        headers.setRawHeaders(b"Set-Cookie", kept)
-    else:
-        headers.removeHeader(b"Set-Cookie")
+    """Remove the instance's own login cookies from its response (Jupyter's ``_xsrf`` stays,
+    for JupyterLab reads it; it is no credential)."""
+    drop_set_cookies(headers, lambda name: name not in KEPT_INSTANCE_COOKIES)
 
 
 class _Watched:

@@ -42,12 +42,6 @@ def strip_cookie(headers: Sequence[bytes] | None, name: str) -> list[bytes]:
     return ["; ".join(kept).encode("latin-1")] if kept else []
 
 
-def keep_set_cookie(value: bytes) -> bool:
-    """Whether an instance's Set-Cookie may reach the browser (login cookies may not)."""
-    name = value.decode("latin-1").partition("=")[0].strip()
-    return name in KEPT_INSTANCE_COOKIES
-
-
 def origin_allowed(
     method: bytes, origin: bytes | None, host: bytes | None, *, websocket: bool
 ) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -241,6 +242,6 @@ class DatalabSite(Site):
         self.spool_dir = spool_dir
         self.max_body = max_body
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log: JupyterLab makes dozens of requests per page, and URLs of the
         API hold nonces. Refusals and instance events are logged where they happen."""
