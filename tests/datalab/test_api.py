@@ -83,6 +83,20 @@ class RefusalTests(DatalabTestCase):
         self.assertIn(b'"TOO_LARGE"', answer)
         self.assertEqual(os.listdir(self.service.site.spool_dir), [])  # type: ignore[union-attr]
 
+    async def test_unsigned_body_is_never_stored(self) -> None:
+        """A start with a wrong signature is refused from its headers: no byte is spooled."""
+        await self.start_datalab()
+        ts = now_ts()
+        head = (
+            f"POST /datalab/start?ts={ts}&filename=big.csv HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nX-SIGN: {'0' * 64}\r\n"
+            f"Content-Length: 500000000\r\n\r\n"
+        ).encode()
+        answer = await raw_exchange(self.base, head + b"x" * 200_000)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:200])
+        self.assertIn(b'"BAD_SIGNATURE"', answer)
+        self.assertEqual(os.listdir(self.service.site.spool_dir), [])  # type: ignore[union-attr]
+
     async def test_too_large_streamed(self) -> None:
         """A body without a declared length is counted as it arrives; past the limit, 413."""
         await self.start_datalab("--max-upload", "100000")
@@ -99,7 +113,10 @@ class RefusalTests(DatalabTestCase):
 
     async def test_start_needs_post(self) -> None:
         await self.start_datalab()
-        response = await self.get(f"/datalab/start?ts={now_ts()}&filename=a.csv")
+        ts = now_ts()
+        response = await self.get(
+            f"/datalab/start?ts={ts}&filename=a.csv", headers={"X-SIGN": sign(ts, "a.csv")}
+        )
         self.assertEqual(response.code, 405)
 
     async def test_no_cookie_is_401(self) -> None:

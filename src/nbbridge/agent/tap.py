@@ -67,9 +67,7 @@ class Options(TunnelOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    services: Acceptor = ServiceMap(
-        {s: clientFromString(reactor, e) for s, e in options["expose"]}
-    )
+    services: Acceptor = ServiceMap({s: clientFromString(reactor, e) for s, e in options["expose"]})
     host = None
     if options["datalab-launcher"]:
         # Instances for datalab daemons (docs/datalab.md, "agent launcher").

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from urllib.parse import parse_qs
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -61,6 +62,19 @@ class Datalab:
         self.config = config
         self.state = state
         self.instances = instances
+
+    def precheck_start(self, query: str, signature: str | None, algorithm: str | None) -> None:
+        """Signature and freshness of a start, from its headers alone (before the body).
+
+        The checks that need no store: an unsigned or stale upload is refused before a byte
+        of its body is stored. (Replay needs the store; it is checked once the body is in.)
+        """
+        values = parse_qs(query, keep_blank_values=True)
+        ts_values, names = values.get("ts"), values.get("filename")
+        if not ts_values or not names:
+            return  # refused with its own message after the body
+        check_signature(self.config.sign_key, ts_values[0], names[0], signature, algorithm)
+        check_fresh(parse_timestamp(ts_values[0]), self._clock.seconds(), self.config.freshness)
 
     async def _check_signed(
         self, ts_text: str | None, subject: str, signature: str | None, algorithm: str | None

@@ -65,7 +65,12 @@ class DatalabService(MultiService):
         api = DatalabApi(self.datalab, StaticFetcher(reactor), launcher.spool)
         self.pool = pool
         proxy_resource = ProxyResource(DatalabRouter(self.datalab), pool)
-        self.site = DatalabSite(DatalabRoot(api, proxy_resource), launcher.spool(), max_upload)
+        self.site = DatalabSite(
+            DatalabRoot(api, proxy_resource),
+            launcher.spool(),
+            max_upload,
+            precheck_start=self.datalab.precheck_start,
+        )
         self._endpoint = endpoint
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None

@@ -12,13 +12,29 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from io import BytesIO
 from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from nbbridge._internals import request_target
+
 from ._api import ApiError
+
+START_PATH = b"/datalab/start"
+_PHRASES = {
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    413: b"Payload Too Large",
+}
+
+
+def _text(values: Sequence[bytes] | None) -> str | None:
+    return values[0].decode("latin-1") if values else None
+
 
 #: The default largest request body (an upload), in bytes.
 DEFAULT_MAX_UPLOAD = 1024**3
@@ -61,6 +77,11 @@ class SpooledRequest(Request):
             self.content = _Discard()  # type: ignore[assignment]
             self._refuse_too_large()
             return
+        refusal = self._precheck(site)
+        if refusal is not None:
+            self.content = _Discard()  # type: ignore[assignment]
+            self._refuse(refusal)
+            return
         if length is not None and length < _IN_MEMORY:
             self.content = BytesIO()  # type: ignore[assignment]
             return
@@ -88,22 +109,52 @@ class SpooledRequest(Request):
         if content is not None:
             content.close()
 
+    def _precheck(self, site: Any) -> ApiError | None:
+        """A start whose signature or timestamp is wrong, refused from its headers alone."""
+        precheck = getattr(site, "precheck_start", None)
+        target = request_target(self.channel)
+        if precheck is None or target is None:
+            return None
+        path, _, query = target.partition(b"?")
+        if path != START_PATH:
+            return None
+        try:
+            precheck(
+                query.decode("latin-1"),
+                _text(self.requestHeaders.getRawHeaders(b"X-SIGN")),
+                _text(self.requestHeaders.getRawHeaders(b"X-SIGN-ALG")),
+            )
+        except ApiError as e:
+            return e
+        return None
+
     def _refuse_too_large(self) -> None:
-        """Answer 413 before the body is read, and close: the rest of it is never taken."""
+        self._log_upload.info("refused a request body over {limit} bytes", limit=self._max_body)
+        self._refuse(
+            ApiError(
+                413, "TOO_LARGE", f"the request body is over the limit of {self._max_body} bytes"
+            )
+        )
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answer ERROR before the body is read, and close: the rest of it is never taken."""
         self._refused = True
         content: Any = self.content
         if not isinstance(content, _Discard):
             content.close()
             self.content = _Discard()  # type: ignore[assignment]
-        error = ApiError(
-            413, "TOO_LARGE", f"the request body is over the limit of {self._max_body} bytes"
-        )
-        self._log_upload.info("refused a request body over {limit} bytes", limit=self._max_body)
+        if error.status != 413:
+            self._log_upload.info(
+                "refused an upload before its body: {code} ({message})",
+                code=error.code,
+                message=error.message,
+            )
         body = error.body()
         transport: Any = self.channel.transport
         transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Content-Type: application/json\r\n"
+            b"HTTP/1.1 %d %s\r\n"
+            % (error.status, _PHRASES.get(error.status, b"Refused"))
+            + b"Content-Type: application/json\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n" + body
         )

@@ -236,11 +236,14 @@ class DatalabSite(Site):
         resource: IResource,
         spool_dir: str,
         max_body: int = DEFAULT_MAX_UPLOAD,
+        precheck_start: Callable[[str, str | None, str | None], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.spool_dir = spool_dir
         self.max_body = max_body
+        #: checks a start's signature from its headers (`Datalab.precheck_start`)
+        self.precheck_start = precheck_start
 
     def log(self, request: http.Request) -> None:
         """No access log: JupyterLab makes dozens of requests per page, and URLs of the
