@@ -216,3 +216,20 @@ class RestartWithRedisTests(AgentLauncherTests):
         await running.when_ended()
         response = await self.call("GET", f"{base}/api/contents", headers=headers)
         self.assertEqual(response.code, 403)
+
+
+class AgentOptionTests(TunnelTestCase):
+    """The agent's --datalab-launcher: enough on its own; without it an --expose is needed."""
+
+    def test_launcher_alone_is_enough(self) -> None:
+        from twisted.python import usage
+
+        from nbbridge.agent import tap as agent_tap
+
+        args = self.agent_args({})
+        options = agent_tap.Options()
+        options.parseOptions([*args, "--datalab-launcher"])
+        self.assertTrue(options["datalab-launcher"])
+        self.assertEqual(options["expose"], [])
+        with self.assertRaises(usage.UsageError):
+            agent_tap.Options().parseOptions(args)
