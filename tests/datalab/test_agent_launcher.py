@@ -226,7 +226,7 @@ class AgentOptionTests(TunnelTestCase):
 
         from nbbridge.agent import tap as agent_tap
 
-        args = self.agent_args({})
+        args = self.agent_args({}, relay_url="ws://127.0.0.1:8765")
         options = agent_tap.Options()
         options.parseOptions([*args, "--datalab-launcher"])
         self.assertTrue(options["datalab-launcher"])
