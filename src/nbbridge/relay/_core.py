@@ -134,6 +134,9 @@ class Relay:
         #: pairing rendezvous (`nbbridge pair`): nameplates in the same store
         self.pairing = Rendezvous(authority, limits, clock, self.registry.store, self.where)
         self._agents: dict[str, AgentState] = {}
+        #: agents whose control connection is open here (kept, not counted per registration:
+        #: counting made registering 10 000 agents quadratic)
+        self._online = 0
         self._links = 0
         self._bytes = 0
         #: dials an agent never answered: timed out, or the agent went offline first (/metrics)
@@ -151,13 +154,14 @@ class Relay:
             self._log.info("agent {agent} refused: {reason}", agent=name, reason=refusal.reason)
             return refusal
         state = self._agents.get(name)
-        online = sum(1 for a in self._agents.values() if a.peer is not None)
-        if (state is None or state.peer is None) and online >= self.limits.max_agents:
+        if (state is None or state.peer is None) and self._online >= self.limits.max_agents:
             reason = f"relay serves at most {self.limits.max_agents} agents (max_agents)"
             return self._over_limit("max_agents", f"agent {name}", reason)
         if state is None:
             state = self._agents[name] = AgentState(name)
         old, state.peer, state.since = state.peer, peer, self.clock.seconds()
+        if old is None:
+            self._online += 1
         self._record("register", name, self.registry.register(name, self.where))
         peer.send_registered(name)
         if old is not None:
@@ -182,6 +186,7 @@ class Relay:
         if state is None or state.peer is not peer:
             return
         state.peer = None
+        self._online -= 1
         self._log.info("agent {agent} offline", agent=state.name)
         self._record("unregister", agent, self.registry.unregister(agent, self.where))
         for pending in list(state.pending.values()):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -49,6 +49,9 @@ class MemoryStore:
         #: (expires_at, stamp, key) for every expiry set; stale items are skipped when popped
         self._expiries: list[tuple[float, int, str]] = []
         self._stamps = itertools.count(1)
+        #: answers waiting for the next turn, in the order their operations were issued
+        self._answers: list[tuple[Deferred[Any], Any]] = []
+        self._answering: IDelayedCall | None = None
 
     def __len__(self) -> int:
         """Entries held, expired or not (how much memory the store takes, for tests)."""
@@ -170,13 +173,25 @@ class MemoryStore:
     # -- answers -----------------------------------------------------------------------------
 
     def _later(self, result: T) -> Deferred[T]:
-        """RESULT on a later turn, as a network store would answer; cancelling drops it."""
-        call: IDelayedCall | None = None
+        """RESULT on a later turn, as a network store would answer; cancelling drops it.
 
-        def cancel(_d: Deferred[T]) -> None:
-            if call is not None and call.active():
-                call.cancel()
-
-        d: Deferred[T] = Deferred(cancel)
-        call = self._clock.callLater(0, d.callback, result)
+        All the answers of one turn go out together from one delayed call, in the order
+        their operations were issued: a relay refreshing 10 000 registry entries schedules
+        one call, not 10 000.
+        """
+        d: Deferred[T] = Deferred(_drop_answer)
+        self._answers.append((d, result))
+        if self._answering is None:
+            self._answering = self._clock.callLater(0, self._answer)
         return d
+
+    def _answer(self) -> None:
+        answers, self._answers = self._answers, []
+        self._answering = None
+        for d, result in answers:
+            if not d.called:  # cancelled meanwhile
+                d.callback(result)
+
+
+def _drop_answer(d: Deferred[Any]) -> None:
+    """Cancelling an answer: it errbacks with CancelledError now and is skipped later."""

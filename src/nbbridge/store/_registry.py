@@ -10,6 +10,7 @@ that dies leaves entries that expire on their own after the TTL.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -57,16 +58,19 @@ class AgentRegistry:
 
     def refresh(self, name: str, where: str) -> Deferred[Refresh]:
         """Extend NAME's entry if WHERE still holds it; write it again if it has vanished."""
-        return Deferred.fromCoroutine(self._refresh(self._key(name), _encode(where)))
+        key, value = self._key(name), _encode(where)
+        # Callbacks rather than a coroutine: a relay refreshes every entry it holds each
+        # round (10 000 agents: 10 000 refreshes every 10 s), and this is the cheaper path.
+        d: Deferred[Any] = self.store.expire_if(key, value, self.ttl)
+        return d.addCallback(self._refreshed, key, value)
 
-    async def _refresh(self, key: str, value: bytes) -> Refresh:
-        if await self.store.expire_if(key, value, self.ttl):
+    def _refreshed(self, held: bool, key: str, value: bytes) -> Refresh | Deferred[Refresh]:
+        if held:
             return Refresh.HELD
         # Absent, or someone else's. `add` tells the two apart atomically: it writes only
         # into an empty slot, so a newer holder's entry is never overwritten by a refresh.
-        if await self.store.add(key, value, self.ttl):
-            return Refresh.RESTORED
-        return Refresh.LOST
+        d = self.store.add(key, value, self.ttl)
+        return d.addCallback(lambda added: Refresh.RESTORED if added else Refresh.LOST)
 
     def where(self, name: str) -> Deferred[str | None]:
         """Where NAME's control connection lives, or None if it is offline everywhere."""
