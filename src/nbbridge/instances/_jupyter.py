@@ -49,6 +49,15 @@ DEFAULT_START_TIMEOUT = 90.0
 DEFAULT_STOP_GRACE = 15.0
 
 
+#: What jupyter-server logs when the port it was given is taken, and how often to try another.
+_PORT_IN_USE = "is already in use"
+_PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """The server could not bind its port (someone took it after we picked it)."""
+
+
 class InstanceStartError(Exception):
     """An instance could not be started; the message says why (with the server's last words)."""
 
@@ -195,6 +204,33 @@ class JupyterProcesses:
             raise InstanceStartError("stopping: no new instances")
         if os.sep in filename or filename in ("", ".", ".."):
             raise ValueError("a plain file name is needed")
+        # A free port is picked, then bound by the server: another process may take it in
+        # between (a busy machine), and the server then exits at once: try another port.
+        for attempt in range(_PORT_ATTEMPTS):
+            instance = self._launch(instance_id, filename, upload)
+            try:
+                await self._wait_ready(instance, instance._process)
+            except _PortTaken:
+                # Still inside the server's exit, before its directory is removed.
+                os.replace(os.path.join(instance.root, filename), upload)
+                await self.stop(instance_id)
+                if attempt + 1 == _PORT_ATTEMPTS:
+                    raise InstanceStartError("no free port for jupyter-server") from None
+                continue
+            except BaseException:
+                await self.stop(instance_id)
+                raise
+            break
+        self._log.info(
+            "instance {id} up on 127.0.0.1:{port} (pid {pid})",
+            id=instance_id,
+            port=instance.port,
+            pid=instance.pid,
+        )
+        return instance
+
+    def _launch(self, instance_id: str, filename: str, upload: str) -> RunningJupyter:
+        """The instance's directory (the upload moved in) and its server, started."""
         directory = tempfile.mkdtemp(prefix="i-", dir=self.base)
         try:
             root = os.path.join(directory, "files")
@@ -212,17 +248,6 @@ class JupyterProcesses:
         instance = RunningJupyter(instance_id, port, token, directory, filename, process)
         self._running[instance_id] = instance
         process.ended.addCallback(lambda _: self._ended(instance))
-        try:
-            await self._wait_ready(instance, process)
-        except BaseException:
-            await self.stop(instance_id)
-            raise
-        self._log.info(
-            "instance {id} up on 127.0.0.1:{port} (pid {pid})",
-            id=instance_id,
-            port=port,
-            pid=instance.pid,
-        )
         return instance
 
     def _spawn(self, instance_id: str, directory: str, port: int, token: str) -> _ServerProcess:
@@ -284,6 +309,8 @@ class JupyterProcesses:
                 + " | ".join(process.tail)
             ) from None
         if not up:
+            if any(_PORT_IN_USE in line for line in process.tail):
+                raise _PortTaken()
             raise InstanceStartError(
                 "jupyter-server exited before it answered: " + " | ".join(process.tail)
             )
@@ -344,7 +371,8 @@ class JupyterProcesses:
 
     def _ended(self, instance: RunningJupyter) -> None:
         process = instance._process
-        self._running.pop(instance.id, None)
+        if self._running.get(instance.id) is instance:
+            del self._running[instance.id]
         shutil.rmtree(instance.directory, ignore_errors=True)
         if process.reason is not None and not process.reason.check(ProcessDone):
             self._log.info(
