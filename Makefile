@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: all install test test-lowest lint typecheck trial demo cluster-demo bench fuzz faults clean
+.PHONY: all install test test-lowest lint typecheck trial demo cluster-demo datalab-demo bench fuzz faults clean
 
 all: test
 
@@ -63,6 +63,10 @@ demo: $(STAMP)
 # Three relays sharing a redis-server behind haproxy (apt-get install redis-server haproxy).
 cluster-demo: $(STAMP)
 	$(BIN)/python -m nbbridge.demo_cluster $(DEMO_ARGS)
+
+# A datalab daemon on loopback, a signed CSV upload, and the URL that opens it (README "Datalab").
+datalab-demo: $(STAMP)
+	$(BIN)/python -m nbbridge.datalab.demo $(DEMO_ARGS)
 
 # Benchmarks measure time, so they stay out of `make test`; see bench/RESULTS.md.
 bench: $(STAMP)

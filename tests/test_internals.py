@@ -61,3 +61,17 @@ class InternalsTests(SynchronousTestCase):
             for name in _internals.TWISTED_CONNECTION_ATTRIBUTES:
                 self.assertTrue(hasattr(connection, name), name)
             self.assertTrue(hasattr(connection, "TLS"))
+
+
+class HTTPChannelTargetTests(SynchronousTestCase):
+    def test_request_target_while_headers_arrive(self) -> None:
+        """The datalab reads the target before the body (``request_target``)."""
+        from twisted.web.http import HTTPChannel
+
+        channel = HTTPChannel()
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"POST /datalab/start?ts=1&filename=a HTTP/1.1\r\nHost: x\r\n")
+        self.assertEqual(_internals.request_target(channel), b"/datalab/start?ts=1&filename=a")
+        for name in _internals.TWISTED_HTTP_CHANNEL_ATTRIBUTES:
+            self.assertTrue(hasattr(channel, name), name)
+        channel.connectionLost(Failure(ConnectionDone()))

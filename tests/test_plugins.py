@@ -1,4 +1,4 @@
-"""The installed twistd knows the three nbbridge commands, and `make demo` works end to end."""
+"""The installed twistd knows the nbbridge commands, and `make demo` works end to end."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class PluginTests(TestCase):
         out = subprocess.run(
             [os.path.join(BIN, "twistd"), "--help"], capture_output=True, text=True, check=True
         ).stdout
-        for name in ("nbbridge-relay", "nbbridge-agent", "nbbridge-client"):
+        for name in ("nbbridge-relay", "nbbridge-agent", "nbbridge-client", "nbbridge-datalab"):
             self.assertIn(name, out)
 
     def test_discovery_imports_no_service(self) -> None:

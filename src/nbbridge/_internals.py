@@ -33,6 +33,8 @@ AUTOBAHN_PROTOCOL_ATTRIBUTES = (
     "processControlFrame",
 )
 AUTOBAHN_FACTORY_ATTRIBUTES = ("_batched_timer",)
+#: Twisted's HTTPChannel attribute `request_target` reads.
+TWISTED_HTTP_CHANNEL_ATTRIBUTES = ("_path",)
 #: Twisted's TCP connection attributes `write_now` reads.
 TWISTED_CONNECTION_ATTRIBUTES = ("_writeDisconnected", "_tempDataBuffer", "dataBuffer", "offset")
 
@@ -259,3 +261,14 @@ def take_over_connection(request: Any, protocol: Any) -> Any:
     protocol.makeConnection(transport)
     transport.resumeProducing()
     return transport
+
+
+def request_target(channel: Any) -> bytes | None:
+    """The request-target (path and query) of the request whose headers are arriving.
+
+    twisted.web sets ``Request.uri`` only once the whole body is in; the datalab checks an
+    upload's signature as soon as its headers are in, before it stores a byte of the body
+    (``Request.gotLength`` runs then, and the channel holds the target in ``_path``).
+    """
+    target = getattr(channel, "_path", None)
+    return target if isinstance(target, bytes) else None

@@ -58,11 +58,13 @@ http {{
 _READY = re.compile(rb"\[notice\] [^\n]*: nginx/\d")
 
 
-def adapt_config(text: str, *, listen_port: int, relay_port: int, cert: str, key: str) -> str:
+def adapt_config(
+    text: str, *, listen_port: int, relay_port: int, cert: str, key: str, shipped_port: int = 8765
+) -> str:
     """The shipped config with test ports and certificate paths."""
     replacements = [
         (r"listen\s+443\s+ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
-        (r"http://127\.0\.0\.1:8765;", f"http://127.0.0.1:{relay_port};"),
+        (rf"http://127\.0\.0\.1:{shipped_port};", f"http://127.0.0.1:{relay_port};"),
         (r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};"),
         (r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};"),
     ]
@@ -116,12 +118,16 @@ async def start_nginx(
     testcase: TestCase,
     relay_port: int,
     config: Callable[[int, str, str], tuple[int, str]] | None = None,
+    *,
+    conf: Path = SHIPPED_CONF,
+    shipped_port: int = 8765,
 ) -> tuple[int, str]:
     """Start nginx with the shipped config in front of ``127.0.0.1:relay_port``.
 
-    CONFIG, if given, makes another site config instead (tests/cluster: several relays):
-    called with a free port and the certificate and key paths, it answers the port the
-    config listens on and the config's text.
+    CONF is the shipped site config to adapt (its upstream port SHIPPED_PORT becomes
+    RELAY_PORT). CONFIG, if given, makes another site config instead (tests/cluster: several
+    relays): called with a free port and the certificate and key paths, it answers the port
+    the config listens on and the config's text.
 
     Returns ``(https_port, ca_pem_path)``: nginx serves TLS on 127.0.0.1:https_port with a
     certificate for ``localhost`` and ``127.0.0.1`` signed by the CA in ``ca_pem_path``.
@@ -136,7 +142,7 @@ async def start_nginx(
     main_conf = os.path.join(tmp, "nginx.conf")
     with open(main_conf, "w") as f:
         f.write(_MAIN_CONF.format(tmp=tmp, main=SHIPPED_MAIN_CONF))
-    shipped = SHIPPED_CONF.read_text()
+    shipped = conf.read_text()
 
     # The port is picked free, then bound by nginx: another process may take it in between,
     # so a start that fails with "Address already in use" is retried with a new port.
@@ -146,9 +152,14 @@ async def start_nginx(
             port, text = config(port, files.cert, files.key)
         else:
             text = adapt_config(
-                shipped, listen_port=port, relay_port=relay_port, cert=files.cert, key=files.key
+                shipped,
+                listen_port=port,
+                relay_port=relay_port,
+                cert=files.cert,
+                key=files.key,
+                shipped_port=shipped_port,
             )
-        with open(os.path.join(tmp, "conf.d", "nbbridge-relay.conf"), "w") as f:
+        with open(os.path.join(tmp, "conf.d", conf.name), "w") as f:
             f.write(text)
         process = _NginxProcess()
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]

@@ -51,6 +51,8 @@ TUNNEL = {
     "pending_dials": int,
     "dial_failures": int,
 }
+
+
 class Nullable:
     """SCHEMA, or null."""
 

@@ -9,7 +9,8 @@ from twisted.internet.endpoints import clientFromString
 
 from nbbridge._memory import care_for_memory
 from nbbridge.crypto import load_authorized_keys
-from nbbridge.mux import ServiceMap
+from nbbridge.instances import InstanceHost, JupyterProcesses
+from nbbridge.mux import Acceptor, ServiceMap
 from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
@@ -44,6 +45,16 @@ class Options(TunnelOptions):
         ["name", None, None, "the name this agent registers under"],
         ["authorized-keys", None, None, "file of client public keys allowed in"],
     ]
+    optFlags = [
+        [
+            "datalab-launcher",
+            None,
+            "also start and stop Jupyter instances for datalab daemons (service 'datalab')",
+        ],
+    ]
+
+    def needs_mapping(self) -> bool:
+        return not self["datalab-launcher"]
 
     def opt_expose(self, value: str) -> None:
         """SERVICE=ENDPOINT: a service clients may open (repeatable)"""
@@ -56,7 +67,12 @@ class Options(TunnelOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    services = ServiceMap({s: clientFromString(reactor, e) for s, e in options["expose"]})
+    services: Acceptor = ServiceMap({s: clientFromString(reactor, e) for s, e in options["expose"]})
+    host = None
+    if options["datalab-launcher"]:
+        # Instances for datalab daemons (docs/datalab.md, "agent launcher").
+        host = InstanceHost(reactor, JupyterProcesses(reactor))
+        services = host.acceptor(services)
     agent = Agent(
         reactor,
         options["relay_url"],
@@ -69,5 +85,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         channel_limits=options["channel_limits"],
         resume_grace=options["resume-grace"],
     )
+    if host is not None:
+        host.setServiceParent(agent)
     care_for_memory(agent, reactor)
     return agent

@@ -111,7 +111,7 @@ class TunnelOptions(usage.Options):
         for flag in ("relay", "key", *self.required):
             if not self[flag]:
                 raise usage.UsageError(f"--{flag} is required{where}")
-        if not self[self.mapping_flag]:
+        if not self[self.mapping_flag] and self.needs_mapping():
             raise usage.UsageError(
                 f"give at least one --{self.mapping_flag} SERVICE=ENDPOINT{where}"
             )
@@ -135,6 +135,10 @@ class TunnelOptions(usage.Options):
             self.load()
         except (ValueError, KeyFileError, KeyFormatError, SecretError) as e:
             raise self.refuse(str(e)) from None
+
+    def needs_mapping(self) -> bool:
+        """Whether at least one mapping flag is required (the agent's launcher serves alone)."""
+        return True
 
     def parse(self) -> None:
         """Check the subclass's own flag values; raise ValueError to refuse (a usage error)."""

@@ -42,3 +42,9 @@ nbbridgeGateway = _DaemonMaker(
     "Browser WebSockets to TCP services, reservations, static pages (Nexus websocketserver).",
     "nbbridge-gateway",
 )
+nbbridgeDatalab = _DaemonMaker(
+    "nbbridge datalab",
+    "nbbridge.datalab.tap",
+    "Signed uploads start a Jupyter per file; a nonce opens it in the browser, proxied.",
+    "nbbridge-datalab",
+)
