@@ -36,3 +36,9 @@ nbbridgeClient = _DaemonMaker(
     "Runs on the laptop and forwards local ports to an agent's services.",
     "nbbridge-client",
 )
+nbbridgeMixer = _DaemonMaker(
+    "nbbridge mixer",
+    "nbbridge.mixer.tap",
+    "Local and remote (agent) Jupyter kernels behind one port, for one JupyterLab.",
+    "nbbridge-mixer",
+)

@@ -1,0 +1,114 @@
+"""The mixer between a real local Jupyter and a real remote one behind a real agent and relay."""
+
+from __future__ import annotations
+
+import treq
+
+from tests.tunnel._jupyter import execute_request, open_channels
+
+from ._setup import MARK, MixerTestCase
+
+CELL = f"import os; print('mark=' + os.environ.get('{MARK}', 'none'))"
+
+
+class MixingTests(MixerTestCase):
+    async def run_cell(self, kernel_id: str, code: str = CELL) -> str:
+        channels = await open_channels(self, self.mixer_port, kernel_id, self.auth)
+        request = execute_request(code, "mixer-test")
+        channels.send_json(request)
+        reply = await channels.reply_to(request, "shell", "execute_reply")
+        self.assertEqual(reply["content"]["status"], "ok", reply["content"])
+        out = await channels.reply_to(request, "iopub", "stream")
+        return str(out["content"]["text"]).strip()
+
+    async def test_token_guard(self) -> None:
+        await self.start_all()
+        response = await self.http.get(self.url("/api/kernelspecs"))
+        self.assertEqual(response.code, 401)
+        response = await self.http.get(
+            self.url("/api/kernelspecs"), headers={"Authorization": "token wrong"}
+        )
+        self.assertEqual(response.code, 401)
+        response = await self.http.get(self.url(f"/api/kernelspecs?token={self.token}"))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"nbbridge-mixer-", b"".join(response.headers.getRawHeaders("set-cookie")))
+        await treq.content(response)
+
+    async def test_kernelspecs_kernels_and_cells(self) -> None:
+        await self.start_all()
+        specs = await self.api("GET", "/api/kernelspecs")
+        self.assertEqual(specs["default"], "python3")
+        self.assertEqual(set(specs["kernelspecs"]), {"python3", "gpu:python3"})
+        remote_spec = specs["kernelspecs"]["gpu:python3"]
+        self.assertTrue(remote_spec["spec"]["display_name"].endswith(" (gpu)"))
+        logo = remote_spec["resources"]["logo-64x64"]
+        self.assertTrue(logo.startswith("/kernelspecs/gpu:python3/"), logo)
+        response = await self.http.get(self.url(logo), headers=self.auth)
+        self.assertEqual(response.code, 200)
+        self.assertTrue((await treq.content(response)).startswith(b"\x89PNG"))
+
+        local = await self.api("POST", "/api/kernels", {"name": "python3"}, code=201)
+        remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
+        self.assertEqual(remote["name"], "gpu:python3")
+        listed = {k["id"]: k["name"] for k in await self.api("GET", "/api/kernels")}
+        self.assertEqual(listed, {local["id"]: "python3", remote["id"]: "gpu:python3"})
+        # The remote kernel lives on the remote Jupyter, under its own id.
+        on_remote = await self.api("GET", "/api/kernels", port=self.remote.port,
+                                   token=self.remote.token)
+        self.assertEqual([k["id"] for k in on_remote], [remote["id"]])
+
+        self.assertEqual(await self.run_cell(remote["id"]), "mark=remote-host")
+        self.assertEqual(await self.run_cell(local["id"]), "mark=none")
+
+        one = await self.api("GET", f"/api/kernels/{remote['id']}")
+        self.assertEqual(one["name"], "gpu:python3")
+        await self.api("POST", f"/api/kernels/{remote['id']}/interrupt", code=204)
+        restarted = await self.api("POST", f"/api/kernels/{remote['id']}/restart")
+        self.assertEqual(restarted["id"], remote["id"])
+        self.assertEqual(await self.run_cell(remote["id"]), "mark=remote-host")
+        await self.api("DELETE", f"/api/kernels/{remote['id']}", code=204)
+        await self.api("GET", f"/api/kernels/{remote['id']}", code=404)
+
+    async def test_sessions(self) -> None:
+        await self.start_all()
+        body = {"path": "a.ipynb", "name": "a.ipynb", "type": "notebook",
+                "kernel": {"name": "gpu:python3"}}
+        session = await self.api("POST", "/api/sessions", body, code=201)
+        self.assertEqual(session["kernel"]["name"], "gpu:python3")
+        listed = await self.api("GET", "/api/sessions")
+        self.assertEqual([s["id"] for s in listed], [session["id"]])
+        renamed = await self.api("PATCH", f"/api/sessions/{session['id']}",
+                                 {"path": "b.ipynb", "name": "b.ipynb"})
+        self.assertEqual(renamed["path"], "b.ipynb")
+        self.assertEqual(renamed["kernel"]["name"], "gpu:python3")
+        self.assertEqual(await self.run_cell(session["kernel"]["id"]), "mark=remote-host")
+        await self.api("DELETE", f"/api/sessions/{session['id']}", code=204)
+        self.assertEqual(await self.api("GET", "/api/sessions"), [])
+
+    async def test_restart_rebuilds_table(self) -> None:
+        await self.start_all()
+        remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
+        await self.stop_mixer()
+        await self.start_mixer()  # a fresh memory store: the table is rebuilt
+        one = await self.api("GET", f"/api/kernels/{remote['id']}")
+        self.assertEqual(one["name"], "gpu:python3")
+        self.assertEqual(await self.run_cell(remote["id"]), "mark=remote-host")
+
+    async def test_agent_killed(self) -> None:
+        await self.start_all()
+        local = await self.api("POST", "/api/kernels", {"name": "python3"}, code=201)
+        remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
+        mark = self.logs.mark()
+        await self.stop_agent(self.agent)
+        specs = await self.api("GET", "/api/kernelspecs")
+        self.assertEqual(set(specs["kernelspecs"]), {"python3"})
+        await self.logs.wait_for("remote gpu unreachable", "nbbridge.mixer", since=mark)
+        one = await self.api("GET", f"/api/kernels/{remote['id']}")
+        self.assertEqual(one["execution_state"], "dead")
+        states = {k["id"]: k["execution_state"] for k in await self.api("GET", "/api/kernels")}
+        self.assertEqual(states[remote["id"]], "dead")
+        self.assertEqual(await self.run_cell(local["id"]), "mark=none")
+        # Back: its specs return.
+        self.agent = await self.start_agent({"jupyter": f"tcp:127.0.0.1:{self.remote.port}"})
+        specs = await self.api("GET", "/api/kernelspecs")
+        self.assertEqual(set(specs["kernelspecs"]), {"python3", "gpu:python3"})
