@@ -123,8 +123,13 @@ class MixerTestCase(TunnelTestCase):
         return f"http://127.0.0.1:{self.mixer_port}{path}"
 
     async def api(
-        self, method: str, path: str, body: Any = None, code: int | None = 200,
-        port: int | None = None, token: str | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        code: int | None = 200,
+        port: int | None = None,
+        token: str | None = None,
     ) -> Any:
         """METHOD PATH on the mixer (or PORT) with the token; the JSON answer."""
         url = f"http://127.0.0.1:{port or self.mixer_port}{path}"

@@ -6,7 +6,7 @@ import treq
 
 from tests.tunnel._jupyter import execute_request, open_channels
 
-from ._setup import MARK, MixerTestCase
+from ._setup import MARK, MixerTestCase, start_jupyter
 
 CELL = f"import os; print('mark=' + os.environ.get('{MARK}', 'none'))"
 
@@ -31,7 +31,7 @@ class MixingTests(MixerTestCase):
         self.assertEqual(response.code, 401)
         response = await self.http.get(self.url(f"/api/kernelspecs?token={self.token}"))
         self.assertEqual(response.code, 200)
-        self.assertIn(b"nbbridge-mixer-", b"".join(response.headers.getRawHeaders("set-cookie")))
+        self.assertIn("nbbridge-mixer-", "".join(response.headers.getRawHeaders("set-cookie")))
         await treq.content(response)
 
     async def test_kernelspecs_kernels_and_cells(self) -> None:
@@ -53,8 +53,9 @@ class MixingTests(MixerTestCase):
         listed = {k["id"]: k["name"] for k in await self.api("GET", "/api/kernels")}
         self.assertEqual(listed, {local["id"]: "python3", remote["id"]: "gpu:python3"})
         # The remote kernel lives on the remote Jupyter, under its own id.
-        on_remote = await self.api("GET", "/api/kernels", port=self.remote.port,
-                                   token=self.remote.token)
+        on_remote = await self.api(
+            "GET", "/api/kernels", port=self.remote.port, token=self.remote.token
+        )
         self.assertEqual([k["id"] for k in on_remote], [remote["id"]])
 
         self.assertEqual(await self.run_cell(remote["id"]), "mark=remote-host")
@@ -71,14 +72,19 @@ class MixingTests(MixerTestCase):
 
     async def test_sessions(self) -> None:
         await self.start_all()
-        body = {"path": "a.ipynb", "name": "a.ipynb", "type": "notebook",
-                "kernel": {"name": "gpu:python3"}}
+        body = {
+            "path": "a.ipynb",
+            "name": "a.ipynb",
+            "type": "notebook",
+            "kernel": {"name": "gpu:python3"},
+        }
         session = await self.api("POST", "/api/sessions", body, code=201)
         self.assertEqual(session["kernel"]["name"], "gpu:python3")
         listed = await self.api("GET", "/api/sessions")
         self.assertEqual([s["id"] for s in listed], [session["id"]])
-        renamed = await self.api("PATCH", f"/api/sessions/{session['id']}",
-                                 {"path": "b.ipynb", "name": "b.ipynb"})
+        renamed = await self.api(
+            "PATCH", f"/api/sessions/{session['id']}", {"path": "b.ipynb", "name": "b.ipynb"}
+        )
         self.assertEqual(renamed["path"], "b.ipynb")
         self.assertEqual(renamed["kernel"]["name"], "gpu:python3")
         self.assertEqual(await self.run_cell(session["kernel"]["id"]), "mark=remote-host")
@@ -112,3 +118,54 @@ class MixingTests(MixerTestCase):
         self.agent = await self.start_agent({"jupyter": f"tcp:127.0.0.1:{self.remote.port}"})
         specs = await self.api("GET", "/api/kernelspecs")
         self.assertEqual(set(specs["kernelspecs"]), {"python3", "gpu:python3"})
+
+
+class UsageTests(MixerTestCase):
+    async def test_gateway_client(self) -> None:
+        """A third Jupyter with the mixer as its GatewayClient.url runs a cell on each side."""
+        await self.start_all()
+        front = await start_jupyter(
+            self,
+            {"JUPYTER_GATEWAY_AUTH_TOKEN": self.token},
+            [f"--GatewayClient.url=http://127.0.0.1:{self.mixer_port}/"],
+        )
+        specs = await self.api("GET", "/api/kernelspecs", port=front.port, token=front.token)
+        self.assertEqual(set(specs["kernelspecs"]), {"python3", "gpu:python3"})
+        for name, expected in (("gpu:python3", "mark=remote-host"), ("python3", "mark=none")):
+            kernel = await self.api(
+                "POST", "/api/kernels", {"name": name}, code=201, port=front.port, token=front.token
+            )
+            channels = await open_channels(self, front.port, kernel["id"], front.auth)
+            request = execute_request(CELL, "gateway-test")
+            channels.send_json(request)
+            out = await channels.reply_to(request, "iopub", "stream")
+            self.assertEqual(out["content"]["text"].strip(), expected)
+            await self.api(
+                "POST",
+                f"/api/kernels/{kernel['id']}/interrupt",
+                code=204,
+                port=front.port,
+                token=front.token,
+            )
+            await self.api(
+                "POST", f"/api/kernels/{kernel['id']}/restart", port=front.port, token=front.token
+            )
+            await self.api(
+                "DELETE",
+                f"/api/kernels/{kernel['id']}",
+                code=204,
+                port=front.port,
+                token=front.token,
+            )
+
+    async def test_front_of_local_jupyter(self) -> None:
+        """The browser's way: everything but the mixed APIs is the local Jupyter's."""
+        await self.start_all()
+        self.local.root.child("hello.txt").setContent(b"hello")
+        contents = await self.api("GET", "/api/contents")
+        self.assertEqual([c["name"] for c in contents["content"]], ["hello.txt"])
+        response = await self.http.get(self.url(f"/files/hello.txt?token={self.token}"))
+        self.assertEqual(await treq.content(response), b"hello")
+        cookie = response.cookies()
+        response = await self.http.get(self.url("/files/hello.txt"), cookies=cookie)
+        self.assertEqual(await treq.content(response), b"hello")
