@@ -65,7 +65,7 @@ def check(request: IRequest, token: str, cookie: str) -> tuple[bool, str | None]
         if host is None or netloc != host.decode("latin-1"):
             return False, "cross-origin request refused"
     if by_query:
-        request.addCookie(
+        request.addCookie(  # type: ignore[call-arg]
             cookie.encode(),
             cookie_value(token).encode(),
             path=b"/",

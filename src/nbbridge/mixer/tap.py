@@ -110,7 +110,7 @@ class Options(TunnelOptions):
             self.load()
 
     def parse(self) -> None:
-        remotes = []
+        remotes: list[tuple[str, str, Any, Any, Any]] = []
         for name, target in self["remote"]:
             try:
                 check_remote_name(name)
