@@ -12,6 +12,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -101,8 +102,27 @@ class Options(TunnelOptions):
     def _agent_remotes(self) -> bool:
         return any(target.startswith("agent:") for _, target in self["remote"])
 
+    def config_schema(self) -> Any:
+        """The long flags, plus the repeatable ``agent_key`` and ``remote_token_file`` lists."""
+        schema = super().config_schema()
+        return attrs.evolve(
+            schema,
+            lists=frozenset({*schema.lists, "agent_key", "remote_token_file"}),
+            strings=frozenset(schema.strings) - {"agent_key", "remote_token_file"},
+        )
+
     def postOptions(self) -> None:
         self.apply_config()
+        for flag, add in (
+            ("agent-key", self.opt_agent_key),
+            ("remote-token-file", self.opt_remote_token_file),
+        ):
+            items = self.opts.pop(flag, None)
+            for item in items if isinstance(items, list) else ():
+                name = item.partition("=")[0]
+                known = self["agent-keys"] if flag == "agent-key" else self["remote-token-files"]
+                if name not in known:  # the command line wins
+                    add(item)
         if self._agent_remotes():
             super().postOptions()  # the relay, the key, the token: as the client
         else:
