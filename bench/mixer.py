@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _procs import Child, child_env, free_port  # noqa: E402
-from web_proxy import execute_round_trips, pct, start_jupyter  # noqa: E402
+from _procs import Child, child_env, free_port
+from web_proxy import execute_round_trips, pct, start_jupyter
 
 
 def start_kernel(port: int, token: str) -> str:
