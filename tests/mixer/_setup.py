@@ -72,8 +72,11 @@ class MixerTestCase(TunnelTestCase):
     timeout = 240
     skip = missing_jupyter()
 
+    #: the local server: jupyter-server, or jupyter-lab for the browser's test
+    local_script = "jupyter-server"
+
     async def start_all(self, extra: Sequence[str] = ()) -> None:
-        self.local = await start_jupyter(self)
+        self.local = await start_jupyter(self, script=self.local_script)
         self.remote = await start_jupyter(self, {MARK: "remote-host"})
         await self.start_relay()
         self.agent = await self.start_agent({"jupyter": f"tcp:127.0.0.1:{self.remote.port}"})
