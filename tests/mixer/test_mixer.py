@@ -169,3 +169,68 @@ class UsageTests(MixerTestCase):
         cookie = response.cookies()
         response = await self.http.get(self.url("/files/hello.txt"), cookies=cookie)
         self.assertEqual(await treq.content(response), b"hello")
+
+
+V1 = "v1.kernel.websocket.jupyter.org"
+
+
+class ProtocolAndUrlTests(MixerTestCase):
+    async def test_v1_subprotocol_passed_through(self) -> None:
+        """The browser's v1 kernel protocol is negotiated with the remote Jupyter itself."""
+        from autobahn.twisted.websocket import WebSocketClientFactory
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        from tests.tunnel._jupyter import KernelChannels
+
+        await self.start_all()
+        remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
+        url = f"ws://127.0.0.1:{self.mixer_port}/api/kernels/{remote['id']}/channels"
+        factory = WebSocketClientFactory(url, headers=self.auth, protocols=[V1], reactor=reactor)
+        factory.protocol = KernelChannels
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.mixer_port)
+        channels = await endpoint.connect(factory)
+        await channels.opened
+        self.assertEqual(channels.websocket_protocol_in_use, V1)
+        channels.sendClose(1000)
+        await channels.lost
+
+    async def test_url_remote(self) -> None:
+        """--remote NAME=http://host:port/base: a Jupyter under a base URL, no tunnel."""
+        from twisted.internet import reactor
+        from twisted.python.filepath import FilePath
+
+        from nbbridge.mixer import tap as mixer_tap
+
+        self.local = await start_jupyter(self)
+        self.remote = await start_jupyter(
+            self, {MARK: "remote-host"}, ["--ServerApp.base_url=/base/"]
+        )
+        token_file = FilePath(self.mktemp())
+        token_file.setContent(self.remote.token.encode())
+        token_file.chmod(0o600)
+        self.token = self.local.token
+        options = mixer_tap.Options()
+        options.parseOptions(
+            ["--port", "0", "--jupyter-port", str(self.local.port),
+             "--jupyter-token", self.local.token,
+             "--remote", f"lab=http://127.0.0.1:{self.remote.port}/base",
+             "--remote-token-file", f"lab={token_file.path}"]
+        )  # fmt: skip
+        self.mixer = mixer_tap.makeService(options, reactor)
+        self.mixer.startService()
+        self.addCleanup(self.stop_mixer)
+        port = await self.mixer.listening.when_listening  # type: ignore[attr-defined]
+        self.mixer_port = port.getHost().port
+        specs = await self.api("GET", "/api/kernelspecs")
+        self.assertEqual(set(specs["kernelspecs"]), {"python3", "lab:python3"})
+        logo = specs["kernelspecs"]["lab:python3"]["resources"]["logo-64x64"]
+        response = await self.http.get(self.url(logo), headers=self.auth)
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+        kernel = await self.api("POST", "/api/kernels", {"name": "lab:python3"}, code=201)
+        channels = await open_channels(self, self.mixer_port, kernel["id"], self.auth)
+        request = execute_request(CELL, "url-test")
+        channels.send_json(request)
+        out = await channels.reply_to(request, "iopub", "stream")
+        self.assertEqual(out["content"]["text"].strip(), "mark=remote-host")
