@@ -108,11 +108,13 @@ class MixerTestCase(TunnelTestCase):
         args += ["--key", self.files.key_files["client"]]
         options = mixer_tap.Options()
         options.parseOptions(args)
+        mark = self.logs.mark()
         self.mixer = mixer_tap.makeService(options, reactor)
         self.mixer.startService()
+        self.addCleanup(self.stop_mixer)
         port = await self.mixer.listening.when_listening  # type: ignore[attr-defined]
         self.mixer_port = port.getHost().port
-        self.addCleanup(self.stop_mixer)
+        await self.logs.wait_for("kernel table ready", "nbbridge.mixer", since=mark)
 
     async def stop_mixer(self) -> None:
         if self.mixer is not None and self.mixer.running:

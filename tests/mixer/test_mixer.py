@@ -234,3 +234,22 @@ class ProtocolAndUrlTests(MixerTestCase):
         channels.send_json(request)
         out = await channels.reply_to(request, "iopub", "stream")
         self.assertEqual(out["content"]["text"].strip(), "mark=remote-host")
+
+
+class RedisTableTests(MixerTestCase):
+    async def test_table_survives_a_restart_in_redis(self) -> None:
+        """With --store redis://, a restarted mixer still knows a remote kernel whose
+        server is down now (it can only list it, as dead, from the table)."""
+        from tests._redis import start_redis
+
+        redis = await start_redis(self)
+        await self.start_all(["--store", redis.url])
+        remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
+        await self.stop_mixer()
+        await self.stop_agent(self.agent)
+        await self.start_mixer()
+        listed = {k["id"]: k for k in await self.api("GET", "/api/kernels")}
+        self.assertEqual(listed[remote["id"]]["execution_state"], "dead")
+        self.assertEqual(listed[remote["id"]]["name"], "gpu:python3")
+        keys = await redis.cli("KEYS", "mixer:*")
+        self.assertIn(f"mixer:kernel:{remote['id']}", keys)

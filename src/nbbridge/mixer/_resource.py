@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from nbbridge.store import StoreUnavailable
 from nbbridge.web import ProxyResource, error_page
 
 from ._guard import check
@@ -66,6 +67,11 @@ class _MixedApi(Resource):
     def _failed(self, failure: Failure, request: IRequest) -> None:
         if failure.check(Unreachable):
             self._write(request, Answer(503, {"message": f"unreachable: {failure.value}"}))
+            return
+        if failure.check(StoreUnavailable):
+            _log.warn("mixer: {uri}: {why}", uri=request.uri, why=failure.value)
+            message = f"the mixer's kernel table is unavailable: {failure.value}"
+            self._write(request, Answer(503, {"message": message}))
             return
         _log.failure("mixer: {uri} failed", failure, uri=request.uri)
         self._write(request, Answer(500, {"message": "internal error in the mixer"}))

@@ -263,7 +263,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
     server_class = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     endpoint = server_class(reactor, options["port"], interface=interface)
-    listening = _Listening(endpoint, site, mixer, options)
+    listening = _Listening(endpoint, site, mixer, options, store)
     listening.setServiceParent(top)
     _Closer(pool, store).setServiceParent(top)
     top.mixer = mixer  # type: ignore[attr-defined]
@@ -274,11 +274,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 class _Listening(StreamServerEndpointService):
     """Listens, logs where, and rebuilds the kernel table from the backends' lists."""
 
-    def __init__(self, endpoint: Any, site: Site, mixer: Mixer, options: Options) -> None:
+    def __init__(
+        self, endpoint: Any, site: Site, mixer: Mixer, options: Options, store: Any
+    ) -> None:
         super().__init__(endpoint, site)
+        self.store = store
         self.mixer = mixer
         self.options = options
         self.when_listening: Any = None
+
+    async def _rebuild(self) -> None:
+        """Once the store is up (Redis may still be connecting): the table from the lists."""
+        await self.store.when_connected()
+        await self.mixer.rebuild()
+        kernels = await self.mixer.table.all("kernel")
+        _log.info("mixer: kernel table ready ({n} kernels known)", n=len(kernels))
 
     def startService(self) -> None:
         super().startService()
@@ -296,7 +306,7 @@ class _Listening(StreamServerEndpointService):
                 jupyter=self.options["jupyter-port"],
                 names=names,
             )
-            rebuild = Deferred.fromCoroutine(self.mixer.rebuild())
+            rebuild = Deferred.fromCoroutine(self._rebuild())
             rebuild.addErrback(lambda f: _log.failure("mixer: rebuilding the kernel table", f))
             return port
 
