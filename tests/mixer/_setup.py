@@ -75,11 +75,16 @@ class MixerTestCase(TunnelTestCase):
     #: the local server: jupyter-server, or jupyter-lab for the browser's test
     local_script = "jupyter-server"
 
-    async def start_all(self, extra: Sequence[str] = ()) -> None:
+    async def start_all(self, extra: Sequence[str] = (), agent_process: bool = False) -> None:
+        """Everything; with AGENT_PROCESS the agent is a ``twistd`` child (to SIGKILL)."""
         self.local = await start_jupyter(self, script=self.local_script)
         self.remote = await start_jupyter(self, {MARK: "remote-host"})
         await self.start_relay()
-        self.agent = await self.start_agent({"jupyter": f"tcp:127.0.0.1:{self.remote.port}"})
+        expose = {"jupyter": f"tcp:127.0.0.1:{self.remote.port}"}
+        if agent_process:
+            self.agent_process = await self.start_agent_process(expose)
+        else:
+            self.agent = await self.start_agent(expose)
         remote_token = FilePath(self.mktemp())
         remote_token.setContent(self.remote.token.encode())
         remote_token.chmod(0o600)

@@ -101,11 +101,12 @@ class MixingTests(MixerTestCase):
         self.assertEqual(await self.run_cell(remote["id"]), "mark=remote-host")
 
     async def test_agent_killed(self) -> None:
-        await self.start_all()
+        """The remote's agent gets SIGKILL: local kernels carry on, remote ones are dead."""
+        await self.start_all(agent_process=True)
         local = await self.api("POST", "/api/kernels", {"name": "python3"}, code=201)
         remote = await self.api("POST", "/api/kernels", {"name": "gpu:python3"}, code=201)
         mark = self.logs.mark()
-        await self.stop_agent(self.agent)
+        await self.agent_process.kill()
         specs = await self.api("GET", "/api/kernelspecs")
         self.assertEqual(set(specs["kernelspecs"]), {"python3"})
         await self.logs.wait_for("remote gpu unreachable", "nbbridge.mixer", since=mark)
@@ -114,8 +115,10 @@ class MixingTests(MixerTestCase):
         states = {k["id"]: k["execution_state"] for k in await self.api("GET", "/api/kernels")}
         self.assertEqual(states[remote["id"]], "dead")
         self.assertEqual(await self.run_cell(local["id"]), "mark=none")
-        # Back: its specs return.
+        # Back: once the mixer's link is up again (it retries on its own), its specs return.
+        mark = self.logs.mark()
         self.agent = await self.start_agent({"jupyter": f"tcp:127.0.0.1:{self.remote.port}"})
+        await self.wait_link_up(since=mark, timeout=120)
         specs = await self.api("GET", "/api/kernelspecs")
         self.assertEqual(set(specs["kernelspecs"]), {"python3", "gpu:python3"})
 

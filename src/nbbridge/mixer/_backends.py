@@ -8,10 +8,13 @@ coming back is logged once, not at every request.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from nbbridge.tunnel import LinkState
 from nbbridge.web import Upstream
 
 _log = Logger()
@@ -31,7 +34,15 @@ class Backend:
     upstream: Upstream
     token: str | None
     host: bytes | None = None
+    #: the `AgentLink` of an ``agent:`` remote: while it backs off, calls fail at once
+    link: Any = None
     down: str | None = None
+
+    def link_down(self) -> str | None:
+        """Why the remote's link is down now (it is waiting to retry), or None."""
+        if self.link is not None and self.link.state is LinkState.BACKING_OFF:
+            return f"link to agent {self.link.agent} down: {self.link.last_error}"
+        return None
 
     @property
     def label(self) -> str:

@@ -107,6 +107,11 @@ class Mixer:
 
         :raises Unreachable: the backend did not answer (it is then marked down).
         """
+        down = backend.link_down()
+        if down is not None:
+            # Not worth the link's wait (seconds) for every call: it is retrying on its own.
+            backend.went_down(down)
+            raise Unreachable(down)
         headers = backend.headers(host)
         producer = None
         if body is not None:
@@ -294,14 +299,10 @@ class Mixer:
     async def start_session(self, body: Any, host: bytes | None) -> Answer:
         body = dict(body) if isinstance(body, dict) else {}
         backend, sent = await self._session_target(body, host)
-        if backend is None:
-            backend = (
-                self.local
-                if not isinstance(body.get("kernel"), dict) or not body["kernel"].get("id")
-                else None
-            )
-        if backend is None:
-            return _error(404, "Kernel does not exist")
+        kernel = body.get("kernel")
+        if backend is None and isinstance(kernel, dict) and kernel.get("id"):
+            return _error(404, f"Kernel does not exist: {kernel['id']}")
+        backend = backend or self.local
         code, model = await self.call(backend, b"POST", b"/api/sessions", host, sent)
         if code in (200, 201) and isinstance(model, dict):
             model = mark_session(backend.name, model)

@@ -87,6 +87,7 @@ class _MixedApi(Resource):
             request.setHeader(b"content-type", b"application/json")
             data = json.dumps(result.body).encode()
         request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(data))
         request.write(data)
         request.finish()
 

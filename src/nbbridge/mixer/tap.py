@@ -244,7 +244,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 )
                 links[where].setServiceParent(top)
             upstream = Upstream(f"{where}/{service}", links[where].endpoint(service))
-            remotes.append(Backend(name, upstream, token))
+            remotes.append(Backend(name, upstream, token, link=links[where]))
         else:
             upstream, host = _remote_upstream(where, name, reactor)
             remotes.append(Backend(name, upstream, token, host))
