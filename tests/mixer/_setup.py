@@ -22,6 +22,7 @@ from nbbridge.mixer import tap as mixer_tap
 from tests.tunnel._harness import TunnelTestCase
 from tests.tunnel._jupyter import Jupyter, free_port, missing_jupyter
 from tests.tunnel._process import BIN, child_env, spawn
+from tests.web._proxy import accepting
 
 MARK = "NBBRIDGE_MIXER_MARK"
 
@@ -63,6 +64,8 @@ async def start_jupyter(
         command.append("--ServerApp.allow_root=True")
     process = spawn(test, script, command, environ, cwd=base.path)
     await process.wait_for(rf"http://127\.0\.0\.1:{port}/")
+    # It may log its URL a moment before it accepts (seen under load).
+    await accepting(port)
     return Jupyter(port, token, root, process)
 
 
