@@ -20,8 +20,9 @@ class PluginTests(TestCase):
         out = subprocess.run(
             [os.path.join(BIN, "twistd"), "--help"], capture_output=True, text=True, check=True
         ).stdout
-        for name in ("nbbridge-relay", "nbbridge-agent", "nbbridge-client", "nbbridge-datalab"):
-            self.assertIn(name, out)
+        daemons = ("relay", "agent", "client", "datalab", "gateway", "mixer")
+        for name in daemons:
+            self.assertIn(f"nbbridge-{name}", out)
 
     def test_discovery_imports_no_service(self) -> None:
         """twistd's plugin discovery must stay cheap: no service module is imported."""

@@ -48,3 +48,9 @@ nbbridgeDatalab = _DaemonMaker(
     "Signed uploads start a Jupyter per file; a nonce opens it in the browser, proxied.",
     "nbbridge-datalab",
 )
+nbbridgeMixer = _DaemonMaker(
+    "nbbridge mixer",
+    "nbbridge.mixer.tap",
+    "Local and remote (agent) Jupyter kernels behind one port, for one JupyterLab.",
+    "nbbridge-mixer",
+)
