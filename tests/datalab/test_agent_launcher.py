@@ -27,9 +27,9 @@ from tests._redis import start_redis
 from tests._tools import unavailable
 from tests.tunnel._harness import TunnelTestCase
 from tests.tunnel._jupyter import execute_request, missing_jupyter
+from tests.web._kernel import open_kernel
 
 from ._harness import CSV, SIGN_KEY, sign
-from ._kernel import open_kernel_socket
 
 
 def host_of(agent: Agent) -> InstanceHost:
@@ -115,7 +115,7 @@ class AgentLauncherTests(TunnelTestCase):
         self.assertIn(response.code, (200, 201), kernel)
         port = int(base.rsplit(":", 1)[1])
         channels = await self.within(
-            90, "kernel WebSocket", open_kernel_socket(self, port, kernel["id"], headers, v1=True)
+            90, "kernel WebSocket", open_kernel(self, port, kernel["id"], headers, v1=True)
         )
         request = execute_request(
             "print(open('weather.csv').read().splitlines()[3])", uuid.uuid4().hex

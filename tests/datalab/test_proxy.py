@@ -9,9 +9,9 @@ from typing import Any
 from nbbridge.datalab import SESSION_COOKIE
 from tests._tools import unavailable
 from tests.tunnel._jupyter import execute_request, missing_jupyter
+from tests.web._kernel import V1, open_kernel
 
 from ._harness import CSV, DatalabTestCase
-from ._kernel import V1, open_kernel_socket
 from .test_api import raw_exchange
 
 READ_CSV = "print(open('weather.csv').read().splitlines()[2])"
@@ -89,7 +89,7 @@ class ProxyTests(DatalabTestCase):
         channels = await self.within(
             60,
             "open the kernel WebSocket",
-            open_kernel_socket(self, port, kernel["id"], browser.headers(), v1=v1),
+            open_kernel(self, port, kernel["id"], browser.headers(), v1=v1),
         )
         self.assertEqual(channels.websocket_protocol_in_use, V1 if v1 else None)
         request = execute_request(READ_CSV, uuid.uuid4().hex)
@@ -155,7 +155,7 @@ class ProxyTests(DatalabTestCase):
         self.assertEqual(code, 404)
         port = int(self.base.rsplit(":", 1)[1])
         with self.assertRaises(AssertionError):
-            await open_kernel_socket(self, port, kernel_b["id"], alice.headers(), v1=False)
+            await open_kernel(self, port, kernel_b["id"], alice.headers(), v1=False)
         # One browser holding A's cookie that opens B's view goes to B (latest view wins).
         await alice.view(nonce_b)
         listing = await alice.json("GET", "/api/contents")

@@ -36,7 +36,7 @@ class KernelChannelsV1(KernelChannels):
         message = {
             "channel": channel,
             "header": header,
-            "msg_type": header["msg_type"],
+            "msg_type": header.get("msg_type"),
             "parent_header": parent,
             "metadata": metadata,
             "content": content,
