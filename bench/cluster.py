@@ -1,14 +1,18 @@
 """Scale-out benchmark: three relays sharing Redis behind HAProxy, beside one relay alone.
 
     .venv/bin/python bench/cluster.py [--links 60] [--mib 512] [--runs 5]
+        [--global 'nbthread 1'] [--defaults LINE] [--drop 'option splice-auto']
 
 (``PYTHONPATH=src`` in a checkout without an install; needs ``redis-server`` and ``haproxy``.)
 Starts, on 127.0.0.1 in a temporary directory, every piece as a real process: the target
 (``_target.py``), ``redis-server``, three ``nbbridge-relay --store redis://...`` behind
 ``haproxy`` with the shipped deploy/haproxy config, and, beside them, one relay alone
-(``--store memory``, no HAProxy: the single-relay baseline); an agent on the cluster (through
-HAProxy) and one on the lone relay, both exposing the target. Then, interleaved so a noisy
-machine hurts all alike:
+(``--store memory``, no HAProxy: the single-relay baseline) and another lone relay behind a
+second HAProxy with the same config (*one relay via HAProxy*: the baseline that separates the
+load balancer's cost from the cluster's); an agent on each (through its HAProxy where there is
+one), all exposing the target. ``--global``/``--defaults`` add lines to the HAProxy config's
+sections and ``--drop`` removes one, to measure a tuning. ``--links 0`` skips (b). Then,
+interleaved so a noisy machine hurts all alike:
 
 * **(b) link set-up**: the time for this process to bring a link up (``AgentLink.session()``:
   WebSocket through HAProxy, the relay's dial, the agent's data connection, the Noise
@@ -16,8 +20,8 @@ machine hurts all alike:
   another one (*cross relay*: registry lookup and a dial over Redis pub/sub), and through
   the lone relay. Target: cross ≤ same + 5 ms.
 * **(c) throughput** of one link (``--mib`` MiB into the sink through an ``nbbridge-client``
-  forward): through the lone relay, the cluster on the holder's relay, and the cluster
-  across relays. Target: equal within noise.
+  forward): through the lone relay, the lone relay via HAProxy, the cluster on the holder's
+  relay, and the cluster across relays. Target: equal within noise.
 """
 
 from __future__ import annotations
