@@ -1,14 +1,18 @@
 """Scale-out benchmark: three relays sharing Redis behind HAProxy, beside one relay alone.
 
     .venv/bin/python bench/cluster.py [--links 60] [--mib 512] [--runs 5]
+        [--global 'nbthread 1'] [--defaults LINE] [--drop 'option splice-auto']
 
 (``PYTHONPATH=src`` in a checkout without an install; needs ``redis-server`` and ``haproxy``.)
 Starts, on 127.0.0.1 in a temporary directory, every piece as a real process: the target
 (``_target.py``), ``redis-server``, three ``nbbridge-relay --store redis://...`` behind
 ``haproxy`` with the shipped deploy/haproxy config, and, beside them, one relay alone
-(``--store memory``, no HAProxy: the single-relay baseline); an agent on the cluster (through
-HAProxy) and one on the lone relay, both exposing the target. Then, interleaved so a noisy
-machine hurts all alike:
+(``--store memory``, no HAProxy: the single-relay baseline) and another lone relay behind a
+second HAProxy with the same config (*one relay via HAProxy*: the baseline that separates the
+load balancer's cost from the cluster's); an agent on each (through its HAProxy where there is
+one), all exposing the target. ``--global``/``--defaults`` add lines to the HAProxy config's
+sections and ``--drop`` removes one, to measure a tuning. ``--links 0`` skips (b). Then,
+interleaved so a noisy machine hurts all alike:
 
 * **(b) link set-up**: the time for this process to bring a link up (``AgentLink.session()``:
   WebSocket through HAProxy, the relay's dial, the agent's data connection, the Noise
@@ -16,8 +20,8 @@ machine hurts all alike:
   another one (*cross relay*: registry lookup and a dial over Redis pub/sub), and through
   the lone relay. Target: cross ≤ same + 5 ms.
 * **(c) throughput** of one link (``--mib`` MiB into the sink through an ``nbbridge-client``
-  forward): through the lone relay, the cluster on the holder's relay, and the cluster
-  across relays. Target: equal within noise.
+  forward): through the lone relay, the lone relay via HAProxy, the cluster on the holder's
+  relay, and the cluster across relays. Target: equal within noise.
 """
 
 from __future__ import annotations
@@ -182,11 +186,52 @@ def measure_setup(
     return times
 
 
+def tuned(config: str, args: argparse.Namespace) -> str:
+    """The shipped HAProxy CONFIG with --drop lines removed and --global/--defaults added."""
+    lines = config.splitlines()
+    for drop in args.drop:
+        kept = [line for line in lines if line.strip() != drop.strip()]
+        if len(kept) == len(lines):
+            raise SystemExit(f"--drop {drop!r}: no such line in {HAPROXY_CONFIG}")
+        lines = kept
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        if line == "global":
+            out.extend(f"    {extra}" for extra in args.global_lines)
+        elif line == "defaults":
+            out.extend(f"    {extra}" for extra in args.defaults_lines)
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", type=int, default=60, help="set-ups per kind (b)")
     parser.add_argument("--mib", type=int, default=512, help="MiB per throughput run (c)")
     parser.add_argument("--runs", type=int, default=5, help="throughput runs per kind (c)")
+    parser.add_argument(
+        "--global",
+        dest="global_lines",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="add LINE to the HAProxy config's global section (to measure a tuning)",
+    )
+    parser.add_argument(
+        "--defaults",
+        dest="defaults_lines",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="add LINE to the HAProxy config's defaults section",
+    )
+    parser.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="remove the line LINE (stripped) from the HAProxy config, e.g. 'option splice-auto'",
+    )
     args = parser.parse_args(argv)
     redis_server = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin")
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
@@ -225,26 +270,46 @@ def main(argv: list[str] | None = None) -> int:
             )
             for n in range(1, RELAYS + 1)
         ]
+        shipped = tuned(HAPROXY_CONFIG.read_text(), args)
         (work / "haproxy.cfg").write_text(
-            adapt_haproxy_config(HAPROXY_CONFIG.read_text(), listen_port=lb_port, relay_ports=ports)
+            adapt_haproxy_config(shipped, listen_port=lb_port, relay_ports=ports)
         )
         balancer = setup.child("haproxy", [haproxy, "-db", "-f", str(work / "haproxy.cfg")])
         for n in range(1, RELAYS + 1):
             balancer.wait_for(f"Health check for server relays/relay{n} succeeded")
         alone = setup.relay("relay-alone", [])
+        # The baseline that separates the load balancer's cost from the cluster's: another
+        # lone relay (memory store) behind a second HAProxy with the same config (every server
+        # line naming it), its agent AND its clients through that HAProxy, as in the cluster
+        # (both of a link's WebSockets cross the proxy).
+        alone_lb = setup.relay("relay-alone-lb", [])
+        lone_lb_port = free_port()
+        (work / "haproxy-alone.cfg").write_text(
+            adapt_haproxy_config(shipped, listen_port=lone_lb_port, relay_ports=[alone_lb] * RELAYS)
+        )
+        lone_balancer = setup.child(
+            "haproxy-alone", [haproxy, "-db", "-f", str(work / "haproxy-alone.cfg")]
+        )
+        lone_balancer.wait_for("Health check for server relays/relay1 succeeded")
         setup.agent("agent", lb, target_port)
         setup.agent("agent-alone", f"ws://127.0.0.1:{alone}", target_port)
+        setup.agent("agent-alone-lb", f"ws://127.0.0.1:{lone_lb_port}", target_port)
         holder = next(n for n, p in enumerate(ports, 1) if agents_online(p))
         other = next(n for n in range(1, RELAYS + 1) if n != holder)
         urls = {
             "one relay": f"ws://127.0.0.1:{alone}",
+            "one relay via HAProxy": f"ws://127.0.0.1:{lone_lb_port}",
             "cluster, same relay": f"{lb}/r{holder}",
             "cluster, cross relay": f"{lb}/r{other}",
         }
         print(f"agent held by relay{holder}; cross-relay links wait at relay{other}", flush=True)
 
         print(f"(b) link set-up, {args.links} per kind, interleaved …", flush=True)
-        setup_times = measure_setup(urls, work, agent_pub, args.links)
+        setup_times = (
+            measure_setup(urls, work, agent_pub, args.links)
+            if args.links
+            else {name: [0.0] for name in urls}
+        )
 
         forwards = {
             name: setup.client(f"client-{i}", url, agent_pub)
@@ -262,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 rates[name].append(nbytes / stream(forwards[name], nbytes, 300) / 1e6)
 
         print()
+        print(f"HAProxy config: {HAPROXY_CONFIG.name} {' '.join(sys.argv[1:])}")
+        print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         print(
             "| kind | set-up p50 ms | p90 ms | Δ p50 vs same relay "
             "| throughput MB/s (min / median / max) |"

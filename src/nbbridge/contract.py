@@ -223,10 +223,16 @@ def _dial_url_names(url: str, link_id: str) -> bool:
 
 @attrs.frozen
 class Nameplate:
-    """Pairing: the relay opened NAMEPLATE for the agent, usable for TTL seconds."""
+    """Pairing: the relay opened NAMEPLATE for the agent, usable for TTL seconds.
+
+    RELAY is the URL of the relay process that holds the rendezvous (its advertise URL, when
+    several relays share a load balancer): the laptop must join there. None (from relays
+    before scale-out, or one relay alone) means the URL the agent used.
+    """
 
     nameplate: int
     ttl: float
+    relay: str | None = None
 
 
 @attrs.frozen
@@ -234,9 +240,12 @@ class Joined:
     """Pairing: the client joined the agent's nameplate; the exchange may begin."""
 
 
-def nameplate_message(nameplate: int, ttl: float) -> str:
-    """The text message telling a pairing agent its nameplate."""
-    return json.dumps({"op": "nameplate", "nameplate": nameplate, "ttl": ttl})
+def nameplate_message(nameplate: int, ttl: float, relay: str | None = None) -> str:
+    """The text message telling a pairing agent its nameplate (and where to join it)."""
+    message: dict[str, object] = {"op": "nameplate", "nameplate": nameplate, "ttl": ttl}
+    if relay is not None:
+        message["relay"] = relay
+    return json.dumps(message)
 
 
 def joined_message() -> str:
@@ -256,6 +265,9 @@ def parse_pair_message(payload: str | bytes) -> Nameplate | Joined:
     if op == "joined":
         return Joined()
     nameplate, ttl = message.get("nameplate"), message.get("ttl")
+    relay = message.get("relay")
+    if relay is not None and not _relay_url_shape(relay):
+        raise ValueError("the nameplate's relay is not a ws:// or wss:// URL")
     if (
         op == "nameplate"
         and type(nameplate) is int
@@ -264,8 +276,19 @@ def parse_pair_message(payload: str | bytes) -> Nameplate | Joined:
         and not isinstance(ttl, bool)
         and ttl > 0
     ):
-        return Nameplate(nameplate, float(ttl))
+        return Nameplate(nameplate, float(ttl), relay)
     raise ValueError(f"unknown pairing message {op!r}")
+
+
+def _relay_url_shape(value: object) -> bool:
+    """Whether VALUE looks like a relay URL one may print in a command (no spaces, short)."""
+    return (
+        isinstance(value, str)
+        and value.startswith(("ws://", "wss://"))
+        and len(value) <= 2048
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
 
 
 def bearer_headers(token: str) -> dict[str, str]:

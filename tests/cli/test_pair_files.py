@@ -105,3 +105,28 @@ class CommandLineTests(unittest.TestCase):
             self.assertTrue(err.getvalue().startswith("nbbridge: pairing failed: "))
             self.assertIn(line, err.getvalue())
             self.assertEqual(out.getvalue(), "")
+
+
+class LastingRelayURLTests(unittest.TestCase):
+    """client.toml keeps the front's URL when the code named one relay behind it."""
+
+    def test_lasting_relay_url(self) -> None:
+        from nbbridge.cli._pair import lasting_relay_url
+
+        self.assertEqual(
+            lasting_relay_url("wss://lb.example/r1", "wss://lb.example"), "wss://lb.example"
+        )
+        self.assertEqual(
+            lasting_relay_url("wss://lb.example/r1", "wss://lb.example/"), "wss://lb.example/"
+        )
+        # Not under the agent's URL: the laptop's own address for the relay is kept.
+        self.assertEqual(
+            lasting_relay_url("wss://ext.example/", "ws://10.0.0.1:8765"), "wss://ext.example/"
+        )
+        self.assertEqual(
+            lasting_relay_url("wss://lb.example.org/r1", "wss://lb.example"),
+            "wss://lb.example.org/r1",
+        )
+        self.assertEqual(
+            lasting_relay_url("wss://lb.example/", "wss://lb.example"), "wss://lb.example/"
+        )

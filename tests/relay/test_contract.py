@@ -194,10 +194,19 @@ class PairingContractTests(unittest.TestCase):
         )
 
         self.assertEqual(parse_pair_message(nameplate_message(7, 300)), Nameplate(7, 300.0))
+        # A relay behind a load balancer names itself; an older one does not (None).
+        self.assertEqual(
+            parse_pair_message(nameplate_message(7, 300, "wss://lb.example/r1")),
+            Nameplate(7, 300.0, "wss://lb.example/r1"),
+        )
+        self.assertNotIn("relay", nameplate_message(7, 300))
         self.assertEqual(parse_pair_message(joined_message()), Joined())
         for bad in (
             '{"op": "nameplate", "nameplate": 0, "ttl": 1}',
             '{"op": "nameplate", "nameplate": true, "ttl": 1}',
+            '{"op": "nameplate", "nameplate": 7, "ttl": 1, "relay": "http://x/"}',
+            '{"op": "nameplate", "nameplate": 7, "ttl": 1, "relay": "wss://x/ rm -rf"}',
+            '{"op": "nameplate", "nameplate": 7, "ttl": 1, "relay": 7}',
             '{"op": "nameplate", "nameplate": 3, "ttl": -1}',
             "[]",
             "x",

@@ -86,6 +86,46 @@ class RendezvousTests(unittest.TestCase):
         self.rendezvous.carry(agent, b"from agent")
         self.assertEqual((agent.binaries, client.binaries), ([b"from client"], [b"from agent"]))
 
+    def test_a_client_speaking_before_the_store_answers_is_heard_after_joined(self) -> None:
+        """A client sends as soon as it is open; Redis answers the join after that."""
+        agent, nameplate = self.open()
+        client = FakePeer()
+        self.rendezvous.join(nameplate, client, "127.0.0.1")
+        self.rendezvous.carry(client, b"spake2 A")  # before the store's answer
+        self.assertEqual(agent.binaries, [])
+        self.turn()
+        self.assertIsNone(client.closed)
+        self.assertIsInstance(parse_pair_message(agent.texts[1]), Joined)
+        self.assertEqual(agent.binaries, [b"spake2 A"])
+
+    def test_early_messages_are_limited_and_dropped_with_a_refused_join(self) -> None:
+        client = FakePeer()
+        self.rendezvous.join(4242, client, "127.0.0.1")
+        self.rendezvous.carry(client, b"early")
+        self.turn()
+        self.assertEqual(client.closed and client.closed[0], CloseCode.PAIR_CODE_GONE)
+        _agent, nameplate = self.open()
+        flood = FakePeer()
+        self.rendezvous.join(nameplate, flood, "127.0.0.1")
+        for _ in range(MAX_MESSAGES + 1):
+            self.rendezvous.carry(flood, b"x")
+        self.assertEqual(flood.closed and flood.closed[0], CloseCode.LIMIT)
+
+    def test_the_nameplate_message_names_the_relay_when_it_has_an_advertise_url(self) -> None:
+        self.rendezvous = Rendezvous(
+            Authority(make_config()),
+            Limits(),
+            self.clock,
+            self.store,
+            "wss://lb.example/r2",
+            rng=random.Random(1),
+            advertise_url="wss://lb.example/r2",
+        )
+        agent, _nameplate = self.open()
+        message = parse_pair_message(agent.texts[0])
+        assert isinstance(message, Nameplate)
+        self.assertEqual(message.relay, "wss://lb.example/r2")
+
     def test_only_an_agent_token_opens(self) -> None:
         for token in (None, CLIENT_TOKEN, "nonsense"):
             peer = FakePeer()

@@ -76,6 +76,7 @@ class OptionsTests(FileTestCase):
                 "admin-token-file",
                 "store",
                 "store-password-file",
+                "store-ca-file",
                 "advertise-url",
             },
         )
@@ -93,6 +94,19 @@ class OptionsTests(FileTestCase):
         self.assertEqual(service.relay.where, "wss://relay.example/r1")
         self.assertTrue(
             service.relay.dial_url("gpu", "A" * 32).startswith("wss://relay.example/r1/v1/")
+        )
+
+    def test_store_ca_file_needs_rediss_and_a_readable_file(self) -> None:
+        advertise = ["--advertise-url", "ws://127.0.0.1:8000/r1"]
+        self.assertExit(["--store-ca-file", "/etc/hostname"], "needs a rediss://")
+        self.assertExit(
+            ["--store", "redis://127.0.0.1:1/0", "--store-ca-file", "/etc/hostname", *advertise],
+            "needs a rediss://",
+        )
+        missing = self.write("") + ".missing"
+        self.assertExit(
+            ["--store", "rediss://127.0.0.1:1/0", "--store-ca-file", missing, *advertise],
+            f"--store-ca-file {missing}: cannot read it",
         )
 
     def test_redis_store_opens_a_backend_closed_with_the_relay(self) -> None:

@@ -170,7 +170,10 @@ async def _pair_agent(
     def show(code: Code, ttl: float) -> None:
         minutes = f"{ttl / 60:g} minutes" if ttl >= 60 else f"{ttl:g} s"
         print(f"nbbridge: on the laptop, run (valid {minutes}, once):", file=err)
-        print(f"nbbridge pair {code} --relay {relay}", file=out, flush=True)
+        # Behind a load balancer the relay names itself (its advertise URL): the laptop
+        # must reach the relay process that holds the rendezvous.
+        where = session.relay_url or relay
+        print(f"nbbridge pair {code} --relay {where}", file=out, flush=True)
 
     def authorize_client(data: bytes) -> None:
         client = ClientOffer.decode(data)
@@ -219,7 +222,7 @@ async def _pair_client(
             path = write_client_files(
                 args.dir,
                 agent,
-                args.relay,
+                lasting_relay_url(args.relay, agent.relay),
                 token_file=token_file,
                 ca=args.ca,
                 insecure=args.insecure,
@@ -236,7 +239,28 @@ async def _pair_client(
         reactor, relay, session, nameplate=code.nameplate, ca_file=args.ca, timeout=CLIENT_TIMEOUT
     )
     path, agent = written[0]
-    _report_client(out, path, agent, args.relay, has_token=token_file is not None)
+    _report_client(
+        out,
+        path,
+        agent,
+        lasting_relay_url(args.relay, agent.relay),
+        has_token=token_file is not None,
+    )
+
+
+def lasting_relay_url(given: str, agents: str) -> str:
+    """The relay URL to write into client.toml, from the URL GIVEN and the agent's own.
+
+    Behind a load balancer the GPU host prints the URL of one relay (the front's URL plus a
+    path naming the relay, e.g. wss://lb/r1): right for the rendezvous, wrong to keep, as
+    the client would then depend on that one relay. When GIVEN lies under the agent's own
+    relay URL (same origin, a longer path), the agent's URL is kept; otherwise GIVEN (the
+    laptop may reach the relay by another address than the GPU host).
+    """
+    base = agents.rstrip("/")
+    if given.rstrip("/") != base and given.startswith(base + "/"):
+        return agents
+    return given
 
 
 def _report_client(

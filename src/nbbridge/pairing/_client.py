@@ -60,6 +60,9 @@ class PairingSession:
         self._on_code = on_code
         self.exchange = Exchange(role, code, offer) if code is not None else None
         self.result: Deferred[None] = Deferred()
+        #: agent side: the URL of the relay holding the rendezvous, if the relay named one
+        #: (several relays behind a load balancer); the laptop must join through it
+        self.relay_url: str | None = None
         self._ws: WebSocketClientProtocol | None = None
         self._failure: PairingFailed | None = None
 
@@ -85,6 +88,7 @@ class PairingSession:
             self._fail(PairingFailed("the relay sent a second code"))
             return
         code = new_code(message.nameplate)
+        self.relay_url = message.relay
         self.exchange = Exchange(Role.AGENT, code, self._offer)
         if self._on_code is not None:
             self._on_code(code, message.ttl)

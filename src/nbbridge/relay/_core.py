@@ -136,7 +136,14 @@ class Relay:
         #: how this relay names itself in the registry: its URL, or an id of this process
         self.where = self.advertise_url or f"relay:{secrets.token_hex(8)}"
         #: pairing rendezvous (`nbbridge pair`): nameplates in the same store
-        self.pairing = Rendezvous(authority, limits, clock, self.registry.store, self.where)
+        self.pairing = Rendezvous(
+            authority,
+            limits,
+            clock,
+            self.registry.store,
+            self.where,
+            advertise_url=self.advertise_url,
+        )
         self._agents: dict[str, AgentState] = {}
         #: agents whose control connection is open here (kept, not counted per registration:
         #: counting made registering 10 000 agents quadratic)

@@ -7,8 +7,10 @@ a token or the code's words, and cannot complete the exchange itself.
 
 Nameplates live in the store (`relay:pair:<n>`) with the code's TTL, so they expire by
 themselves; a join *takes* the nameplate, so a code serves one attempt, right or wrong. The
-live connections and their timers stay here. Opens and joins are rate-limited per address
-and in all, and an agent may hold only a few open nameplates at once.
+live connections and their timers stay here, in one relay's memory: behind a load balancer
+the nameplate message carries this relay's advertise URL, so the laptop is told to join
+here. Opens and joins are rate-limited per address and in all, and an agent may hold only a
+few open nameplates at once.
 """
 
 from __future__ import annotations
@@ -106,15 +108,22 @@ class Rendezvous:
         store: Store,
         where: str,
         rng: random.Random | None = None,
+        advertise_url: str | None = None,
     ) -> None:
         self._authority = authority
         self._limits = limits
         self._clock = clock
         self._where = where
+        #: told to the agent with its nameplate, so the laptop joins this relay (scale-out)
+        self._advertise_url = advertise_url
         self._rng = rng or random.SystemRandom()
         self._nameplates = ExpiringRecords(store, "relay:pair:", NameplateRecord)
         self._open: dict[int, _Pairing] = {}
         self._by_peer: dict[PairPeer, _Pairing] = {}
+        #: clients whose join waits on the store, with what they sent meanwhile: a client
+        #: speaks as soon as its WebSocket is open, and a store over the network (Redis)
+        #: answers after that; their messages are handed on once the join is done
+        self._joining: dict[PairPeer, list[bytes]] = {}
         self._total = _Window(limits.pairings_per_minute, clock.seconds())
         self._per_address: dict[str, _Window] = {}
         self.refusals = RefusalLog(clock)
@@ -194,7 +203,7 @@ class Rendezvous:
         self._log.info(
             "pairing: agent {agent} opened code {nameplate}", agent=agent, nameplate=nameplate
         )
-        peer.send_text(nameplate_message(nameplate, ttl))
+        peer.send_text(nameplate_message(nameplate, ttl, self._advertise_url))
 
     def _expired(self, pairing: _Pairing) -> None:
         pairing.timer = None
@@ -212,9 +221,19 @@ class Rendezvous:
         if refusal is not None:
             peer.close(refusal.code, refusal.reason)
             return Deferred.fromCoroutine(_nothing())
+        self._joining[peer] = []
         return Deferred.fromCoroutine(self._join(nameplate, peer))
 
     async def _join(self, nameplate: int, peer: PairPeer) -> None:
+        try:
+            await self._join_now(nameplate, peer)
+        finally:
+            early = self._joining.pop(peer, [])
+        if self._by_peer.get(peer) is not None:
+            for data in early:
+                self.carry(peer, data)
+
+    async def _join_now(self, nameplate: int, peer: PairPeer) -> None:
         try:
             record = await self._nameplates.take(str(nameplate))
         except Exception as e:
@@ -227,9 +246,8 @@ class Rendezvous:
             # lives in one relay's memory. The code is used up all the same (one try each).
             peer.close(
                 CloseCode.PAIR_CODE_GONE,
-                f"this pairing code was opened at another relay ({record.where}); behind a "
-                "load balancer, pair through one relay's own URL on both sides; ask for a new "
-                "code",
+                f"this pairing code was opened at another relay ({record.where}); use the "
+                "--relay URL the GPU host printed (it names that relay); ask for a new code",
             )
             return
         if record is None or pairing is None:
@@ -258,6 +276,13 @@ class Rendezvous:
 
     def carry(self, peer: PairPeer, data: bytes) -> None:
         """PEER sent DATA: hand it to the other side, unread."""
+        early = self._joining.get(peer)
+        if early is not None:
+            if len(early) >= MAX_MESSAGES:
+                peer.close(CloseCode.LIMIT, f"a pairing side sends at most {MAX_MESSAGES} messages")
+                return
+            early.append(data)
+            return
         pairing = self._by_peer.get(peer)
         partner = pairing.partner(peer) if pairing is not None else None
         if pairing is None or partner is None:
@@ -272,6 +297,7 @@ class Rendezvous:
 
     def left(self, peer: PairPeer, code: int | None, reason: str | None) -> None:
         """PEER's connection closed (CODE and REASON as it said, if it did)."""
+        self._joining.pop(peer, None)
         pairing = self._by_peer.get(peer)
         if pairing is None:
             return

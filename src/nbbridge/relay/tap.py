@@ -84,6 +84,13 @@ class Options(usage.Options):
             f"File holding the Redis password (or set {PASSWORD_ENV}).",
         ],
         [
+            "store-ca-file",
+            None,
+            None,
+            "PEM file of the CA(s) that signed Redis's certificate, for rediss:// (TLS); "
+            "default: the system's CAs.",
+        ],
+        [
             "advertise-url",
             None,
             None,
@@ -225,6 +232,8 @@ def _open_backend(options: Options, reactor: Any) -> Backend | None:
     """The shared store and bus of --store redis://..., or None for --store memory."""
     url = options["store"]
     if url == "memory":
+        if options["store-ca-file"]:
+            raise _fail("--store-ca-file needs a rediss:// store URL (TLS to Redis)")
         return None
     try:
         parse_store_url(url)
@@ -239,7 +248,10 @@ def _open_backend(options: Options, reactor: Any) -> Backend | None:
         password = read_password(options["store-password-file"])
     except (OSError, ValueError) as e:
         raise _fail(f"--store-password-file: {e}") from None
-    return open_store(url, password=password, reactor=reactor)
+    try:
+        return open_store(url, password=password, ca_file=options["store-ca-file"], reactor=reactor)
+    except StoreURLError as e:
+        raise _fail(str(e)) from None
 
 
 class BackendService(Service):

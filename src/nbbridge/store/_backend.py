@@ -174,23 +174,44 @@ def read_password(path: str | None, environ: Mapping[str, str] | None = None) ->
     return env.get(PASSWORD_ENV) or None
 
 
-def open_store(url: str, *, password: str | None = None, reactor: object | None = None) -> Backend:
+def open_store(
+    url: str,
+    *,
+    password: str | None = None,
+    ca_file: str | None = None,
+    reactor: object | None = None,
+) -> Backend:
     """The `Backend` for URL (see `parse_store_url`); a Redis one starts connecting at once.
 
     Connecting goes on in the background (with backoff, for ever): a relay starts even while
     Redis is down, says so through ``health``, and its store operations fail fast with
     `StoreUnavailable` until the connection is up.
+
+    CA_FILE (a PEM file) is what a ``rediss://`` URL's server certificate is checked against,
+    instead of the system's CAs (a Redis with a private CA). It is read now: a missing or
+    unusable file is a `StoreURLError` at once, not failed handshakes later; with a plain
+    ``redis://`` or ``memory`` URL it is refused (there is no TLS for it to apply to).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
     parsed = parse_store_url(url)
+    if ca_file is not None and not parsed.tls:
+        raise StoreURLError("--store-ca-file needs a rediss:// store URL (TLS to Redis)")
     if parsed.kind == "memory":
         return MemoryBackend(reactor)  # type: ignore[arg-type]
     from ._redis import RedisBackend
 
-    return RedisBackend(parsed, password=password, reactor=reactor)
+    trust = None
+    if ca_file is not None:
+        from nbbridge.transport import load_trust_root
+
+        try:
+            trust = load_trust_root(ca_file)
+        except ValueError as e:
+            raise StoreURLError(str(e).replace("--ca ", "--store-ca-file ", 1)) from None
+    return RedisBackend(parsed, password=password, trust_root=trust, reactor=reactor)
 
 
 class MemoryBackend:

@@ -25,9 +25,10 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import txredisapi
+from OpenSSL import SSL
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -42,6 +43,9 @@ from .._observer import Waiters
 from ._backend import Health, HealthWatcher, StoreUnavailable, StoreURL
 from ._bus import ReceiverTable, Subscription, _Entry, check_channel, check_message, check_receiver
 from ._interface import check_key, check_ttl, check_value
+
+if TYPE_CHECKING:
+    from nbbridge._internals import IOpenSSLTrustRoot
 
 T = TypeVar("T")
 
@@ -214,7 +218,15 @@ class _Link:
 
     def closed(self, protocol: Any, why: Failure) -> None:
         if protocol is not self.protocol:
-            return  # one that never completed its handshake: its reason is known already
+            # One that never completed its handshake: its reason is known already, unless
+            # TLS (rediss://) failed under it, which the pending command only saw as a loss.
+            if why.check(SSL.Error) is not None:
+                self.failed_attempt(
+                    "TLS with Redis failed (its certificate is not signed by a CA in "
+                    "--store-ca-file, or the system's CAs without one, or does not name "
+                    f"the host): {why.getErrorMessage()}"
+                )
+            return
         self.protocol = None
         self.reason = f"the connection to Redis was lost ({why.getErrorMessage()})"
         self._log.warn("redis ({role}): {reason}", role=self.role, reason=self.reason)
@@ -510,14 +522,28 @@ class RedisBackend:
 
     _log = Logger()
 
-    def __init__(self, url: StoreURL, *, password: str | None, reactor: Any) -> None:
+    def __init__(
+        self,
+        url: StoreURL,
+        *,
+        password: str | None,
+        reactor: Any,
+        trust_root: IOpenSSLTrustRoot | None = None,
+    ) -> None:
         self.url = url.redacted()
         self._clock: IReactorTime = reactor
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             reactor, url.host, url.port, timeout=CONNECT_TIMEOUT
         )
         if url.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
+            # The server's certificate must name URL's host and chain to TRUST_ROOT (the
+            # --store-ca-file) or, without one, to the system's CAs.
+            options = (
+                optionsForClientTLS(url.host, trustRoot=trust_root)
+                if trust_root is not None
+                else optionsForClientTLS(url.host)
+            )
+            endpoint = wrapClientTLS(options, endpoint)
         self._watchers: list[HealthWatcher] = []
         self._connected_waiters: Waiters[None] = Waiters(reactor)
         self._health = Health(False, time.time(), "connecting")
