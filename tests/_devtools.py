@@ -26,6 +26,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import TestCase
 
+from tests._cleanup import add_async_cleanup
 from tests.tunnel._process import ChildProcess, spawn
 
 CHROMIUM = next(
@@ -129,7 +130,7 @@ async def connect(test: TestCase, url: str) -> DevToolsConnection:
             connection.sendClose(1000)
         await connection.lost
 
-    test.addCleanup(close)
+    add_async_cleanup(test, close)
     await connection.opened
     return connection
 

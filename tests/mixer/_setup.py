@@ -19,6 +19,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from nbbridge.mixer import tap as mixer_tap
+from tests._cleanup import add_async_cleanup
 from tests.tunnel._harness import TunnelTestCase
 from tests.tunnel._jupyter import Jupyter, free_port, missing_jupyter
 from tests.tunnel._process import BIN, child_env, spawn
@@ -119,7 +120,7 @@ class MixerTestCase(TunnelTestCase):
         mark = self.logs.mark()
         self.mixer = mixer_tap.makeService(options, reactor)
         self.mixer.startService()
-        self.addCleanup(self.stop_mixer)
+        add_async_cleanup(self, self.stop_mixer)
         port = await self.mixer.listening.when_listening  # type: ignore[attr-defined]
         self.mixer_port = port.getHost().port
         await self.logs.wait_for("kernel table ready", "nbbridge.mixer", since=mark)

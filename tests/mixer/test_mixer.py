@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import treq
 
+from tests._cleanup import add_async_cleanup
 from tests.tunnel._jupyter import execute_request, open_channels
 
 from ._setup import MARK, MixerTestCase, start_jupyter
@@ -222,7 +223,7 @@ class ProtocolAndUrlTests(MixerTestCase):
         )  # fmt: skip
         self.mixer = mixer_tap.makeService(options, reactor)
         self.mixer.startService()
-        self.addCleanup(self.stop_mixer)
+        add_async_cleanup(self, self.stop_mixer)
         port = await self.mixer.listening.when_listening  # type: ignore[attr-defined]
         self.mixer_port = port.getHost().port
         specs = await self.api("GET", "/api/kernelspecs")

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nbbridge.contract import CloseCode, link_path
 from nbbridge.relay._config import ConfigError, Limits, parse_config
 from nbbridge.websocket import RefusalLog, could_be_http
+from tests._cleanup import add_async_cleanup
 
 from ..transport._certs import write_server_files
 from ._harness import (
@@ -107,7 +108,7 @@ class GuardTestCase(RelayTestCase):
         """A TCP connection to the relay that has sent FIRST."""
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.connector.port)
         client = await connectProtocol(endpoint, RawClient())
-        self.addCleanup(self._drop, client)
+        add_async_cleanup(self, self._drop, client)
         if first:
             client.transport.write(first)  # type: ignore[union-attr]
         return client
@@ -118,7 +119,7 @@ class GuardTestCase(RelayTestCase):
             reactor, "127.0.0.1", self.connector.port, bindAddress=(source, 0)
         )
         client = await connectProtocol(endpoint, RawClient())
-        self.addCleanup(self._drop, client)
+        add_async_cleanup(self, self._drop, client)
         client.transport.write(first)  # type: ignore[union-attr]
         return client
 
