@@ -13,7 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from nbbridge._secrets import SecretError, read_secret
-from nbbridge.crypto import KeyFileError, KeyFormatError, load_private_key, parse_public_key
+from nbbridge.crypto import parse_public_key
 from nbbridge.instances import JupyterProcesses
 from nbbridge.store import (
     PASSWORD_ENV,
@@ -22,8 +22,7 @@ from nbbridge.store import (
     parse_store_url,
     read_password,
 )
-from nbbridge.transport import load_trust_root, parse_relay_url
-from nbbridge.tunnel import AgentLink
+from nbbridge.tunnel import AgentLink, TunnelOptions
 from nbbridge.web import UpstreamPool
 
 from ._agent_launcher import AgentLauncher
@@ -52,8 +51,15 @@ def _positive(kind: type[float] | type[int]) -> Any:
     return parse
 
 
-class Options(usage.Options):
-    """Options of nbbridge-datalab; the sign key comes from a file or the environment."""
+class Options(TunnelOptions):
+    """Options of nbbridge-datalab; the sign key comes from a file or the environment.
+
+    The tunnel client's flags are `TunnelOptions`' own: they are checked (and required) only
+    with ``--launcher agent``, which makes the daemon a tunnel client of the agent.
+    """
+
+    command = "nbbridge-datalab"
+    required = ("agent", "agent-key")
 
     synopsis = (
         "--listen ENDPOINT --sign-key-file FILE [--store URL] [--launcher subprocess|agent] "
@@ -111,61 +117,47 @@ class Options(usage.Options):
             _positive(int),
         ],
         ["work-dir", None, None, "where instances' directories go (default: a new temp dir)"],
-        # --launcher agent: the agent that runs the instances, reached through a relay.
-        ["relay", None, None, "agent launcher: the relay URL (wss://...)"],
+        # --launcher agent: the agent that runs the instances, reached through a relay with
+        # the tunnel client's flags (--relay, --key, --token-file, --ca, --config, ...).
         ["agent", None, None, "agent launcher: the agent's name"],
         ["agent-key", None, None, "agent launcher: the agent's public key (nbb1...), pinned"],
-        ["key", None, None, "agent launcher: this daemon's private key file (nbbridge keygen)"],
-        [
-            "token-file",
-            None,
-            None,
-            "agent launcher: file holding the relay token (else $NBBRIDGE_TOKEN)",
-        ],
-        ["ca", None, None, "agent launcher: PEM file of the CA(s) to trust for wss://"],
     ]
-    optFlags = [["insecure", None, "agent launcher: allow ws:// to a relay not on loopback"]]
 
     def postOptions(self) -> None:
+        if self["launcher"] not in LAUNCHERS:
+            raise usage.UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
+        if self["launcher"] == "agent":
+            super().postOptions()  # the relay, the key, the token: as the client; then below
+        else:
+            self.parse()
+            self.load()
+
+    def needs_mapping(self) -> bool:
+        return False  # it names its agent with --agent; instances are asked for at run time
+
+    def parse(self) -> None:
         listen = self["listen"]
         if not listen:
             raise usage.UsageError("--listen must not be empty")
         if listen.isdigit():
             self["listen"] = f"tcp:{listen}:interface=127.0.0.1"
-        if self["launcher"] not in LAUNCHERS:
-            raise usage.UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
         if self["launcher"] == "agent":
-            self._agent_options()
+            self["agent_public_key"] = parse_public_key(self["agent-key"])
         try:
             parse_store_url(self["store"])  # its errors never repeat the URL
         except StoreURLError as e:
             raise usage.UsageError(str(e)) from None
+
+    def load(self) -> None:
         try:
             self["store_password"] = read_password(self["store-password-file"])
         except (OSError, ValueError) as e:
-            raise SystemExit(f"nbbridge-datalab: {e}") from None
+            raise self.refuse(str(e)) from None
         try:
             key = read_secret(self["sign-key-file"], SIGN_KEY_ENV, "sign key")
         except SecretError as e:
-            raise SystemExit(f"nbbridge-datalab: {e}") from None
+            raise self.refuse(str(e)) from None
         self["sign_key"] = key.encode("utf-8")
-
-    def _agent_options(self) -> None:
-        for flag in ("relay", "agent", "agent-key", "key"):
-            if not self[flag]:
-                raise usage.UsageError(f"--launcher agent needs --{flag}")
-        try:
-            self["relay_url"] = parse_relay_url(self["relay"], self["insecure"])
-            self["agent_public_key"] = parse_public_key(self["agent-key"])
-        except (ValueError, KeyFormatError) as e:
-            raise usage.UsageError(str(e)) from None
-        try:
-            self["private_key"] = load_private_key(self["key"])
-            self["token"] = read_secret(self["token-file"], "NBBRIDGE_TOKEN")
-            if self["ca"] is not None:
-                load_trust_root(self["ca"])
-        except (ValueError, KeyFileError, KeyFormatError, SecretError) as e:
-            raise SystemExit(f"nbbridge-datalab: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -191,6 +183,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             options["private_key"],
             options["token"],
             options["ca"],
+            channel_limits=options["channel_limits"],
+            resume_grace=options["resume-grace"],
         )
         launcher = AgentLauncher(link, work)
     else:
