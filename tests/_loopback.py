@@ -12,14 +12,16 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, serverFromString
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IListeningPort,
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -153,3 +155,21 @@ async def serve(
 
     test.addCleanup(lambda: Deferred.fromCoroutine(stop()))
     return port.getHost().port  # type: ignore[attr-defined, no-any-return]
+
+
+async def accepting(port: int, timeout: float = 60) -> None:
+    """Wait until 127.0.0.1:PORT accepts a connection (a server that logged its URL a moment
+    before it listens, or on a loaded machine)."""
+    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    while True:
+        try:
+            protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+                Factory.forProtocol(Protocol)
+            )
+        except ConnectionRefusedError:
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                raise
+            await deferLater(reactor, 0.1)
+            continue
+        protocol.transport.loseConnection()
+        return

@@ -8,66 +8,19 @@ the local one does not, so a cell can tell where it ran.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import TestCase
 
 from nbbridge.mixer import tap as mixer_tap
 from tests._cleanup import add_async_cleanup
 from tests.tunnel._harness import TunnelTestCase
-from tests.tunnel._jupyter import Jupyter, free_port, missing_jupyter
-from tests.tunnel._process import BIN, child_env, spawn
-from tests.web._proxy import accepting
+from tests.tunnel._jupyter import missing_jupyter, start_jupyter
 
 MARK = "NBBRIDGE_MIXER_MARK"
-
-
-async def start_jupyter(
-    test: TestCase,
-    env: Mapping[str, str] | None = None,
-    argv: Sequence[str] = (),
-    script: str = "jupyter-server",
-) -> Jupyter:
-    """A jupyter-server (or SCRIPT) on 127.0.0.1 with ENV added; stopped by the clean-up."""
-    base = FilePath(test.mktemp())
-    root = base.child("notebooks")
-    root.makedirs()
-    for name in ("config", "data", "runtime", "ipython"):
-        base.child(name).makedirs()
-    port, token = free_port(), secrets.token_hex(24)
-    environ = child_env(
-        {
-            "JUPYTER_TOKEN": token,
-            "JUPYTER_CONFIG_DIR": base.child("config").path,
-            "JUPYTER_DATA_DIR": base.child("data").path,
-            "JUPYTER_RUNTIME_DIR": base.child("runtime").path,
-            "IPYTHONDIR": base.child("ipython").path,
-            "JUPYTER_PLATFORM_DIRS": "1",
-            **(env or {}),
-        }
-    )
-    command = [
-        os.path.join(BIN, script),
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False",
-        f"--ServerApp.root_dir={root.path}",
-        *argv,
-    ]
-    if os.geteuid() == 0:
-        command.append("--ServerApp.allow_root=True")
-    process = spawn(test, script, command, environ, cwd=base.path)
-    await process.wait_for(rf"http://127\.0\.0\.1:{port}/")
-    # It may log its URL a moment before it accepts (seen under load).
-    await accepting(port)
-    return Jupyter(port, token, root, process)
 
 
 class MixerTestCase(TunnelTestCase):

@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from tests._cleanup import add_async_cleanup
+from tests._loopback import accepting
 
 from ._process import BIN, ChildProcess, child_env, spawn
 
@@ -61,15 +63,22 @@ class Jupyter:
         return {"Authorization": f"token {self.token}"}
 
 
-async def start_jupyter(test: TestCase) -> Jupyter:
-    """jupyter-server on 127.0.0.1:<free port>; stopped (and reaped) by the test's clean-up."""
+async def start_jupyter(
+    test: TestCase,
+    env: Mapping[str, str] | None = None,
+    argv: Sequence[str] = (),
+    script: str = "jupyter-server",
+) -> Jupyter:
+    """SCRIPT (jupyter-server, or jupyter-lab) on 127.0.0.1:<free port>, with ENV added to its
+    environment and ARGV to its flags; returns once it accepts; stopped (and reaped) by the
+    test's clean-up."""
     base = FilePath(test.mktemp())
     root = base.child("notebooks")
     root.makedirs()
     for name in ("config", "data", "runtime", "ipython"):
         base.child(name).makedirs()
     port, token = free_port(), secrets.token_hex(24)
-    env = child_env(
+    environ = child_env(
         {
             "JUPYTER_TOKEN": token,
             "JUPYTER_CONFIG_DIR": base.child("config").path,
@@ -77,20 +86,24 @@ async def start_jupyter(test: TestCase) -> Jupyter:
             "JUPYTER_RUNTIME_DIR": base.child("runtime").path,
             "IPYTHONDIR": base.child("ipython").path,
             "JUPYTER_PLATFORM_DIRS": "1",
+            **(env or {}),
         }
     )
-    argv = [
-        os.path.join(BIN, "jupyter-server"),
+    command = [
+        os.path.join(BIN, script),
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False",
         f"--ServerApp.root_dir={root.path}",
+        *argv,
     ]
     if os.geteuid() == 0:
-        argv.append("--ServerApp.allow_root=True")
-    process = spawn(test, "jupyter-server", argv, env, cwd=base.path)
+        command.append("--ServerApp.allow_root=True")
+    process = spawn(test, script, command, environ, cwd=base.path)
     await process.wait_for(rf"http://127\.0\.0\.1:{port}/")
+    # It may log its URL a moment before it accepts (seen under load).
+    await accepting(port)
     return Jupyter(port, token, root, process)
 
 

@@ -15,10 +15,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -59,24 +56,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def accepting(port: int, timeout: float = 60) -> None:
-    """Wait until 127.0.0.1:PORT accepts a connection (a server that logged its URL a moment
-    before it listens, or on a loaded machine)."""
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
-    while True:
-        try:
-            protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
-                Factory.forProtocol(Protocol)
-            )
-        except ConnectionRefusedError:
-            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-                raise
-            await deferLater(reactor, 0.1)
-            continue
-        protocol.transport.loseConnection()
-        return
 
 
 class ProxyTestCase(TestCase):

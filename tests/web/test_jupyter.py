@@ -14,7 +14,7 @@ from tests._tools import unavailable
 from tests.tunnel._jupyter import Jupyter, missing_jupyter, start_jupyter
 
 from ._kernel import V1, execute, open_kernel
-from ._proxy import ProxyTestCase, accepting, tcp
+from ._proxy import ProxyTestCase, tcp
 
 MB = 1024 * 1024
 
@@ -24,7 +24,6 @@ class JupyterBehindProxyTests(ProxyTestCase):
 
     async def start(self, **route: Any) -> tuple[Jupyter, str]:
         jupyter = await start_jupyter(self)
-        await accepting(jupyter.port)
         self.endpoint = tcp(jupyter.port)
         upstream = Upstream("jupyter", self.endpoint)
         # As datalab does: the browser never holds the token; the proxy injects it.
