@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nbbridge.wire import (
     MAX_PAYLOAD,
+    MAX_REASON,
     Ack,
     Close,
     Data,
@@ -145,6 +146,14 @@ class MalformedTests(SynchronousTestCase):
     def test_goaway_on_channel(self) -> None:
         frame = b"\x08\x00\x00\x00\x00\x03\x00\x00\x00\x02\x00\x00"
         self.assertRejects(frame, "GOAWAY on channel 3")
+
+    def test_oversize_resumed_reason(self) -> None:
+        # Found by fuzz/mux_codec.py: a RESUMED whose reason passed MAX_REASON decoded, and
+        # re-encoded (cut) to other bytes; every other reason was already refused.
+        long = encode(Resumed(0, bytes(32), (), "x" * 200))
+        body = long[10:] + b"y" * MAX_REASON
+        frame = long[:6] + len(body).to_bytes(4, "big") + body
+        self.assertRejects(frame, "RESUMED reason is")
 
     def test_encoder_refuses_oversize_data(self) -> None:
         with self.assertRaises(FrameError):

@@ -198,7 +198,11 @@ def _decode_resumption(kind: int, channel: int, body: memoryview) -> Frame:
         raise FrameError("truncated RESUMED")
     code = _U16.unpack_from(body)[0]
     entries, used = _decode_entries(body[head:], "RESUMED")
-    text = _text(body[head + used :], "RESUMED reason")
+    reason = body[head + used :]
+    if len(reason) > MAX_REASON:
+        # As for every reason: a longer one could not be re-encoded as it came.
+        raise FrameError(f"RESUMED reason is {len(reason)} bytes, more than {MAX_REASON}")
+    text = _text(reason, "RESUMED reason")
     return Resumed(code, bytes(body[2:head]), entries, text)
 
 
