@@ -152,16 +152,19 @@ class Proxy:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> tuple[int, float]:
-    """(parent pid, CPU seconds used) of PID, from /proc/PID/stat."""
+def _stat(pid: int) -> tuple[int, float, float]:
+    """(parent pid, user CPU seconds, system CPU seconds) of PID, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     # After the name: state ppid ... utime (14th field overall) stime (15th).
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[1]), int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
-def snapshot() -> dict[int, tuple[int, float]]:
-    """{pid: (parent pid, CPU seconds)} of every process."""
+Procs = dict[int, tuple[int, float, float]]
+
+
+def snapshot() -> Procs:
+    """{pid: (parent pid, user CPU s, system CPU s)} of every process."""
     procs = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -172,21 +175,25 @@ def snapshot() -> dict[int, tuple[int, float]]:
     return procs
 
 
-def tree_cpu(procs: dict[int, tuple[int, float]], root: int) -> float:
-    """CPU seconds of ROOT and its live descendants (websockify forks one per connection)."""
+def tree_cpu(procs: Procs, root: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of ROOT and its live descendants (websockify forks one
+    process per connection)."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
+    for pid, (ppid, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    user = system = 0.0
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += procs.get(pid, (0, 0.0))[1]
+        _, u, s = procs.get(pid, (0, 0.0, 0.0))
+        user, system = user + u, system + s
         todo.extend(children.get(pid, ()))
-    return total
+    return user, system
 
 
 class Meter:
-    """CPU share (of one core) of the proxy, the target and this client over a figure's run.
+    """CPU share (of one core) of the proxy, the target and this client over a figure's run,
+    and how much of it was in the kernel (sys).
 
     A process near 100% is the bottleneck of that run: if it is the client or the target,
     the figure compares them rather than the proxies. (The /proc scans are outside the
@@ -195,24 +202,31 @@ class Meter:
 
     def __init__(self, proxy: int, target: int) -> None:
         self.pids = {"proxy": proxy, "target": target}
-        self.shares: dict[str, float] = {}
+        self.shares: dict[str, tuple[float, float]] = {}
 
     def start(self) -> None:
         procs = snapshot()
         self._cpu = {k: tree_cpu(procs, p) for k, p in self.pids.items()}
-        self._own = time.process_time()
+        self._own = os.times()
         self._wall = time.perf_counter()
 
     def stop(self) -> None:
         """Call before the connection closes (a websockify child's time ends with it)."""
         wall = time.perf_counter() - self._wall
-        own = time.process_time() - self._own
+        own = os.times()
         procs = snapshot()
-        self.shares = {k: (tree_cpu(procs, p) - self._cpu[k]) / wall for k, p in self.pids.items()}
-        self.shares["client"] = own / wall
+        for k, pid in self.pids.items():
+            (u0, s0), (u1, s1) = self._cpu[k], tree_cpu(procs, pid)
+            self.shares[k] = ((u1 - u0) / wall, (s1 - s0) / wall)
+        self.shares["client"] = (
+            (own.user - self._own.user) / wall,
+            (own.system - self._own.system) / wall,
+        )
 
     def __str__(self) -> str:
-        return " ".join(f"{k} {v * 100:3.0f}%" for k, v in self.shares.items())
+        return " ".join(
+            f"{k} {(u + s) * 100:3.0f}% (sys {s * 100:2.0f}%)" for k, (u, s) in self.shares.items()
+        )
 
 
 # -- a raw WebSocket client --------------------------------------------------------------------
