@@ -88,6 +88,10 @@ threading.Event().wait()
 """
 
 
+def fmt(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def load() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -218,6 +222,8 @@ class Meter:
         for k, pid in self.pids.items():
             (u0, s0), (u1, s1) = self._cpu[k], tree_cpu(procs, pid)
             self.shares[k] = ((u1 - u0) / wall, (s1 - s0) / wall)
+        #: CPU seconds the proxy used in the window (what it costs, whatever the waits)
+        self.proxy_seconds = sum(self.shares["proxy"]) * wall
         self.shares["client"] = (
             (own.user - self._own.user) / wall,
             (own.system - self._own.system) / wall,
@@ -475,7 +481,14 @@ def main() -> None:
     keys = {"service->browser": "down", "browser->service": "up", "100 B": "rtt", "of ": "conn"}
     print(f"load average before: {load()}", flush=True)
 
-    def measure(figure: str, port_of: int, run: Callable[[int, Meter], float]) -> None:
+    def measure(
+        figure: str,
+        port_of: int,
+        run: Callable[[int, Meter], float],
+        cost: tuple[str, float] | None = None,
+    ) -> None:
+        """FIGURE from RUN, rounds alternating the proxies; with COST (a label and a scale),
+        the proxy's CPU time times the scale is a figure too (CPU per MB, per round trip)."""
         if not any(figure.startswith(k) and v in wanted for k, v in keys.items()):
             return
         for i in range(args.rounds):
@@ -498,20 +511,39 @@ def main() -> None:
                         spy.wait()
                 results.setdefault((figure, kind), []).append(value)
                 print(f"  {figure:28} {kind:10} {value:10.1f}   cpu: {meter}", flush=True)
+                if cost is not None:
+                    label, scale = cost
+                    results.setdefault((label, kind), []).append(meter.proxy_seconds * scale)
 
     def keys_of(figure: str) -> str:
         return next(v for k, v in keys.items() if figure.startswith(k))
 
     try:
-        measure("service->browser MB/s", source, lambda p, m: download(p, args.megabytes, m))
-        measure("browser->service MB/s", sink, lambda p, m: upload(p, args.megabytes, m))
+        per_mb = ("proxy CPU ms per MB, {}", 1000 / (args.megabytes * 1.048576))
+        measure(
+            "service->browser MB/s",
+            source,
+            lambda p, m: download(p, args.megabytes, m),
+            (per_mb[0].format("service->browser"), per_mb[1]),
+        )
+        measure(
+            "browser->service MB/s",
+            sink,
+            lambda p, m: upload(p, args.megabytes, m),
+            (per_mb[0].format("browser->service"), per_mb[1]),
+        )
 
         def rtt(p: int, meter: Meter) -> float:
             p50, p99 = round_trips(p, args.round_trips, meter)
             print(f"  {'100 B round trip p99, us':28} {'(same run)':10} {p99:10.1f}", flush=True)
             return p50
 
-        measure("100 B round trip p50, us", echo, rtt)
+        measure(
+            "100 B round trip p50, us",
+            echo,
+            rtt,
+            ("proxy CPU us per round trip", 1e6 / args.round_trips),
+        )
         measure(
             f"of {args.connections} connections held",
             greeter,
@@ -541,8 +573,8 @@ def main() -> None:
                 other = statistics.median(results[(figure, "websockify")])
                 ratio = f"x{medians[kind] / other:.2f}" if other else "n/a"
             print(
-                f"| {figure} | {kind} | {min(values):.0f} | {medians[kind]:.0f} | "
-                f"{max(values):.0f} | {ratio} |"
+                f"| {figure} | {kind} | {fmt(min(values))} | {fmt(medians[kind])} | "
+                f"{fmt(max(values))} | {ratio} |"
             )
 
 
