@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret
 from nbbridge.store import (
     STORE_CREDENTIAL_OPTIONS,
@@ -323,6 +324,8 @@ def makeService(
         pass
     else:
         http.port.addCallback(_learn_port, factory, options["http_port"])  # type: ignore[attr-defined]
+    # Big screen updates come and go: give the heap's free memory back when the gateway idles.
+    care_for_memory(top, reactor)
     return top
 
 
