@@ -1,22 +1,29 @@
 """Gateway benchmark: nbbridge-gateway beside websockify (Debian's or PyPI's) in the same run.
 
-    PYTHONPATH=src .venv/bin/python bench/gateway.py [--rounds 3] [--megabytes 256]
+    PYTHONPATH=src .venv/bin/python bench/gateway.py [--rounds 5] [--megabytes 256]
         [--round-trips 2000] [--connections 1000] [--websockify PATH]
+        [--figures down,up,rtt,conn] [--py-spy DIR]
 
-Starts on 127.0.0.1: a target process with three TCP services (a source that sends
-until the client leaves, an echo, a greeter that says the RFB greeting and holds the
-connection), and for each figure one proxy at a time in its own process, in front of the
-service it needs: ``twistd -n nbbridge-gateway ... PORT`` and ``websockify PORT HOST:PORT``.
-The client is the same for both: a raw asyncio WebSocket client in this process (frames
-parsed with memoryviews, so it is not the bottleneck it would be with a full library).
+Starts on 127.0.0.1: a target process with four TCP services (a source that sends until the
+client leaves, an echo, a sink that answers one byte once the whole upload is in, a greeter
+that says the RFB greeting and holds the connection), and for each figure one proxy at a time
+in its own process, in front of the service it needs: ``twistd -n nbbridge-gateway ... PORT``
+and ``websockify PORT HOST:PORT``. The client is the same for both, in this process: blocking
+sockets for the one-connection figures (frames sent from one pre-masked buffer, received into
+one reused buffer and parsed in place), asyncio for the many, so that the client is not what
+is measured; each run prints the CPU share of the proxy (with its children), the target and
+the client, to show who was busy.
 
-* throughput, MB/s: service -> browser (the VNC direction): read ``--megabytes`` MB from the
-  source, and browser -> service: send ``--megabytes`` MB in 64 KiB binary messages to a sink;
-* round trip, us: 100-byte binary messages echoed, one at a time, p50 and p99;
+* throughput, MB/s of payload: service -> browser (the VNC direction): read ``--megabytes`` MB
+  from the source, and browser -> service: send ``--megabytes`` MB in 64 KiB binary messages
+  to the sink, until its receipt for the last byte; and the proxy's CPU ms per MB;
+* round trip, us: 100-byte binary messages echoed, one at a time, p50 and p99; and the
+  proxy's CPU us per round trip;
 * concurrent connections: open ``--connections`` WebSockets at once, each must receive the
   greeting; count those that did (and hold them all open until the count is done).
 
 Each figure is taken ``--rounds`` times, alternating nbbridge and websockify; min/median/max.
+With ``--py-spy DIR`` each nbbridge run is recorded as raw stacks (py-spy beside this Python).
 """
 
 from __future__ import annotations
