@@ -126,7 +126,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 class Proxy:
     """One proxy process in front of TARGET_PORT, listening on ``port``."""
 
-    def __init__(self, kind: str, target_port: int, websockify: str, log: str) -> None:
+    def __init__(
+        self, kind: str, target_port: int, websockify: str, log: str, cpus: set[int] | None = None
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         if kind == "nbbridge":
@@ -145,7 +147,10 @@ class Proxy:
         else:
             argv = [websockify, f"127.0.0.1:{self.port}", f"127.0.0.1:{target_port}"]
         self._log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=pin
+        )
         wait_port(self.port, self.proc)
 
     def close(self) -> None:
@@ -467,6 +472,11 @@ def main() -> None:
         "--figures", default="down,up,rtt,conn", help="which figures: down,up,rtt,conn"
     )
     parser.add_argument(
+        "--pin",
+        metavar="PROXY_CPU:CPU",
+        help="run the proxy on one CPU, the client and the target on another (e.g. 1:0)",
+    )
+    parser.add_argument(
         "--py-spy", metavar="DIR", help="record each nbbridge run with py-spy (raw stacks) here"
     )
     beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -477,6 +487,11 @@ def main() -> None:
     if not args.websockify:
         sys.exit("websockify not found (Debian: apt-get install websockify)")
     workdir = tempfile.mkdtemp(prefix="bench-gateway-")
+    proxy_cpus = None
+    if args.pin:
+        proxy_cpu, other_cpu = (int(c) for c in args.pin.split(":"))
+        proxy_cpus = {proxy_cpu}
+        os.sched_setaffinity(0, {other_cpu})  # this client, and the target it starts
     target = subprocess.Popen(
         [sys.executable, "-c", TARGET, str(args.megabytes)], stdout=subprocess.PIPE
     )
@@ -500,7 +515,8 @@ def main() -> None:
             return
         for i in range(args.rounds):
             for kind in ("nbbridge", "websockify"):
-                proxy = Proxy(kind, port_of, args.websockify, os.path.join(workdir, kind + ".log"))
+                log = os.path.join(workdir, kind + ".log")
+                proxy = Proxy(kind, port_of, args.websockify, log, proxy_cpus)
                 spy = None
                 if args.py_spy and kind == "nbbridge":
                     out = os.path.join(args.py_spy, f"{keys_of(figure)}-{i}.txt")
