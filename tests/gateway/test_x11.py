@@ -31,6 +31,13 @@ def need_x11(*more: str) -> None:
             skip_unavailable(f"{tool} not found (Debian: apt-get install xvfb x11vnc x11-utils)")
 
 
+async def get_json(http_port: int, path: str) -> Any:
+    """The JSON answer to GET PATH on the gateway's HTTP port (a fresh connection each time)."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    response = await treq.get(f"http://127.0.0.1:{http_port}{path}", pool=pool)
+    return json.loads(await response.text())
+
+
 async def window_shown(display: str, name: str, timeout: float = 30.0) -> None:
     """Wait until a window called NAME is on DISPLAY (asked with xwininfo every 0.1 s)."""
     deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
@@ -76,12 +83,9 @@ class X11Tests(TestCase):
         gw = await start_gateway(
             self, ["--local_session", "desktop", "1", "--http_port", "0", "--verbose", "2", "0"]
         )
-        base = f"http://127.0.0.1:{gw.http_port}"
 
         async def get(path: str) -> Any:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(base + path, pool=pool)
-            return json.loads(await response.text())
+            return await get_json(gw.http_port, path)
 
         reservation = await get("/v1/reserve?service=desktop")
         client = await open_ws(self, gw.ws_port, f"/?token={reservation['token']}")
@@ -113,12 +117,9 @@ class X11Tests(TestCase):
             self,
             ["--local_session", "app:xmessage -name nbbgw hello", "1", "--http_port", "0", "0"],
         )
-        base = f"http://127.0.0.1:{gw.http_port}"
 
         async def get(path: str) -> Any:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(base + path, pool=pool)
-            return json.loads(await response.text())
+            return await get_json(gw.http_port, path)
 
         reservation = await get("/v1/reserve?service=xmessage")
         self.assertEqual(reservation["service"], "xmessage")
