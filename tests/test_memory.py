@@ -116,17 +116,19 @@ class CareForMemoryTests(SynchronousTestCase):
 
 
 class EntryPointTests(SynchronousTestCase):
-    """glibc is tuned by twistd's entry point for the daemon, never by makeService itself."""
+    """The process is tuned by twistd's entry point for the daemon, never by makeService itself."""
 
-    def test_only_the_twistd_entry_point_tunes_malloc(self) -> None:
+    def test_only_the_twistd_entry_point_tunes_the_process(self) -> None:
+        from nbbridge import _daemon
         from nbbridge.relay import tap
         from twisted.plugins import nbbridge_plugins
 
-        calls: list[int] = []
-        self.patch(_memory, "tune_malloc", lambda: calls.append(1) or True)
+        calls: list[str] = []
+        self.patch(_daemon, "before_service", lambda reactor: calls.append("before"))
+        self.patch(_daemon, "after_service", lambda: calls.append("after"))
         options = tap.Options()
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
         tap.makeService(options)
         self.assertEqual(calls, [])
         nbbridge_plugins.nbbridgeRelay.makeService(options)
-        self.assertEqual(calls, [1])
+        self.assertEqual(calls, ["before", "after"])

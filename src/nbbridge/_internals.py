@@ -280,3 +280,42 @@ def request_target(channel: Any) -> bytes | None:
     """
     target = getattr(channel, "_path", None)
     return target if isinstance(target, bytes) else None
+
+
+# -- Twisted's epoll reactor -------------------------------------------------------------------
+
+#: Twisted's epoll reactor attributes `lean_dispatch` uses.
+TWISTED_EPOLL_ATTRIBUTES = ("_poller", "_selectables", "_doReadOrWrite")
+
+
+def lean_dispatch(reactor: Any) -> bool:
+    """Dispatch epoll events straight to ``_doReadOrWrite``, without the legacy log context.
+
+    Twisted's ``EPollReactor.doPoll`` wraps every event in ``log.callWithLogger``, which builds
+    and merges a context dictionary so that old-style ``log.msg`` calls made while handling it
+    carry the connection's ``logPrefix``. nbbridge logs through ``twisted.logger.Logger``,
+    which never reads that context; on the data path the wrapping was about a fifth of a
+    hop's CPU per event in py-spy profiles of round trips (bench/RESULTS.md, issue 17).
+    Errors are handled exactly as before: ``_doReadOrWrite`` itself catches and logs what a
+    protocol raises and disconnects that selectable.
+
+    Returns whether the reactor was changed (only Twisted's epoll reactor is).
+    """
+    from twisted.internet.epollreactor import EPollReactor
+
+    if type(reactor) is not EPollReactor:
+        return False
+    poll = reactor._poller.poll
+    selectables = reactor._selectables
+    handle = reactor._doReadOrWrite
+
+    def do_poll(timeout: float | None) -> None:
+        # An interrupted epoll_wait is retried by Python itself (PEP 475).
+        for fd, event in poll(-1 if timeout is None else timeout, len(selectables)):
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                handle(selectable, fd, event)
+
+    patched: Any = reactor  # mypy narrowed it to EPollReactor, whose methods it won't let us set
+    patched.doPoll = patched.doIteration = do_poll
+    return True

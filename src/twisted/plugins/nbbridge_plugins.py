@@ -1,8 +1,9 @@
 """twistd drop-in: one ServiceMaker per nbbridge daemon, naming its module by string.
 
 No logic lives here, so `twistd --help` stays fast and never imports the services; the one
-thing a daemon process does beyond its tap is tune glibc's malloc for the whole process, at
-twistd's entry point (never in makeService, which tests and other programs also call).
+thing a daemon process does beyond its tap is tune the whole process (glibc's malloc, the
+reactor's event dispatch, the garbage collector: `nbbridge._daemon`), at twistd's entry
+point (never in a tap's makeService, which tests and other programs also call).
 """
 
 from typing import Any
@@ -12,10 +13,14 @@ from twisted.application.service import ServiceMaker
 
 class _DaemonMaker(ServiceMaker):
     def makeService(self, options: Any) -> Any:
-        from nbbridge._memory import tune_malloc
+        from twisted.internet import reactor
 
-        tune_malloc()
-        return super().makeService(options)
+        from nbbridge import _daemon
+
+        _daemon.before_service(reactor)
+        service = super().makeService(options)
+        _daemon.after_service()
+        return service
 
 
 nbbridgeRelay = _DaemonMaker(
