@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import treq
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -31,6 +31,16 @@ def write_config(directory: str, services: dict[str, Any]) -> str:
     with open(path, "w") as f:
         json.dump(services, f)
     return path
+
+
+async def connected(gw: Any) -> None:
+    """Wait until GW's Redis store is connected (and authenticated): a refused password fails
+    the test in 30 s, with the store's health, instead of hanging until trial's timeout."""
+    backend = gw.service.getServiceNamed("sessions").backend
+    try:
+        await backend.when_connected().addTimeout(30, reactor)
+    except defer.TimeoutError:
+        raise AssertionError(f"the store did not connect: {backend.health.reason}") from None
 
 
 class ReservationTests(TestCase):
@@ -91,7 +101,7 @@ class ReservationTests(TestCase):
         gw = await self.gateway(
             {"Viz": {"script": "scripted.py", "count": 1}}, "--store", redis.url
         )
-        await gw.service.getServiceNamed("sessions").backend.when_connected()
+        await connected(gw)
         _, body = await self.reserve("Viz")
         keys = await redis.cli("--scan", "--pattern", "gateway:reservation:*")
         self.assertEqual(len(keys.split()), 1)
@@ -112,12 +122,12 @@ class ReservationTests(TestCase):
         services = {"Viz": {"script": "scripted.py", "count": 2}}
         self.patch(os, "environ", {**os.environ, PASSWORD_ENV: "not this one"})
         by_file = await self.gateway(services, "--store", redis.url, "--store-password-file", path)
-        await by_file.service.getServiceNamed("sessions").backend.when_connected()
+        await connected(by_file)
         code, _ = await self.reserve("Viz")
         self.assertEqual(code, 200)
         self.patch(os, "environ", {**os.environ, PASSWORD_ENV: password})
         by_env = await self.gateway(services, "--store", redis.url)
-        await by_env.service.getServiceNamed("sessions").backend.when_connected()
+        await connected(by_env)
         code, body = await self.reserve("Viz")
         self.assertEqual(code, 200)
         keys = await redis.cli("--scan", "--pattern", "gateway:reservation:*")
