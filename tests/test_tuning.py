@@ -94,10 +94,26 @@ class WriteNowTests(TestCase):
         got = await sink.done
         self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(expected).hexdigest())
 
+    async def test_head_and_tail_in_one_gather_write(self) -> None:
+        """A header and its payload (the tail) go out together, the payload uncopied; the part
+        the socket does not take is queued in order, behind which later writes wait."""
+        sender, sink = await self._pair()
+        payload = os.urandom(32 * 1024 * 1024)  # more than the socket buffers take at once
+        write_now(sender.transport, b"head", payload)
+        transport: Any = sender.transport
+        self.assertGreater(transport._tempDataLen, 0, "the whole tail went at once")
+        for i in range(100):
+            write_now(sender.transport, b"%d:" % i, b"%d;" % i)
+        sender.transport.loseConnection()
+        expected = b"head" + payload + b"".join(b"%d:%d;" % (i, i) for i in range(100))
+        got = await sink.done
+        self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(expected).hexdigest())
+
     def test_other_transports_get_a_plain_write(self) -> None:
         transport = StringTransport()
         write_now(transport, b"data")
-        self.assertEqual(transport.value(), b"data")
+        write_now(transport, b"head", b"tail")
+        self.assertEqual(transport.value(), b"dataheadtail")
 
     async def test_reset_is_never_taken_for_an_eof(self) -> None:
         """The peer reset the connection; write_now's send meets the error first.

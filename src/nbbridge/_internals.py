@@ -140,8 +140,11 @@ class SizeLimitHook:
 _TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR})
 
 
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued before it.
+def write_now(transport: Any, data: bytes, tail: bytes = b"") -> None:
+    """``transport.write(data + tail)``, but sent at once when nothing is queued before it.
+
+    With TAIL, the two go out in one ``sendmsg`` (a gather write): a frame header and the
+    payload it heads are sent without first copying the payload behind the header.
 
     Twisted only queues a write and sends it on the next reactor turn, once epoll says the
     socket is writable: two more epoll calls and a turn per message on every hop, which is
@@ -162,7 +165,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and len(transport.dataBuffer) == transport.offset
     ):
         try:
-            sent = transport.socket.send(data)
+            sent = transport.socket.sendmsg((data, tail)) if tail else transport.socket.send(data)
         except OSError as e:
             if e.errno not in _TRY_LATER:
                 # The kernel reports a reset (ECONNRESET, EPIPE) once, to whichever call
@@ -172,10 +175,15 @@ def write_now(transport: Any, data: bytes) -> None:
                 transport.abortConnection()
                 return
             sent = 0
-        if sent == len(data):
+        if sent == len(data) + len(tail):
             return
-        data = data[sent:]
+        if sent >= len(data):
+            data, tail = tail[sent - len(data) :], b""
+        else:
+            data = data[sent:]
     transport.write(data)
+    if tail:
+        transport.write(tail)
 
 
 #: What `check_eof` found: a real end of stream, a reset, or no end at all (read on).

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 
+from twisted.internet import reactor
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from nbbridge.gateway._logging import level_for, log_observer
 from nbbridge.gateway._target import AgentTarget, parse_target
-from nbbridge.gateway.tap import Options, listen_endpoint, take_local_sessions
+from nbbridge.gateway.tap import Options, listen_endpoint, makeService, take_local_sessions
+from nbbridge.store import PASSWORD_ENV
 
 
 class OptionsTests(TestCase):
@@ -66,6 +69,36 @@ class OptionsTests(TestCase):
             listen_endpoint(443, "127.0.0.1", "/etc/c.pem", "/etc/k.pem"),
             "ssl:443:interface=127.0.0.1:privateKey=/etc/k.pem:certKey=/etc/c.pem",
         )
+
+    def test_store_credentials(self) -> None:
+        """The Redis password comes from a file (or the environment), never from the URL."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("s3cret\n")
+        self.patch(os, "environ", {})
+        options = self.parse("--store", "redis://127.0.0.1/0", "--store-password-file", path, "1")
+        self.assertEqual(options["store_password"], "s3cret")
+        self.patch(os, "environ", {PASSWORD_ENV: "from-env"})
+        self.assertEqual(
+            self.parse("--store", "redis://127.0.0.1/0", "1")["store_password"], "from-env"
+        )
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--store", "redis://user:hunter2@127.0.0.1/0", "1")
+        self.assertNotIn("hunter2", str(caught.exception))
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--store", "redis://127.0.0.1/0", "--store-ca-file", path, "1")
+        self.assertIn("rediss://", str(caught.exception))
+        with open(path, "w") as f:
+            f.write("")
+        with self.assertRaises(SystemExit) as exited:
+            self.parse("--store", "redis://127.0.0.1/0", "--store-password-file", path, "1")
+        self.assertIn("is empty", str(exited.exception))
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        options = self.parse("--store", "rediss://127.0.0.1/0", "--store-ca-file", path, "1")
+        with self.assertRaises(SystemExit) as exited:
+            makeService(options, reactor)
+        self.assertIn("--store-ca-file", str(exited.exception))
 
 
 class LoggingTests(TestCase):

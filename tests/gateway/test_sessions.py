@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import treq
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -16,7 +16,7 @@ from nbbridge.gateway._scripts import ServiceSpec, load_config
 from nbbridge.gateway._sessions import ApiError, Sessions
 from nbbridge.gateway._splice import Refused
 from nbbridge.gateway._users import token_hash
-from nbbridge.store import MemoryStore
+from nbbridge.store import PASSWORD_ENV, MemoryStore
 
 from .._redis import start_redis
 from ._harness import RFB_GREETING, open_ws, start_gateway
@@ -31,6 +31,16 @@ def write_config(directory: str, services: dict[str, Any]) -> str:
     with open(path, "w") as f:
         json.dump(services, f)
     return path
+
+
+async def connected(gw: Any) -> None:
+    """Wait until GW's Redis store is connected (and authenticated): a refused password fails
+    the test in 30 s, with the store's health, instead of hanging until trial's timeout."""
+    backend = gw.service.getServiceNamed("sessions").backend
+    try:
+        await backend.when_connected().addTimeout(30, reactor)
+    except defer.TimeoutError:
+        raise AssertionError(f"the store did not connect: {backend.health.reason}") from None
 
 
 class ReservationTests(TestCase):
@@ -91,7 +101,7 @@ class ReservationTests(TestCase):
         gw = await self.gateway(
             {"Viz": {"script": "scripted.py", "count": 1}}, "--store", redis.url
         )
-        await gw.service.getServiceNamed("sessions").backend.when_connected()
+        await connected(gw)
         _, body = await self.reserve("Viz")
         keys = await redis.cli("--scan", "--pattern", "gateway:reservation:*")
         self.assertEqual(len(keys.split()), 1)
@@ -100,6 +110,30 @@ class ReservationTests(TestCase):
         self.assertEqual(await redis.cli("--scan", "--pattern", "gateway:reservation:*"), "")
         client.close(1000, "done")
         await EVENTS.wait(("stop", 0))
+
+    async def test_reservations_in_password_protected_redis(self) -> None:
+        """--store-password-file, then $NBBRIDGE_REDIS_PASSWORD: a real redis-server with
+        requirepass keeps the reservation."""
+        password = 'gw pass: "quoted"'
+        redis = await start_redis(self, password=password)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(password + "\n")
+        services = {"Viz": {"script": "scripted.py", "count": 2}}
+        self.patch(os, "environ", {**os.environ, PASSWORD_ENV: "not this one"})
+        by_file = await self.gateway(services, "--store", redis.url, "--store-password-file", path)
+        await connected(by_file)
+        code, _ = await self.reserve("Viz")
+        self.assertEqual(code, 200)
+        self.patch(os, "environ", {**os.environ, PASSWORD_ENV: password})
+        by_env = await self.gateway(services, "--store", redis.url)
+        await connected(by_env)
+        code, body = await self.reserve("Viz")
+        self.assertEqual(code, 200)
+        keys = await redis.cli("--scan", "--pattern", "gateway:reservation:*")
+        self.assertEqual(len(keys.split()), 2)
+        client = await open_ws(self, by_env.ws_port, f"/?token={body['token']}")
+        self.assertEqual(await client.messages.get(), (RFB_GREETING, True))
 
     async def test_unknown_token_refused_without_service_byte(self) -> None:
         gw = await self.gateway({"Viz": {"script": "scripted.py", "count": 1}})

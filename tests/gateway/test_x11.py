@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -21,10 +24,34 @@ from ._harness import open_ws, start_gateway
 WEBSOCAT = find_websocat()
 
 
-def need_x11() -> None:
-    for tool in ("Xvfb", "x11vnc"):
+def need_x11(*more: str) -> None:
+    """Skip without Xvfb and x11vnc, or without MORE (x11-utils' xmessage and xwininfo)."""
+    for tool in ("Xvfb", "x11vnc", *more):
         if shutil.which(tool) is None:
-            skip_unavailable(f"{tool} not found (Debian: apt-get install xvfb x11vnc)")
+            skip_unavailable(f"{tool} not found (Debian: apt-get install xvfb x11vnc x11-utils)")
+
+
+async def get_json(http_port: int, path: str) -> Any:
+    """The JSON answer to GET PATH on the gateway's HTTP port (a fresh connection each time)."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    response = await treq.get(f"http://127.0.0.1:{http_port}{path}", pool=pool)
+    return json.loads(await response.text())
+
+
+async def window_shown(display: str, name: str, timeout: float = 30.0) -> None:
+    """Wait until a window called NAME is on DISPLAY (asked with xwininfo every 0.1 s)."""
+    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    while True:
+        out, _, _ = await getProcessOutputAndValue(
+            shutil.which("xwininfo") or "xwininfo",
+            ["-display", display, "-root", "-tree"],
+            env={"PATH": os.environ.get("PATH", "")},
+        )
+        if f'"{name}"'.encode() in out:
+            return
+        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+            raise AssertionError(f"no window {name!r} on {display} after {timeout} s:\n{out!r}")
+        await deferLater(reactor, 0.1)
 
 
 async def desktop(test: TestCase) -> tuple[str, int]:
@@ -56,12 +83,9 @@ class X11Tests(TestCase):
         gw = await start_gateway(
             self, ["--local_session", "desktop", "1", "--http_port", "0", "--verbose", "2", "0"]
         )
-        base = f"http://127.0.0.1:{gw.http_port}"
 
         async def get(path: str) -> Any:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            response = await treq.get(base + path, pool=pool)
-            return json.loads(await response.text())
+            return await get_json(gw.http_port, path)
 
         reservation = await get("/v1/reserve?service=desktop")
         client = await open_ws(self, gw.ws_port, f"/?token={reservation['token']}")
@@ -83,3 +107,41 @@ class X11Tests(TestCase):
         self.assertEqual(host, "127.0.0.1")
         stopped: Deferred[None] = service.stop()
         await stopped
+
+    async def test_local_session_app(self) -> None:
+        """--local_session app:COMMAND 1: a reservation runs a real X program (xmessage) on its
+        own Xvfb served by x11vnc; the WebSocket gets the RFB greeting through the gateway, and
+        once it closes the program, Xvfb and x11vnc are all gone (and the display is freed)."""
+        need_x11("xmessage", "xwininfo")
+        gw = await start_gateway(
+            self,
+            ["--local_session", "app:xmessage -name nbbgw hello", "1", "--http_port", "0", "0"],
+        )
+
+        async def get(path: str) -> Any:
+            return await get_json(gw.http_port, path)
+
+        reservation = await get("/v1/reserve?service=xmessage")
+        self.assertEqual(reservation["service"], "xmessage")
+        client = await open_ws(self, gw.ws_port, f"/?token={reservation['token']}")
+        payload, binary = await client.messages.get()
+        self.assertTrue(binary)
+        self.assertRegex(payload, rb"^RFB 003\.00[3-8]\n$")
+        sessions = gw.service.getServiceNamed("sessions").sessions
+        instance = sessions._pools["xmessage"].running[0]
+        self.assertIsInstance(instance, AppService)
+        display = instance.display
+        await window_shown(display, "nbbgw")
+        processes = list(instance._processes)
+        self.assertEqual([p.name for p in processes], ["Xvfb", "x11vnc", "xmessage"])
+        self.assertTrue(all(p.running for p in processes))
+        pids = [p.transport.pid for p in processes]
+        client.close(1000, "done")
+        await client.lost
+        await sessions.idle()
+        self.assertEqual([p.running for p in processes], [False, False, False])
+        for pid in pids:
+            with self.assertRaises(ProcessLookupError):
+                os.kill(pid, 0)
+        self.assertFalse(os.path.exists(f"/tmp/.X11-unix/X{display[1:]}"))
+        self.assertEqual((await get("/v1/status"))["services"]["xmessage"]["in_use"], 0)

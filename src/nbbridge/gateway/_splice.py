@@ -269,7 +269,7 @@ class GatewayWebSocket(DataFrames, ServerWebSocket):  # type: ignore[misc]
         if self.base64:
             self.sendMessage(base64.b64encode(data), isBinary=False)
         else:
-            write_now(self.transport, frame_header(OP_BINARY, len(data)) + data)
+            write_now(self.transport, frame_header(OP_BINARY, len(data)), data)
 
     def _write_full_changed(self, full: bool) -> None:
         service = self.service

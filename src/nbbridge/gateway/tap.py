@@ -24,8 +24,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret
-from nbbridge.store import open_store
+from nbbridge.store import (
+    STORE_CREDENTIAL_OPTIONS,
+    StoreURLError,
+    open_store,
+    parse_store_url,
+    read_password,
+)
 from nbbridge.tunnel import AgentLink, TunnelOptions
 from nbbridge.websocket import ConnectionLimits, ConnectionTracker
 
@@ -92,9 +99,10 @@ class Options(TunnelOptions):
         ["agent-key", None, None, "with --target: the agent's public key (nbb1...), pinned"],
         ["tunnel-key", None, None, "with --target: this machine's private key file"],
         ["store", None, "memory", "where reservations are kept: memory or redis://HOST:PORT/DB"],
+        *STORE_CREDENTIAL_OPTIONS,
     ]
     # --key is the original's TLS key, so the tunnel's private key is --tunnel-key.
-    path_flags = ("token-file", "tunnel-key", "ca")
+    path_flags = ("token-file", "tunnel-key", "ca", "store-password-file", "store-ca-file")
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,9 +163,23 @@ class Options(TunnelOptions):
             self["access"] = Access(admin, tuple(users))
         except (ConfigError, UsersFileError, SecretError) as e:
             raise self.refuse(str(e)) from None
+        self._store_options()
         names = [spec.name for spec in self["services"]]
         if len(set(names)) != len(names):
             raise usage.UsageError(f"a service name is given twice: {names}")
+
+    def _store_options(self) -> None:
+        """Check --store (its errors never repeat the URL) and read the Redis password now."""
+        try:
+            url = parse_store_url(self["store"])
+        except StoreURLError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["store-ca-file"] and not url.tls:
+            raise usage.UsageError("--store-ca-file needs a rediss:// store URL (TLS to Redis)")
+        try:
+            self["store_password"] = read_password(self["store-password-file"])
+        except (OSError, ValueError) as e:
+            raise self.refuse(f"--store-password-file: {e}") from None
 
     def parse(self) -> None:
         from nbbridge.crypto import parse_public_key
@@ -302,6 +324,8 @@ def makeService(
         pass
     else:
         http.port.addCallback(_learn_port, factory, options["http_port"])  # type: ignore[attr-defined]
+    # Big screen updates come and go: give the heap's free memory back when the gateway idles.
+    care_for_memory(top, reactor)
     return top
 
 
@@ -320,7 +344,15 @@ def _with_sessions(
     """Reservations (services from the config and --local_session) in front of OPENER, and the
     HTTP port (files and REST API) when there is a directory or a service to reserve."""
     specs = list(options["services"])
-    backend = open_store(options["store"], reactor=reactor)
+    try:
+        backend = open_store(
+            options["store"],
+            password=options["store_password"],
+            ca_file=options["store-ca-file"],
+            reactor=reactor,
+        )
+    except StoreURLError as e:  # an unusable --store-ca-file
+        raise options.refuse(str(e)) from None
     sessions = Sessions(specs, backend.store, reactor, options["timeout"], opener)
     holder = _SessionsService(sessions, backend)
     holder.setName("sessions")

@@ -19,7 +19,7 @@ from nbbridge._memory import care_for_memory
 from nbbridge._secrets import SecretError, read_secret, token_digest
 from nbbridge.hub import HubConfig, mount_hub, parse_hub_config
 from nbbridge.store import (
-    PASSWORD_ENV,
+    STORE_CREDENTIAL_OPTIONS,
     AgentRegistry,
     Backend,
     Bus,
@@ -77,19 +77,7 @@ class Options(usage.Options):
             "Where the registry lives: memory (one relay), or redis://HOST:PORT/DB shared by "
             "several relays (then --advertise-url too).",
         ],
-        [
-            "store-password-file",
-            None,
-            None,
-            f"File holding the Redis password (or set {PASSWORD_ENV}).",
-        ],
-        [
-            "store-ca-file",
-            None,
-            None,
-            "PEM file of the CA(s) that signed Redis's certificate, for rediss:// (TLS); "
-            "default: the system's CAs.",
-        ],
+        *STORE_CREDENTIAL_OPTIONS,
         [
             "advertise-url",
             None,

@@ -7,7 +7,8 @@
   one process, Redis pub/sub otherwise.
 * `open_store(url, password=...)` — a `Backend` (``.store``, ``.bus``, ``.health``,
   ``watch``, ``close``) for ``memory`` or ``redis://HOST:PORT/DB``; `read_password` reads
-  the Redis password from a file or ``$NBBRIDGE_REDIS_PASSWORD``.
+  the Redis password from a file or ``$NBBRIDGE_REDIS_PASSWORD``; `STORE_CREDENTIAL_OPTIONS`
+  are the daemons' ``--store-password-file`` and ``--store-ca-file`` option rows.
 * Typed facades over any `Store`: `AgentRegistry` (which agents are online, and where),
   `ExpiringRecords` (nonces, sessions, reservations as attrs records), `ReplayMemory`.
 
@@ -16,6 +17,7 @@ The store imports no service; services (relay, datalab, gateway) build on it.
 
 from ._backend import (
     PASSWORD_ENV,
+    STORE_CREDENTIAL_OPTIONS,
     Backend,
     Health,
     HealthWatcher,
@@ -36,6 +38,7 @@ from ._registry import DEFAULT_AGENT_TTL, AgentRegistry, Refresh
 __all__ = [
     "DEFAULT_AGENT_TTL",
     "PASSWORD_ENV",
+    "STORE_CREDENTIAL_OPTIONS",
     "AgentRegistry",
     "Backend",
     "Bus",

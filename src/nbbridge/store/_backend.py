@@ -30,6 +30,24 @@ from ._memory import MemoryStore
 #: Where `read_password` looks when no password file is given.
 PASSWORD_ENV = "NBBRIDGE_REDIS_PASSWORD"
 
+#: The ``twisted.python.usage`` rows of the Redis credentials, for a daemon with a ``--store``
+#: flag: one wording everywhere, and the password never in the URL or on a command line.
+STORE_CREDENTIAL_OPTIONS: tuple[list[str | None], ...] = (
+    [
+        "store-password-file",
+        None,
+        None,
+        f"File holding the Redis password (or set {PASSWORD_ENV}).",
+    ],
+    [
+        "store-ca-file",
+        None,
+        None,
+        "PEM file of the CA(s) that signed Redis's certificate, for rediss:// (TLS); "
+        "default: the system's CAs.",
+    ],
+)
+
 #: The default Redis port, when a URL names none.
 REDIS_PORT = 6379
 
