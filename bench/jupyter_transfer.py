@@ -1,0 +1,153 @@
+"""Short transfers to and from a real Jupyter: direct beside client -> relay -> agent.
+
+    PYTHONPATH=src .venv/bin/python bench/jupyter_transfer.py [--rounds 15] [--mb 10]
+
+What a user feels when a notebook's data moves: the first megabytes on a new connection,
+not a steady stream. Starts on 127.0.0.1, in a temporary directory, one ``jupyter-server``
+(token in its environment, as ``web_proxy.py`` starts it) and the tunnel's three real
+daemons in front of it (``_chains.Nbbridge``, keys made fresh, encryption as shipped). Each
+round, for each path (direct, then the tunnel; the order alternates round by round so a
+noisy machine hurts both alike), on a new TCP connection, so a new channel through the
+tunnel:
+
+* download: ``GET /files/big.bin`` of a ``--mb`` MB file, read to the end;
+* upload: ``PUT /api/contents/up.bin`` with the file base64-encoded in JSON, as the
+  contents API takes it (JupyterLab's upload of a file under 15 MB is one such PUT).
+
+Each is timed from the connect to the last byte of the response. Prints the medians, the
+tunnel's median as a fraction of direct, and the RSS of the client, relay and agent
+before, after the first round and at the end (windows are credit, not buffers: an idle
+tunnel must not keep what a transfer used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _chains import Nbbridge
+from _procs import Child, rss_kib
+from web_proxy import start_jupyter
+
+FILE = "big.bin"
+
+
+def request(port: int, method: str, path: str, token: str, body: bytes | None = None) -> int:
+    """One request on a new connection; the response body's size. Raises on a non-2xx."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": f"token {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise SystemExit(f"{method} {path} on {port}: {response.status} {data[:200]!r}")
+        return len(data)
+    finally:
+        conn.close()
+
+
+def download(port: int, token: str, size: int) -> float:
+    start = time.perf_counter()
+    got = request(port, "GET", f"/files/{FILE}", token)
+    elapsed = time.perf_counter() - start
+    if got != size:
+        raise SystemExit(f"download on {port}: {got} bytes, not {size}")
+    return elapsed
+
+
+def upload(port: int, token: str, body: bytes) -> float:
+    start = time.perf_counter()
+    request(port, "PUT", "/api/contents/up.bin", token, body)
+    return time.perf_counter() - start
+
+
+def rss_line(pids: dict[str, int]) -> str:
+    sizes = {role: rss_kib(pid) for role, pid in pids.items()}
+    return ", ".join(f"{role} {(kib or 0) / 1024:.1f} MiB" for role, kib in sizes.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--mb", type=int, default=10, help="file size, MB (10**6 bytes)")
+    args = parser.parse_args()
+    size = args.mb * 1000 * 1000
+    payload = os.urandom(size)
+    body = json.dumps(
+        {"type": "file", "format": "base64", "content": base64.b64encode(payload).decode()}
+    ).encode()
+    token = secrets.token_hex(24)
+    children: list[Child] = []
+    tunnel: Nbbridge | None = None
+    print(f"# load average {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nbbridge-transfer-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            jupyter, jport = start_jupyter(work, token)
+            children.append(jupyter)
+            (work / "jupyter" / "root" / FILE).write_bytes(payload)
+            tunnel = Nbbridge(work, jport)
+            tunnel.start()
+            ports = {"direct": jport, "tunnel": tunnel.port}
+            # Warm-up: Jupyter's first request of each kind compiles and caches things.
+            for port in ports.values():
+                download(port, token, size)
+                upload(port, token, body)
+            print(f"# nbbridge RSS idle: {rss_line(tunnel.pids)}", flush=True)
+            times: dict[tuple[str, str], list[float]] = {}
+            for r in range(args.rounds):
+                order = list(ports) if r % 2 == 0 else list(reversed(ports))
+                for kind in ("download", "upload"):
+                    for name in order:
+                        port = ports[name]
+                        t = (
+                            download(port, token, size)
+                            if kind == "download"
+                            else upload(port, token, body)
+                        )
+                        times.setdefault((kind, name), []).append(t)
+                if r == 0:
+                    print(f"# nbbridge RSS after round 1: {rss_line(tunnel.pids)}", flush=True)
+            print(f"# nbbridge RSS at the end: {rss_line(tunnel.pids)}", flush=True)
+        finally:
+            if tunnel is not None:
+                tunnel.stop()
+            for child in reversed(children):
+                child.stop()
+    print(f"# load average {os.getloadavg()}")
+    print(f"{args.mb} MB, {args.rounds} rounds, each on a new connection (medians; min-max)")
+    for kind in ("download", "upload"):
+        moved = size if kind == "download" else len(body)
+        medians = {}
+        for name in ports:
+            values = times[(kind, name)]
+            medians[name] = statistics.median(values)
+            print(
+                f"{kind:8} {name:7} {medians[name] * 1000:7.1f} ms"
+                f" ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})"
+                f"  {moved / medians[name] / 1e6:6.0f} MB/s"
+            )
+        pairs = zip(times[(kind, "direct")], times[(kind, "tunnel")], strict=True)
+        per_round = sorted(d / t for d, t in pairs)
+        print(
+            f"{kind:8} tunnel at {medians['direct'] / medians['tunnel']:.0%} of direct"
+            f" (median of the per-round ratios {statistics.median(per_round):.0%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
