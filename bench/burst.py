@@ -13,9 +13,12 @@ the tunnel's three real daemons in front of it (``_chains.Nbbridge``); after one
 has warmed the link, each round opens ``--conns`` connections at once directly and through
 the tunnel (the order alternating round by round), each echoing one byte, all held open
 until the last has its byte back (``_load.open_many``). Prints the time per round and path,
-their medians, and the ListenOverflows each caused. ``--baseline DIR`` adds a tunnel running
-the nbbridge package in DIR (e.g. ``git archive main src | tar -x -C /tmp/main``, then
-``--baseline /tmp/main/src``), measured in the same rounds.
+their medians, the ListenOverflows each caused, and the memory each held connection costs
+the three nbbridge processes (their RSS while all are open, less before, in the first round:
+a channel's window is credit, not a buffer, so an idle channel must cost no more for it).
+``--baseline DIR`` adds a tunnel running the nbbridge package in DIR (e.g. ``git archive
+main src | tar -x -C /tmp/main``, then ``--baseline /tmp/main/src``), measured in the same
+rounds.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _baseline import add_baseline_option, check_baseline, start_tunnels
 from _chains import Nbbridge
 from _load import LoadError, open_many
-from _procs import Child, child_env, free_port, tcp_counters
+from _procs import Child, child_env, free_port, rss_kib, tcp_counters
 
 
 class Echo(asyncio.Protocol):
@@ -63,20 +67,18 @@ def main() -> None:
     parser.add_argument(
         "--backlog", type=int, help="the echo service's listen backlog (default: asyncio's)"
     )
-    parser.add_argument(
-        "--baseline", type=Path, metavar="DIR", help="also a tunnel running DIR/nbbridge"
-    )
+    add_baseline_option(parser)
     args = parser.parse_args()
     if args.serve_echo:
         asyncio.run(serve_echo(args.serve_echo, args.backlog))
         return
-    if args.baseline and not (args.baseline / "nbbridge" / "__init__.py").exists():
-        raise SystemExit(f"--baseline: no nbbridge package in {args.baseline}")
+    check_baseline(args.baseline)
     print(f"# load average {os.getloadavg()}", flush=True)
     children: list[Child] = []
     tunnels: dict[str, Nbbridge] = {}
     seconds: dict[str, list[float]] = {}
     overflows: dict[str, list[int]] = {}
+    per_conn: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="nbbridge-burst-bench-") as tmp:
         work = Path(tmp)
         try:
@@ -90,24 +92,27 @@ def main() -> None:
             )
             children.append(echo)
             echo.wait_listening(port)
-            for name in ("tunnel", "baseline") if args.baseline else ("tunnel",):
-                (work / name).mkdir()
-                tunnels[name] = Nbbridge(work / name, port)
-                if name == "baseline":
-                    tunnels[name].extra_env = {"PYTHONPATH": str(args.baseline.resolve())}
-                tunnels[name].start()
+            start_tunnels(work, port, args.baseline, tunnels)
             ports = {"direct": port} | {name: t.port for name, t in tunnels.items()}
             for p in ports.values():  # the link is up and each process has run its data path
                 open_many(p, 1, args.timeout, lambda: None)
             for r in range(args.rounds):
                 for name in list(ports) if r % 2 == 0 else list(reversed(ports)):
                     before = tcp_counters().get("ListenOverflows", 0)
+                    pids = list(tunnels[name].pids.values()) if name in tunnels else []
+                    rss = [sum(rss_kib(pid) or 0 for pid in pids)]
+
+                    def held(pids: list[int] = pids, rss: list[int] = rss) -> None:
+                        rss.append(sum(rss_kib(pid) or 0 for pid in pids))
+
                     try:
-                        elapsed = open_many(ports[name], args.conns, args.timeout, lambda: None)
+                        elapsed = open_many(ports[name], args.conns, args.timeout, held)
                     except LoadError as e:
                         raise SystemExit(f"round {r + 1}, {name}: {e}") from None
                     dropped = tcp_counters().get("ListenOverflows", 0) - before
                     seconds.setdefault(name, []).append(elapsed)
+                    if pids and name not in per_conn:
+                        per_conn[name] = (rss[1] - rss[0]) / args.conns
                     overflows.setdefault(name, []).append(dropped)
                     print(
                         f"round {r + 1} {name:8} {elapsed:6.3f} s, ListenOverflows +{dropped}",
@@ -130,6 +135,11 @@ def main() -> None:
             f"{name:8} {statistics.median(values):6.3f} s ({min(values):.3f}-{max(values):.3f}),"
             f" ListenOverflows per round: {statistics.median(overflows[name]):g}"
             f" (max {max(overflows[name])})"
+            + (
+                f"; {per_conn[name]:.1f} KiB per held connection (client + relay + agent)"
+                if name in per_conn
+                else ""
+            )
         )
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _baseline import add_baseline_option, check_baseline, start_tunnels
 from _chains import Nbbridge
 from _procs import Child, cpu_seconds, rss_kib
 from web_proxy import start_jupyter
@@ -105,12 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--mb", type=int, default=10, help="file size, MB (10**6 bytes)")
-    parser.add_argument(
-        "--baseline", type=Path, metavar="DIR", help="also a tunnel running DIR/nbbridge"
-    )
+    add_baseline_option(parser)
     args = parser.parse_args()
-    if args.baseline and not (args.baseline / "nbbridge" / "__init__.py").exists():
-        raise SystemExit(f"--baseline: no nbbridge package in {args.baseline}")
+    check_baseline(args.baseline)
     size = args.mb * 1000 * 1000
     payload = os.urandom(size)
     body = json.dumps(
@@ -128,12 +126,7 @@ def main() -> None:
             jupyter, jport = start_jupyter(work, token)
             children.append(jupyter)
             (work / "jupyter" / "root" / FILE).write_bytes(payload)
-            for name in ("tunnel", "baseline") if args.baseline else ("tunnel",):
-                (work / name).mkdir()
-                tunnels[name] = Nbbridge(work / name, jport)
-                if name == "baseline":
-                    tunnels[name].extra_env = {"PYTHONPATH": str(args.baseline.resolve())}
-                tunnels[name].start()
+            start_tunnels(work, jport, args.baseline, tunnels)
             ports = {"direct": jport} | {name: t.port for name, t in tunnels.items()}
             # Warm-up: Jupyter's first request of each kind compiles and caches things.
             for port in ports.values():
