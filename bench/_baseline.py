@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from _chains import Nbbridge
+from _procs import Child
 
 
 def add_baseline_option(parser: argparse.ArgumentParser) -> None:
@@ -39,3 +40,11 @@ def start_tunnels(
             tunnel.extra_env = {"PYTHONPATH": str(baseline.resolve())}
         tunnels[name] = tunnel
         tunnel.start()
+
+
+def stop_all(tunnels: dict[str, Nbbridge], children: list[Child]) -> None:
+    """Stop the tunnels, then the other children (the service they lead to) in reverse."""
+    for tunnel in tunnels.values():
+        tunnel.stop()
+    for child in reversed(children):
+        child.stop()

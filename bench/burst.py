@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _baseline import add_baseline_option, check_baseline, start_tunnels
+from _baseline import add_baseline_option, check_baseline, start_tunnels, stop_all
 from _chains import Nbbridge
 from _load import LoadError, open_many
 from _procs import Child, child_env, free_port, rss_kib, tcp_counters
@@ -121,10 +121,7 @@ def main() -> None:
                     # Let every process close the connections before the next burst.
                     time.sleep(1.0)
         finally:
-            for tunnel in tunnels.values():
-                tunnel.stop()
-            for child in reversed(children):
-                child.stop()
+            stop_all(tunnels, children)
     print(f"# load average {os.getloadavg()}")
     print(
         f"{args.conns} connections at once to an asyncio echo service"

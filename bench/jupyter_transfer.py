@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _baseline import add_baseline_option, check_baseline, start_tunnels
+from _baseline import add_baseline_option, check_baseline, start_tunnels, stop_all
 from _chains import Nbbridge
 from _procs import Child, cpu_seconds, rss_kib
 from web_proxy import start_jupyter
@@ -148,10 +148,7 @@ def main() -> None:
                     print(f"# nbbridge RSS after round 1: {rss_line(tunnels)}", flush=True)
             print(f"# nbbridge RSS at the end: {rss_line(tunnels)}", flush=True)
         finally:
-            for tunnel in tunnels.values():
-                tunnel.stop()
-            for child in reversed(children):
-                child.stop()
+            stop_all(tunnels, children)
     print(f"# load average {os.getloadavg()}")
     report(args, ports, tunnels, times, spent, size, len(body))
 

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -207,12 +208,7 @@ class FlowControlTests(TestCase):
     def test_window_grows_for_a_fast_consumer_only(self) -> None:
         """A credit-starved sender with a consumer that keeps up gets a bigger window."""
         service = StringEndpoint()
-        a, b, pump = session_pair(
-            ServiceMap({"s": service}),
-            window=64 * 1024,
-            start_window=64 * 1024,
-            max_window=1024 * 1024,
-        )
+        a, b, pump = _growing_pair(service)
         fast = opened(_completed(a, "s", pump))
         slow = opened(_completed(a, "s", pump))
         fast.attach(Collector())
@@ -289,12 +285,7 @@ class FlowControlTests(TestCase):
         """A consumer that keeps up doubles its window at every grant (a quarter window),
         not once per whole window: from 64 KiB to 1 MiB within 240 KiB."""
         service = StringEndpoint()
-        a, _b, pump = session_pair(
-            ServiceMap({"s": service}),
-            window=64 * 1024,
-            start_window=64 * 1024,
-            max_window=1024 * 1024,
-        )
+        a, _b, pump = _growing_pair(service)
         channel = opened(_completed(a, "s", pump))
         channel.attach(Collector())
         ((tcp, _),) = service.connections
@@ -377,6 +368,16 @@ class FlowControlTests(TestCase):
         self.assertEqual(producer.producerState, "paused")
         a.resumeProducing()
         self.assertEqual(producer.producerState, "producing")
+
+
+def _growing_pair(service: StringEndpoint) -> tuple[MuxSession, MuxSession, iosim.IOPump]:
+    """A session pair whose channels start at 64 KiB and may grow to 1 MiB."""
+    return session_pair(
+        ServiceMap({"s": service}),
+        window=64 * 1024,
+        start_window=64 * 1024,
+        max_window=1024 * 1024,
+    )
 
 
 def _completed(session: MuxSession, service: str, pump: object) -> Deferred[Channel]:
