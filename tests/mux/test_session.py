@@ -246,6 +246,21 @@ class FlowControlTests(TestCase):
         self.assertEqual(len(app.data), 3 * 1024 * 1024)
         self.assertTrue(a.is_open and b.is_open)
 
+    def test_first_window_grants_as_often_as_a_small_one(self) -> None:
+        """After a short transfer the receiver has granted (and, when resumable, ACKed) all
+        but less than a quarter of the 256 KiB window, not of the 4 MiB one: an idle channel
+        does not leave its sender keeping up to 1 MiB for a resume."""
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}), start_window=4 * 1024 * 1024)
+        channel = opened(_completed(a, "s", pump))
+        channel.attach(Collector())
+        ((tcp, _),) = service.connections
+        tcp.dataReceived(b"r" * 200 * 1024)
+        pump.flush()
+        (sender,) = b.channels.values()
+        self.assertLess(channel._unacked, 64 * 1024)
+        self.assertGreater(sender._send_credit, 4 * 1024 * 1024 - 64 * 1024)
+
     def test_first_windows_take_half_the_budget_at_most(self) -> None:
         """First windows are lent from half the budget; later channels start at ``window``;
         every loan comes back when its channel ends or its open fails."""
