@@ -1,5 +1,5 @@
-"""Connects to one service, a bounded number at a time: a burst of opens never floods its
-listen queue.
+"""Connects to one service, a bounded number at a time, so that a burst of opens does not
+flood its listen queue.
 
 A service listens with its framework's backlog: 100 for an asyncio server, 128 for Tornado
 (Jupyter), 5 for ``socketserver``. When more connects reach it at once than its accept queue
@@ -7,9 +7,14 @@ holds, Linux drops the SYNs beyond it (TcpExt ListenOverflows) and each dropped 
 retried only after the SYN timeout, a whole second. A user who opens 1000 connections at
 once through the tunnel makes the agent connect 1000 times within a few milliseconds, which
 a direct client rarely does; 1000 connections to an asyncio echo (backlog 100) then took
-1.2-3.2 s, against 1.0-1.8 s to the same echo with a backlog of 4096 (bench/burst.py). So the agent connects to each service at most ``limit`` at a time and
-queues the rest in order. A queued connect still counts as an open in progress, so the
-session's pending-open limit refuses what lies beyond it, as before.
+1.2-3.2 s, against 1.0-1.8 s to the same echo with a backlog of 4096 (bench/burst.py). So
+the agent connects to each service at most ``limit`` at a time and queues the rest in
+order. A queued connect still counts as an open in progress, so the session's pending-open
+limit refuses what lies beyond it, as before.
+
+What this bounds is the connects in flight, not the connections the service has yet to
+accept: a service that stops accepting for a while (descheduled on a loaded machine) can
+still let completed connects fill its queue, and then the ones in flight wait their second.
 """
 
 from __future__ import annotations
