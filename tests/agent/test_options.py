@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from nbbridge.agent.tap import Options, makeService
 from nbbridge.crypto import PrivateKey, write_private_key
 from nbbridge.demo import write_secret
-from nbbridge.mux import ChannelLimits
+from nbbridge.mux import DEFAULT_CONNECTS_IN_FLIGHT, ChannelLimits, PacedEndpoint
 
 
 def refused(test: TestCase, args: list[str]) -> str:
@@ -57,7 +57,12 @@ class AgentOptionsTests(TestCase):
             o["expose"], [("jupyter", "tcp:127.0.0.1:8888"), ("ssh", "tcp:127.0.0.1:22")]
         )
         agent = makeService(o)
-        self.assertEqual(sorted(agent.acceptor.services), ["jupyter", "ssh"])  # type: ignore[attr-defined]
+        services = agent.acceptor.services  # type: ignore[attr-defined]
+        self.assertEqual(sorted(services), ["jupyter", "ssh"])
+        # A burst of opens never floods a service's listen queue (bench/burst.py).
+        for endpoint in services.values():
+            self.assertIsInstance(endpoint, PacedEndpoint)
+            self.assertEqual(endpoint.limit, DEFAULT_CONNECTS_IN_FLIGHT)
 
     def test_expose_twice_refused(self) -> None:
         e = self.assertRaises(
@@ -145,7 +150,12 @@ class AgentConfigTests(TestCase):
         self.assertEqual(o["authorized-keys"], os.path.join(directory, "authorized_keys"))
         self.assertIn(client, o["authorized"])
         agent = makeService(o)
-        self.assertEqual(sorted(agent.acceptor.services), ["jupyter", "ssh"])  # type: ignore[attr-defined]
+        services = agent.acceptor.services  # type: ignore[attr-defined]
+        self.assertEqual(sorted(services), ["jupyter", "ssh"])
+        # A burst of opens never floods a service's listen queue (bench/burst.py).
+        for endpoint in services.values():
+            self.assertIsInstance(endpoint, PacedEndpoint)
+            self.assertEqual(endpoint.limit, DEFAULT_CONNECTS_IN_FLIGHT)
         self.assertEqual(agent.channel_limits.max_pending_accepts, 3)  # type: ignore[attr-defined]
         self.assertEqual(agent.resume_grace, 120)  # type: ignore[attr-defined]
         # The systemd unit passes its credentials as flags: they win over the file.

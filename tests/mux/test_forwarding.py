@@ -82,7 +82,9 @@ class Forwarded:
 
     def __init__(self, window: int = 256 * 1024) -> None:
         self.service = StringEndpoint()
-        self.a, self.b, self.pump = session_pair(ServiceMap({"s": self.service}), window=window)
+        self.a, self.b, self.pump = session_pair(
+            ServiceMap({"s": self.service}), window=window, start_window=window
+        )
         d = self.a.open("s")
         self.pump.flush()
         self.channel = opened(d)

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -181,7 +182,7 @@ class FlowControlTests(TestCase):
         """One consumer stops reading: its data waits (bounded), the other channel flows."""
         window = 64 * 1024
         service = StringEndpoint()
-        a, _b, pump = session_pair(ServiceMap({"s": service}), window=window)
+        a, _b, pump = session_pair(ServiceMap({"s": service}), window=window, start_window=window)
         slow = opened(_completed(a, "s", pump))
         fast = opened(_completed(a, "s", pump))
         slow_app, fast_app = Collector(), Collector()
@@ -207,9 +208,7 @@ class FlowControlTests(TestCase):
     def test_window_grows_for_a_fast_consumer_only(self) -> None:
         """A credit-starved sender with a consumer that keeps up gets a bigger window."""
         service = StringEndpoint()
-        a, b, pump = session_pair(
-            ServiceMap({"s": service}), window=64 * 1024, max_window=1024 * 1024
-        )
+        a, b, pump = _growing_pair(service)
         fast = opened(_completed(a, "s", pump))
         slow = opened(_completed(a, "s", pump))
         fast.attach(Collector())
@@ -226,6 +225,89 @@ class FlowControlTests(TestCase):
         self.assertLessEqual(slow.buffered, 64 * 1024)
         self.assertTrue(a.is_open and b.is_open)
         self.assertIn(fast.id, a.channels)  # never reset for overrunning
+
+    def test_first_window_covers_a_short_transfer(self) -> None:
+        """Each end offers the start window in OPEN / OPEN_OK: 3 MiB pass with no grant."""
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}), start_window=4 * 1024 * 1024)
+        channel = opened(_completed(a, "s", pump))
+        self.assertEqual(channel.window, 4 * 1024 * 1024)  # what A's OPEN offered
+        self.assertEqual(channel._send_credit, 4 * 1024 * 1024)  # what B's OPEN_OK offered
+        app = Collector()
+        channel.attach(app)
+        channel.pauseProducing()  # A's consumer takes nothing, so A grants nothing
+        ((tcp, transport),) = service.connections
+        tcp.dataReceived(b"d" * 3 * 1024 * 1024)
+        pump.flush()
+        self.assertEqual(channel.buffered, 3 * 1024 * 1024)  # all of it came in one window
+        self.assertEqual(transport.producerState, "producing")  # B never ran out of credit
+        channel.resumeProducing()
+        pump.flush()
+        self.assertEqual(len(app.data), 3 * 1024 * 1024)
+        self.assertTrue(a.is_open and b.is_open)
+
+    def test_first_window_grants_as_often_as_a_small_one(self) -> None:
+        """After a short transfer the receiver has granted (and, when resumable, ACKed) all
+        but less than a quarter of the 256 KiB window, not of the 4 MiB one: an idle channel
+        does not leave its sender keeping up to 1 MiB for a resume."""
+        service = StringEndpoint()
+        a, b, pump = session_pair(ServiceMap({"s": service}), start_window=4 * 1024 * 1024)
+        channel = opened(_completed(a, "s", pump))
+        channel.attach(Collector())
+        ((tcp, _),) = service.connections
+        tcp.dataReceived(b"r" * 200 * 1024)
+        pump.flush()
+        (sender,) = b.channels.values()
+        self.assertLess(channel._unacked, 64 * 1024)
+        self.assertGreater(sender._send_credit, 4 * 1024 * 1024 - 64 * 1024)
+
+    def test_first_windows_take_half_the_budget_at_most(self) -> None:
+        """First windows are lent from half the budget; later channels start at ``window``;
+        every loan comes back when its channel ends or its open fails."""
+        service = StringEndpoint()
+        kib = 1024
+        a, b, pump = session_pair(
+            ServiceMap({"s": service}),
+            window=64 * kib,
+            start_window=1024 * kib,
+            max_window=1024 * kib,
+            window_budget=4096 * kib,
+        )
+        channels = [opened(_completed(a, "s", pump)) for _ in range(4)]
+        # 960 KiB lent twice, then the 128 KiB left above the reserved half, then nothing.
+        windows = [1024 * kib, 1024 * kib, 192 * kib, 64 * kib]
+        self.assertEqual([ch.window for ch in channels], windows)
+        self.assertEqual([ch._send_credit for ch in channels], windows)  # B's, likewise
+        self.assertEqual(a._window_budget, 2048 * kib)
+        refused = a.open("nothing here")
+        cancelled = a.open("s")
+        cancelled.cancel()
+        pump.flush()
+        self.failureResultOf(refused, UnknownService)
+        self.failureResultOf(cancelled)
+        self.assertEqual(a._window_budget, 2048 * kib)
+        for ch in channels:
+            ch.loseConnection()
+        pump.flush()
+        for tcp, _ in service.connections:
+            tcp.transport.loseConnection()  # type: ignore[union-attr]
+            tcp.readConnectionLost()  # type: ignore[attr-defined]
+        pump.flush()
+        self.assertEqual((a.channels, b.channels), ({}, {}))
+        self.assertEqual((a._window_budget, b._window_budget), (4096 * kib, 4096 * kib))
+
+    def test_window_grows_at_each_grant(self) -> None:
+        """A consumer that keeps up doubles its window at every grant (a quarter window),
+        not once per whole window: from 64 KiB to 1 MiB within 240 KiB."""
+        service = StringEndpoint()
+        a, _b, pump = _growing_pair(service)
+        channel = opened(_completed(a, "s", pump))
+        channel.attach(Collector())
+        ((tcp, _),) = service.connections
+        for _ in range(15):
+            tcp.dataReceived(b"g" * 16 * 1024)
+            pump.flush()
+        self.assertEqual(channel.window, 1024 * 1024)
 
     def test_window_growth_is_capped_per_session(self) -> None:
         service = StringEndpoint()
@@ -249,7 +331,7 @@ class FlowControlTests(TestCase):
         self.assertEqual(a._window_budget, 128 * 1024)  # growth returned on close
 
     def test_overrun_window_resets_channel(self) -> None:
-        a = MuxSession(initiator=True, window=1000)
+        a = MuxSession(initiator=True, window=1000, start_window=1000)
         transport = StringTransport()
         a.makeConnection(transport)
         d = a.open("x")
@@ -301,6 +383,16 @@ class FlowControlTests(TestCase):
         self.assertEqual(producer.producerState, "paused")
         a.resumeProducing()
         self.assertEqual(producer.producerState, "producing")
+
+
+def _growing_pair(service: StringEndpoint) -> tuple[MuxSession, MuxSession, iosim.IOPump]:
+    """A session pair whose channels start at 64 KiB and may grow to 1 MiB."""
+    return session_pair(
+        ServiceMap({"s": service}),
+        window=64 * 1024,
+        start_window=64 * 1024,
+        max_window=1024 * 1024,
+    )
 
 
 def _completed(session: MuxSession, service: str, pump: object) -> Deferred[Channel]:

@@ -10,7 +10,7 @@ from twisted.internet.endpoints import clientFromString
 from nbbridge._memory import care_for_memory
 from nbbridge.crypto import load_authorized_keys
 from nbbridge.instances import InstanceHost, JupyterProcesses
-from nbbridge.mux import Acceptor, ServiceMap
+from nbbridge.mux import Acceptor, PacedEndpoint, ServiceMap
 from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
@@ -67,7 +67,10 @@ class Options(TunnelOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    services: Acceptor = ServiceMap({s: clientFromString(reactor, e) for s, e in options["expose"]})
+    # Connects to each service are paced, so a burst of opens never floods its listen queue.
+    services: Acceptor = ServiceMap(
+        {s: PacedEndpoint(clientFromString(reactor, e)) for s, e in options["expose"]}
+    )
     host = None
     if options["datalab-launcher"]:
         # Instances for datalab daemons (docs/datalab.md, "agent launcher").

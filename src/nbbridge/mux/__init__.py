@@ -12,6 +12,7 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
+from ._pacing import DEFAULT_CONNECTS_IN_FLIGHT, PacedEndpoint
 from ._resumable import LinkEnd
 from ._resume import (
     DEFAULT_GRACE,
@@ -31,6 +32,7 @@ from ._session import (
 
 __all__ = [
     "DEFAULT_CHANNEL_LIMITS",
+    "DEFAULT_CONNECTS_IN_FLIGHT",
     "DEFAULT_GRACE",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
@@ -47,6 +49,7 @@ __all__ = [
     "LinkEnd",
     "MuxSession",
     "OpenRequest",
+    "PacedEndpoint",
     "ResumeSecrets",
     "ServiceMap",
     "ServiceUnavailable",

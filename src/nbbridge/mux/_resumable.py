@@ -58,7 +58,7 @@ class Resumable:
         label: str
         channels: dict[int, Channel]
         opening: dict[int, Deferred[Channel]]
-        _open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...]]]
+        _open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...], int]]
         _accepting: dict[int, tuple[Deferred[IProtocol], Channel]]
         _draining: OrderedDict[int, None]
         _finishing: dict[int, Channel]
@@ -92,6 +92,7 @@ class Resumable:
         def _send_reset(self, cid: int, code: int, reason: str) -> None: ...
         def _protocol_error(self, reason: str) -> None: ...
         def _abandon_accept(self, cid: int, why: str) -> bool: ...
+        def _forget_open(self, cid: int) -> None: ...
         def _remember_closed(self, cid: int) -> None: ...
         def _end(self, reason: str) -> None: ...
         def makeConnection(self, transport: ITransport) -> None: ...
@@ -155,7 +156,8 @@ class Resumable:
         self.suspensions += 1
         # Opens under way cannot be carried over: whoever waits is told, as for a lost link.
         opening, self.opening = self.opening, {}
-        self._open_requests.clear()
+        for cid in list(self._open_requests):
+            self._forget_open(cid)
         for cid in list(self._accepting):
             self._abandon_accept(cid, f"link lost while connecting: {why}")
             self._remember_closed(cid)

@@ -73,9 +73,15 @@ from ._resume import (
 )
 
 DEFAULT_WINDOW = 256 * 1024
+#: A new channel's first window, while the session can lend it: a short transfer (a file of a
+#: few MB) then goes through without waiting for credit, which took it some three round
+#: trips through three processes when every channel started at DEFAULT_WINDOW.
+DEFAULT_START_WINDOW = 4 * 1024 * 1024
 DEFAULT_MAX_WINDOW = 4 * 1024 * 1024
-#: The most window growth a session lends its channels in all: it bounds the memory that
-#: fast channels can hold beyond their initial windows.
+#: The most window beyond DEFAULT_WINDOW a session lends its channels in all (first windows
+#: and growth): it bounds the memory that channels can hold if their consumers stall. At most
+#: half of it goes to first windows, so channels that stay open idle after their first
+#: transfer cannot take what fast channels grow into.
 DEFAULT_WINDOW_BUDGET = 64 * 1024 * 1024
 _RECENT = 4096
 
@@ -105,10 +111,11 @@ class MuxSession(Resumable, Protocol):
 
     :param initiator: True on the side that dialled; it picks odd channel ids.
     :param acceptor: decides what an OPEN from the peer connects to; None refuses all.
-    :param window: initial receive credit per channel, so also the most we buffer for a
-        channel whose consumer is slow.
+    :param window: receive credit every channel has, lent or not.
+    :param start_window: a new channel's first window while the budget's first half lasts.
     :param max_window: how far a fast channel's window may grow.
-    :param window_budget: the most growth lent to all channels together.
+    :param window_budget: the most window beyond ``window`` lent to all channels together,
+        so (with ``window`` times the channels) the most we buffer for stalled consumers.
     :param clock: fires ``when_closed`` waiters on a later turn (None: the global reactor).
     """
 
@@ -120,6 +127,7 @@ class MuxSession(Resumable, Protocol):
         initiator: bool,
         acceptor: Acceptor | None = None,
         window: int = DEFAULT_WINDOW,
+        start_window: int = DEFAULT_START_WINDOW,
         max_window: int = DEFAULT_MAX_WINDOW,
         window_budget: int = DEFAULT_WINDOW_BUDGET,
         max_channels: int = DEFAULT_MAX_CHANNELS,
@@ -133,10 +141,14 @@ class MuxSession(Resumable, Protocol):
             raise ValueError(f"window must be between 1 and 2**31-1, not {window}")
         self.label = label
         self.max_window = max(window, min(max_window, 0x7FFFFFFF))
+        self._start_loan = max(0, min(start_window, self.max_window) - window)
         self._window_budget = window_budget
+        #: what first windows may not take from the budget: the half kept for growth
+        self._growth_reserve = window_budget // 2
         self.channels: dict[int, Channel] = {}
         self.opening: dict[int, Deferred[Channel]] = {}
-        self._open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {}
+        #: service, metadata and the first-window loan of each OPEN we sent, until answered
+        self._open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...], int]] = {}
         self._initiator = initiator
         self._acceptor = acceptor
         self._window = window
@@ -203,21 +215,23 @@ class MuxSession(Resumable, Protocol):
         if cid > MAX_CHANNEL_ID:
             return fail(TooManyChannels("channel ids exhausted; open a new session"))
         self._next_id += 2
-        request = Open(cid, service, self._window, tuple((metadata or {}).items()))
+        loan = self._lend_first_window()
+        request = Open(cid, service, self._window + loan, tuple((metadata or {}).items()))
         try:
             frame = encode(request)
         except FrameError as e:
+            self._return_window(loan)
             return fail(ChannelOpenFailed(f"cannot open {service!r}: {e}"))
 
         def cancel(d: Deferred[Channel]) -> None:
-            self._open_requests.pop(cid, None)
+            self._forget_open(cid)
             if self.opening.pop(cid, None) is not None:
                 self._send_reset(cid, Reason.ABORTED, "open cancelled")
                 self._remember_closed(cid)
 
         d: Deferred[Channel] = Deferred(cancel)
         self.opening[cid] = d
-        self._open_requests[cid] = (service, request.metadata)
+        self._open_requests[cid] = (service, request.metadata, loan)
         self._write(frame)
         return d
 
@@ -385,7 +399,7 @@ class MuxSession(Resumable, Protocol):
             self._on_resumed(frame)
         elif isinstance(frame, OpenFail):
             d = self.opening.pop(cid, None)
-            self._open_requests.pop(cid, None)
+            self._forget_open(cid)
             if d is None:
                 self._unknown(frame)
             else:
@@ -452,7 +466,8 @@ class MuxSession(Resumable, Protocol):
                 channel._on_session_lost(self._closed_reason)
                 return
             self._add(channel)
-            self._write(encode(OpenOk(cid, self._window)))
+            channel._widen(self._lend_first_window())
+            self._write(encode(OpenOk(cid, channel.window)))
             channel._set_ready()
 
         def failed(f: Failure) -> None:
@@ -479,8 +494,9 @@ class MuxSession(Resumable, Protocol):
         if d is None:
             self._unknown(frame)
             return
-        service, metadata = self._open_requests.pop(cid)
+        service, metadata, loan = self._open_requests.pop(cid)
         channel = Channel(self, cid, service, metadata, self._window, frame.window)
+        channel._widen(loan)
         self._add(channel)
         d.callback(channel)
 
@@ -502,7 +518,7 @@ class MuxSession(Resumable, Protocol):
             self._remember_closed(cid)
             return
         opening = self.opening.pop(cid, None)
-        self._open_requests.pop(cid, None)
+        self._forget_open(cid)
         if opening is not None:
             self._remember_closed(cid)
             opening.errback(open_failure(frame.code, frame.text))
@@ -605,11 +621,22 @@ class MuxSession(Resumable, Protocol):
     def _send_ack(self, cid: int, received: int, fin: bool) -> None:
         self._write(encode(Ack(cid, received, fin)))
 
-    def _lend_window(self, wanted: int) -> int:
-        """Up to ``wanted`` bytes of extra window from the session's budget."""
-        granted = max(0, min(wanted, self._window_budget))
+    def _lend_window(self, wanted: int, keep: int = 0) -> int:
+        """Up to ``wanted`` bytes of extra window from the session's budget, leaving ``keep``."""
+        granted = max(0, min(wanted, self._window_budget - keep))
         self._window_budget -= granted
         return granted
+
+    def _lend_first_window(self) -> int:
+        """What a new channel's first window gets beyond ``window``: up to the start window,
+        from the half of the budget not kept for growth."""
+        return self._lend_window(self._start_loan, self._growth_reserve)
+
+    def _forget_open(self, cid: int) -> None:
+        """Our OPEN of CID is answered without a channel (or abandoned): its loan comes back."""
+        request = self._open_requests.pop(cid, None)
+        if request is not None:
+            self._return_window(request[2])
 
     def _return_window(self, amount: int) -> None:
         self._window_budget += amount

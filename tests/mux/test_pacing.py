@@ -1,0 +1,176 @@
+"""PacedEndpoint: at most N connects to a service in flight; the rest wait in order."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nbbridge.mux import MuxSession, PacedEndpoint, ServiceMap, TooManyChannels
+from tests._cleanup import add_async_cleanup
+from tests._loopback import listen, serve
+
+from ._helpers import session_pair, tcp_endpoint
+
+
+class _Named(Factory):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class ManualEndpoint:
+    """Records each connect; the test completes (``finish``), fails or cancels it."""
+
+    def __init__(self) -> None:
+        self.connects: list[tuple[str, Deferred[IProtocol]]] = []
+        self.factories: list[Factory] = []
+        self.cancelled: list[str] = []
+
+    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+        name = getattr(factory, "name", str(len(self.connects)))
+        d: Deferred[IProtocol] = Deferred(lambda d: self.cancelled.append(name))
+        self.connects.append((name, d))
+        self.factories.append(factory)
+        return d
+
+    def finish(self, i: int) -> None:
+        """Connect number I succeeds: its protocol gets a transport."""
+        protocol = self.factories[i].buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        self.connects[i][1].callback(protocol)
+
+    @property
+    def started(self) -> list[str]:
+        return [name for name, _ in self.connects]
+
+
+class PacedEndpointTests(SynchronousTestCase):
+    def test_at_most_limit_in_flight_the_rest_in_order(self) -> None:
+        below = ManualEndpoint()
+        paced = PacedEndpoint(below, limit=2)  # type: ignore[arg-type]
+        results = [paced.connect(_Named(str(i))) for i in range(5)]
+        self.assertEqual(below.started, ["0", "1"])
+        self.assertEqual((paced.in_flight, paced.waiting), (2, 3))
+        below.connects[1][1].callback(Protocol())  # one done: the next in line starts
+        self.assertEqual(below.started, ["0", "1", "2"])
+        below.connects[0][1].errback(ConnectionRefusedError())  # a failure frees a slot too
+        self.assertEqual(below.started, ["0", "1", "2", "3"])
+        self.assertIsInstance(self.successResultOf(results[1]), Protocol)
+        self.failureResultOf(results[0], ConnectionRefusedError)
+        below.connects[2][1].callback(Protocol())
+        below.connects[3][1].errback(ConnectionRefusedError())
+        below.connects[4][1].callback(Protocol())
+        self.assertIsInstance(self.successResultOf(results[2]), Protocol)
+        self.failureResultOf(results[3], ConnectionRefusedError)  # the queued one's outcome
+        self.assertIsInstance(self.successResultOf(results[4]), Protocol)
+        self.assertEqual((paced.in_flight, paced.waiting), (0, 0))
+
+    def test_cancel_while_waiting_leaves_the_queue(self) -> None:
+        below = ManualEndpoint()
+        paced = PacedEndpoint(below, limit=1)  # type: ignore[arg-type]
+        first = paced.connect(_Named("first"))
+        waiting = paced.connect(_Named("waiting"))
+        last = paced.connect(_Named("last"))
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(paced.waiting, 1)
+        below.connects[0][1].callback(Protocol())
+        self.successResultOf(first)
+        self.assertEqual(below.started, ["first", "last"])  # the cancelled one never started
+        self.assertNoResult(last)
+
+    def test_cancel_once_started_cancels_the_connect(self) -> None:
+        below = ManualEndpoint()
+        paced = PacedEndpoint(below, limit=1)
+        first = paced.connect(_Named("first"))  # type: ignore[arg-type]
+        second = paced.connect(_Named("second"))  # type: ignore[arg-type]
+        below.connects[0][1].callback(Protocol())
+        self.successResultOf(first)
+        second.cancel()
+        self.assertEqual(below.cancelled, ["second"])
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(paced.in_flight, 0)
+
+    def test_limit_must_be_positive(self) -> None:
+        with self.assertRaises(ValueError):
+            PacedEndpoint(ManualEndpoint(), limit=0)  # type: ignore[arg-type]
+
+
+class PendingOpenLimitTests(SynchronousTestCase):
+    def test_queued_connects_count_as_opens_in_progress(self) -> None:
+        """Opens waiting for the pacer are opens in progress: past the session's pending-open
+        limit they are refused, and the refusal names that limit."""
+        below = ManualEndpoint()
+        paced = PacedEndpoint(below, limit=4)  # type: ignore[arg-type]
+        a, b, pump = session_pair(ServiceMap({"s": paced}), max_pending_accepts=10)
+        opens = [a.open("s") for _ in range(12)]
+        pump.flush()
+        self.assertEqual(len(below.connects), 4)
+        self.assertEqual(paced.waiting, 6)
+        for refused in opens[10:]:
+            failure = self.failureResultOf(refused, TooManyChannels)
+            self.assertIn("pending-open limit reached: 10 opens in progress", str(failure.value))
+        for i in range(4):
+            below.finish(i)
+        pump.flush()
+        self.assertEqual(len(below.connects), 8)  # the next four started as slots came free
+        self.assertEqual(len(b.channels), 4)
+
+
+class TimedEndpoint:
+    """An endpoint that records how long each of its connects took, from its own start."""
+
+    def __init__(self, endpoint: TCP4ClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.seconds: list[float] = []
+
+    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+        started = reactor.seconds()  # type: ignore[attr-defined]
+
+        def took(result: object) -> object:
+            self.seconds.append(reactor.seconds() - started)  # type: ignore[attr-defined]
+            return result
+
+        return self._endpoint.connect(factory).addBoth(took)
+
+
+class RealServiceTests(TestCase):
+    async def test_a_burst_to_a_small_backlog_loses_no_syn(self) -> None:
+        """300 opens at once to a service listening with a backlog of 8: paced, each connect
+        completes as soon as it starts; unpaced, the SYNs beyond the accept queue are
+        dropped and those connects take the kernel's one-second retry (the slowest took
+        1.0-1.3 s unpaced when this test was written)."""
+        port = await serve(
+            self, "tcp:0:interface=127.0.0.1:backlog=8", Factory.forProtocol(Protocol)
+        )
+        timed = TimedEndpoint(tcp_endpoint(port))
+        paced = PacedEndpoint(timed, limit=4)  # type: ignore[arg-type]
+        agent_side: list[MuxSession] = []
+
+        def make_agent_session() -> MuxSession:
+            agent_side.append(MuxSession(initiator=False, acceptor=ServiceMap({"s": paced})))
+            return agent_side[-1]
+
+        mux_port = await listen(self, Factory.forProtocol(make_agent_session))
+        client = MuxSession(initiator=True)
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", mux_port).connect(
+            Factory.forProtocol(lambda: client)
+        )
+
+        async def close() -> None:
+            ended = [client.when_closed(), *(s.when_closed() for s in agent_side)]
+            client.close("test over")
+            await DeferredList(ended)
+
+        add_async_cleanup(self, close)
+        results = await DeferredList([client.open("s") for _ in range(300)], consumeErrors=True)
+        self.assertEqual([r for ok, r in results if not ok], [])
+        self.assertEqual(len(client.channels), 300)
+        self.assertEqual(len(timed.seconds), 300)
+        self.assertLess(max(timed.seconds), 0.9)  # no SYN waited for its one-second retry
