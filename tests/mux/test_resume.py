@@ -253,6 +253,23 @@ class ResumeTests(TestCase):
         new.flush()
         self.assertEqual(service_transport.value(), b"up")
 
+    def test_open_while_resuming_fails_at_once(self) -> None:
+        """An open made between RESUME and RESUMED fails as one made while suspended does:
+        its OPEN could not go out (nothing but session frames may), so it would wait for
+        an answer forever and keep its first window's loan from the budget."""
+        link = self.pair.connect()
+        link.cut()
+        link = self.pair.connect(flush=False)  # the client sent RESUME; no answer yet
+        client = self.pair.client
+        budget = client._window_budget
+        d = client.open("svc")
+        self.assertIn("resum", str(self.failureResultOf(d, SessionClosed).value))
+        self.assertEqual(client._window_budget, budget)
+        link.flush()
+        self.assertTrue(client.is_open)
+        self.assertEqual(client.opening, {})
+        self.open()  # and once resumed, opens work again
+
     def test_grace_period_ends_with_resets(self) -> None:
         link = self.pair.connect()
         user, service_transport, _ = self.open()

@@ -204,11 +204,16 @@ class MuxSession(Resumable, Protocol):
         """Open a channel to ``service`` on the peer.
 
         Fires with the Channel once the peer accepted; fails with a ChannelOpenFailed
-        subclass (UnknownService, ServiceUnavailable, ...) if it refused, or SessionClosed.
+        subclass (UnknownService, ServiceUnavailable, ...) if it refused, or SessionClosed
+        (at once unless ``is_open``: a suspended or resuming session opens nothing).
         Cancelling the Deferred abandons the open and resets the channel.
         """
         if self._closed_reason is not None or not self._connected:
             return fail(SessionClosed(self._closed_reason or "not connected"))
+        if self._resuming:
+            # Our OPEN could not go out before RESUMED (nothing but session frames may), and
+            # opens do not survive a suspension: it would wait forever, holding its loan.
+            return fail(SessionClosed("the session is resuming after a lost link"))
         if self._channels_in_use() >= self._max_channels:
             return fail(TooManyChannels(f"{self._max_channels} channels already open"))
         cid = self._next_id
