@@ -11,7 +11,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nbbridge.mux import MuxSession, PacedEndpoint, ServiceMap, TooManyChannels
+from nbbridge.mux import (
+    ChannelEndpoint,
+    MuxSession,
+    PacedEndpoint,
+    ServiceMap,
+    SessionClosed,
+    TooManyChannels,
+)
 from tests._cleanup import add_async_cleanup
 from tests._loopback import listen, serve
 
@@ -96,6 +103,21 @@ class PacedEndpointTests(SynchronousTestCase):
         self.assertEqual(below.cancelled, ["second"])
         self.failureResultOf(second, CancelledError)
         self.assertEqual(paced.in_flight, 0)
+
+    def test_connects_that_end_at_once_do_not_recurse(self) -> None:
+        """Paced channel opens on a session that ends: each queued connect then fails as it
+        starts (the session is closed), in turn, without nesting one call per connect: nested,
+        300 of them overflowed the stack (200 did not), failed the rest with RecursionError
+        and left a slot never freed, so every later connect to the service waited forever."""
+        a, _b, pump = session_pair(ServiceMap({"s": ManualEndpoint()}))
+        paced = PacedEndpoint(ChannelEndpoint.on(a, "s"), limit=1)
+        results = [paced.connect(Factory.forProtocol(Protocol)) for _ in range(2000)]
+        pump.flush()
+        self.assertEqual((paced.in_flight, paced.waiting), (1, 1999))
+        a.close("test over")
+        for result in results:
+            self.failureResultOf(result, SessionClosed)
+        self.assertEqual((paced.in_flight, paced.waiting), (0, 0))
 
     def test_limit_must_be_positive(self) -> None:
         with self.assertRaises(ValueError):

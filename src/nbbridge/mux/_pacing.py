@@ -63,6 +63,8 @@ class PacedEndpoint:
         self.limit = limit
         self.in_flight = 0
         self._waiting: deque[_Queued] = deque()
+        #: the loop of _done is starting queued connects: a nested _done leaves it to it
+        self._starting = False
 
     def __repr__(self) -> str:
         return f"<PacedEndpoint {self.endpoint!r}, {self.limit} at a time>"
@@ -87,11 +89,24 @@ class PacedEndpoint:
         return d
 
     def _done(self, result: Any) -> Any:
+        """A connect ended: its slot goes to the next in line.
+
+        A connect may end as it starts (an endpoint that fails at once, such as a channel
+        open on a closed session), calling this again from inside the loop: that call only
+        frees its slot, and the loop already running fills it. Each nested call used to run
+        its own loop, one level deeper per queued connect, until the stack overflowed.
+        """
         self.in_flight -= 1
-        while self._waiting and self.in_flight < self.limit:
-            queued = self._waiting.popleft()
-            queued.started = self._start(queued.factory)
-            queued.started.addBoth(_hand_over, queued.waiter)
+        if self._starting:
+            return result
+        self._starting = True
+        try:
+            while self._waiting and self.in_flight < self.limit:
+                queued = self._waiting.popleft()
+                queued.started = self._start(queued.factory)
+                queued.started.addBoth(_hand_over, queued.waiter)
+        finally:
+            self._starting = False
         return result
 
     def _forget(self, failure: Failure, queued: _Queued) -> Failure:
