@@ -144,6 +144,33 @@ class PendingOpenLimitTests(SynchronousTestCase):
         self.assertEqual(len(below.connects), 8)  # the next four started as slots came free
         self.assertEqual(len(b.channels), 4)
 
+    def test_reset_opens_give_their_place_up(self) -> None:
+        """The peer resets an open whose connect is under way (the connect is cancelled and
+        its slot goes to the next in line) and one still queued (it never starts)."""
+        below = ManualEndpoint()
+        paced = PacedEndpoint(below, limit=2)  # type: ignore[arg-type]
+        a, b, pump = session_pair(ServiceMap({"s": paced}))
+        opens = [a.open("s") for _ in range(5)]  # channels 1, 3, 5, 7, 9
+        pump.flush()
+        self.assertEqual((below.started, paced.waiting), (["0", "1"], 3))
+        for cid in (1, 7):
+            opens[cid // 2].cancel()  # sends RESET
+            self.failureResultOf(opens[cid // 2], CancelledError)
+        pump.flush()
+        self.assertEqual(below.cancelled, ["0"])
+        self.assertEqual(below.started, ["0", "1", "2"])  # channel 5 took channel 1's slot
+        self.assertEqual((paced.in_flight, paced.waiting), (2, 1))
+        self.assertEqual(sorted(b._accepting), [3, 5, 9])
+        below.finish(1)
+        below.finish(2)
+        pump.flush()
+        below.finish(3)
+        pump.flush()
+        self.assertEqual(below.started, ["0", "1", "2", "3"])  # channel 7 never started
+        self.assertEqual(sorted(b.channels), [3, 5, 9])
+        self.assertEqual([self.successResultOf(opens[cid // 2]).id for cid in (3, 5, 9)], [3, 5, 9])
+        self.assertEqual((paced.in_flight, paced.waiting), (0, 0))
+
 
 class TimedEndpoint:
     """An endpoint that records how long each of its connects took, from its own start."""
