@@ -349,6 +349,38 @@ class FlowControlTests(TestCase):
         self.assertEqual(frames[0].code, Reason.WINDOW_EXCEEDED)  # type: ignore[union-attr]
         self.assertTrue(a.is_open)
 
+    def test_lent_first_window_is_enforced_both_ways(self) -> None:
+        """Each end takes what its OPEN / OPEN_OK offered (the lent first window) before any
+        WINDOW, and resets a peer that sends one byte more; the loan comes back."""
+        small = {"window": 1000, "start_window": 5000, "max_window": 5000}
+        service = StringEndpoint()
+        opener = MuxSession(initiator=True, window_budget=100_000, **small)
+        acceptor = MuxSession(
+            initiator=False, acceptor=ServiceMap({"s": service}), window_budget=100_000, **small
+        )
+        to_opener, to_acceptor = StringTransport(), StringTransport()
+        opener.makeConnection(to_opener)
+        acceptor.makeConnection(to_acceptor)
+        d = opener.open("s")
+        acceptor.dataReceived(to_opener.value())
+        [offered] = FrameDecoder().feed(to_opener.value())
+        [answered] = FrameDecoder().feed(to_acceptor.value())
+        self.assertEqual((offered.window, answered.window), (5000, 5000))  # type: ignore[union-attr]
+        to_opener.clear()
+        opener.dataReceived(to_acceptor.value())
+        to_acceptor.clear()
+        channel = opened(d)
+        channel.attach(Collector())
+        channel.pauseProducing()  # neither end's consumer takes anything: no WINDOW goes out
+        acceptor.channels[1].pauseProducing()
+        for session, out in ((opener, to_opener), (acceptor, to_acceptor)):
+            session.dataReceived(encode(Data(1, b"x" * 5000)))
+            self.assertEqual(out.value(), b"")
+            session.dataReceived(encode(Data(1, b"x")))
+            [reset] = FrameDecoder().feed(out.value())
+            self.assertEqual((type(reset), reset.code), (Reset, Reason.WINDOW_EXCEEDED))  # type: ignore[union-attr]
+            self.assertEqual((session.channels, session._window_budget), ({}, 100_000))
+
     def test_sender_respects_credit(self) -> None:
         a = MuxSession(initiator=True)
         transport = StringTransport()
