@@ -270,6 +270,28 @@ class ResumeTests(TestCase):
         self.assertEqual(client.opening, {})
         self.open()  # and once resumed, opens work again
 
+    def test_a_peer_that_closed_first_acknowledges_what_it_drops(self) -> None:
+        """The client closes both ways while the agent still sends: the client drops (and
+        credits) what comes, and acknowledges it too, as it does its CLOSE, so the agent
+        keeps none of it for a resume. Credited but never acknowledged, the agent kept every
+        byte sent after the close, and the channel's entry in ``_finishing`` with the last
+        window of them until the session ended."""
+        link = self.pair.connect()
+        user, _, service = self.open()
+        channel = user.transport
+        channel.loseConnection()  # type: ignore[union-attr]
+        link.flush()
+        (sender,) = self.pair.agent.channels.values()
+        for _ in range(40):
+            service.dataReceived(b"d" * 100_000)  # 4 MB: all of it credited, dropped
+            link.flush()
+        self.assertLess(len(sender._retx), 100_000)  # type: ignore[arg-type]
+        service.connectionLost(_done())  # the service ends too
+        link.flush()
+        self.assertEqual((self.pair.agent.channels, self.pair.agent._finishing), ({}, {}))
+        self.assertEqual((self.pair.client._draining, self.pair.client._finishing), ({}, {}))
+        self.assertEqual(bytes(user.data), b"")
+
     def test_grace_period_ends_with_resets(self) -> None:
         link = self.pair.connect()
         user, service_transport, _ = self.open()

@@ -60,7 +60,7 @@ class Resumable:
         opening: dict[int, Deferred[Channel]]
         _open_requests: dict[int, tuple[str, tuple[tuple[str, str], ...], int]]
         _accepting: dict[int, tuple[Deferred[IProtocol], Channel]]
-        _draining: OrderedDict[int, None]
+        _draining: OrderedDict[int, int]
         _finishing: dict[int, Channel]
         _initiator: bool
         _grace: float | None

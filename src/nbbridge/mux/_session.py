@@ -156,7 +156,8 @@ class MuxSession(Resumable, Protocol):
         self._max_pending_accepts = max_pending_accepts
         #: OPENs from the peer whose service connection is being made, by channel id
         self._accepting: dict[int, tuple[Deferred[IProtocol], Channel]] = {}
-        self._draining: OrderedDict[int, None] = OrderedDict()
+        #: channels we closed both ways first, until the peer's CLOSE: the bytes received
+        self._draining: OrderedDict[int, int] = OrderedDict()
         self._recently_closed: OrderedDict[int, None] = OrderedDict()
         self._next_id = 1 if initiator else 2
         self._decoder = FrameDecoder()
@@ -370,7 +371,7 @@ class MuxSession(Resumable, Protocol):
             if ch is not None:
                 ch._on_data(frame.payload)
             elif cid in self._draining:
-                self._send_window(cid, len(frame.payload))
+                self._drained(cid, len(frame.payload), False)
             else:
                 self._unknown(frame)
         elif isinstance(frame, Window):
@@ -386,6 +387,7 @@ class MuxSession(Resumable, Protocol):
             if ch is not None:
                 ch._on_close()
             elif cid in self._draining:
+                self._drained(cid, 0, True)
                 del self._draining[cid]
                 self._remember_closed(cid)
             else:
@@ -656,11 +658,25 @@ class MuxSession(Resumable, Protocol):
         """We closed both ways first: drop (and credit) the peer's data until its CLOSE."""
         ch = self.channels.pop(cid, None)
         if ch is not None:
-            self._draining[cid] = None
+            self._draining[cid] = ch.bytes_received
             while len(self._draining) > self._max_channels:
                 self._draining.popitem(last=False)
             if ch._owes_peer():
                 self._keep_finishing(ch)
+
+    def _drained(self, cid: int, n: int, fin: bool) -> None:
+        """N more bytes (or the CLOSE, if FIN) came on a channel we are draining: dropped,
+        credited, and on a resumable session acknowledged, as a live channel does.
+
+        Unacknowledged, the peer would keep every byte it sends us from now on (credit keeps
+        coming) and its channel once closed, all for a resume that would discard them.
+        """
+        received = self._draining[cid] + n
+        self._draining[cid] = received
+        if n:
+            self._send_window(cid, n)
+        if self._secrets is not None:
+            self._send_ack(cid, received, fin)
 
     def _keep_finishing(self, ch: Channel) -> None:
         """Keep a closed channel's unacknowledged bytes and CLOSE, to re-send on a resume."""
