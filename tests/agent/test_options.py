@@ -125,6 +125,23 @@ class AgentOptionsTests(TestCase):
         )
         self.assertIn("--resume-grace", str(e))
 
+    def test_connects_in_flight(self) -> None:
+        """--connects-in-flight bounds the connects to each exposed service (its backlog)."""
+        o = Options()
+        o.parseOptions(self.args("--expose", "ssh=22", "--connects-in-flight", "4"))
+        services = makeService(o).acceptor.services  # type: ignore[attr-defined]
+        self.assertEqual(services["ssh"].limit, 4)
+        defaults = Options()
+        defaults.parseOptions(self.args("--expose", "ssh=22"))
+        self.assertEqual(defaults["connects-in-flight"], DEFAULT_CONNECTS_IN_FLIGHT)
+        for bad in ("0", "-2"):
+            e = self.assertRaises(
+                usage.UsageError,
+                Options().parseOptions,
+                self.args("--expose", "ssh=22", "--connects-in-flight", bad),
+            )
+            self.assertIn("--connects-in-flight must be a whole number", str(e))
+
 
 class AgentConfigTests(TestCase):
     def test_config_file_alone(self) -> None:
@@ -142,7 +159,7 @@ class AgentConfigTests(TestCase):
                 'relay = "ws://127.0.0.1:8765"\nname = "gpu"\nkey = "agent.key"\n'
                 'token_file = "agent.token"\nauthorized_keys = "authorized_keys"\n'
                 'expose = ["jupyter=8888", "ssh=22"]\nmax_pending_opens = 3\n'
-                "resume_grace = 120\n"
+                "resume_grace = 120\nconnects_in_flight = 5\n"
             )
         self.patch(Options, "default_config", os.path.join(directory, "absent.toml"))
         o = Options()
@@ -155,7 +172,7 @@ class AgentConfigTests(TestCase):
         # A burst of opens never floods a service's listen queue (bench/burst.py).
         for endpoint in services.values():
             self.assertIsInstance(endpoint, PacedEndpoint)
-            self.assertEqual(endpoint.limit, DEFAULT_CONNECTS_IN_FLIGHT)
+            self.assertEqual(endpoint.limit, 5)
         self.assertEqual(agent.channel_limits.max_pending_accepts, 3)  # type: ignore[attr-defined]
         self.assertEqual(agent.resume_grace, 120)  # type: ignore[attr-defined]
         # The systemd unit passes its credentials as flags: they win over the file.

@@ -10,7 +10,7 @@ from twisted.internet.endpoints import clientFromString
 from nbbridge._memory import care_for_memory
 from nbbridge.crypto import load_authorized_keys
 from nbbridge.instances import InstanceHost, JupyterProcesses
-from nbbridge.mux import Acceptor, PacedEndpoint, ServiceMap
+from nbbridge.mux import DEFAULT_CONNECTS_IN_FLIGHT, Acceptor, PacedEndpoint, ServiceMap
 from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
@@ -44,6 +44,14 @@ class Options(TunnelOptions):
     optParameters = [
         ["name", None, None, "the name this agent registers under"],
         ["authorized-keys", None, None, "file of client public keys allowed in"],
+        [
+            "connects-in-flight",
+            None,
+            DEFAULT_CONNECTS_IN_FLIGHT,
+            "connects to one exposed service at once, the rest queued in order (keep it "
+            "below the service's listen backlog)",
+            int,
+        ],
     ]
     optFlags = [
         [
@@ -60,6 +68,11 @@ class Options(TunnelOptions):
         """SERVICE=ENDPOINT: a service clients may open (repeatable)"""
         self.add_mapping(value)
 
+    def parse(self) -> None:
+        limit = self["connects-in-flight"]
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError("--connects-in-flight must be a whole number, 1 or more")
+
     def load(self) -> None:
         self["authorized"] = load_authorized_keys(self["authorized-keys"])
 
@@ -69,7 +82,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     # Connects to each service are paced, so a burst of opens never floods its listen queue.
     services: Acceptor = ServiceMap(
-        {s: PacedEndpoint(clientFromString(reactor, e)) for s, e in options["expose"]}
+        {
+            s: PacedEndpoint(clientFromString(reactor, e), options["connects-in-flight"])
+            for s, e in options["expose"]
+        }
     )
     host = None
     if options["datalab-launcher"]:
