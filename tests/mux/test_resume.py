@@ -172,6 +172,23 @@ class ResumeTests(TestCase):
             self.pair.connect().cut()
         self.assertEqual(len(self.pair.registry), 8)
 
+    def test_live_sessions_of_one_key_are_not_ended(self) -> None:
+        """Many live sessions of one key all work; only the suspended ones are capped."""
+        links = []
+        for _ in range(12):
+            self.pair.client = MuxSession(
+                initiator=True, label="c", clock=self.pair.clock, resume_grace=60
+            )
+            links.append(self.pair.connect())
+        self.assertEqual(len(self.pair.registry), 12)
+        self.assertTrue(all(end.session.is_open for end in self.pair.agent_ends))
+        for link in links:
+            link.cut()
+        self.assertEqual(len(self.pair.registry), 8)
+        # The oldest suspended ones ended, the newest wait for their client.
+        waiting = [end.session.suspended_since is not None for end in self.pair.agent_ends]
+        self.assertEqual(waiting, [False] * 4 + [True] * 8)
+
     def test_old_agent_is_not_resumed(self) -> None:
         """An agent that does not offer resumption: a lost link resets, as before."""
         link = self.pair.connect(agent_features=b"")

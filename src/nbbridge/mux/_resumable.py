@@ -175,6 +175,8 @@ class Resumable:
         )
         for d in opening.values():
             d.errback(SessionClosed(f"link lost while the channel was being opened: {why}"))
+        if self._registry is not None and self._secrets is not None:
+            self._registry.suspended(cast("MuxSession", self))
         if self.on_suspended is not None:
             self.on_suspended(why)
 

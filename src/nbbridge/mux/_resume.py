@@ -205,7 +205,7 @@ def plan_channel(ours: ChannelPosition, theirs: ResumeEntry | None) -> ChannelPl
     )
 
 
-#: Resumable sessions the agent keeps per client key: a client that keeps starting new
+#: Suspended sessions the agent keeps per client key: a client that keeps starting new
 #: sessions (restarted, or two laptops sharing a key) cannot pile up suspended ones.
 MAX_SESSIONS_PER_CLIENT: Final = 8
 
@@ -213,8 +213,10 @@ MAX_SESSIONS_PER_CLIENT: Final = 8
 class SessionRegistry:
     """The agent's resumable sessions, by session id; RESUME requests are checked here.
 
-    At most ``per_client`` sessions per client key: adding one more ends the oldest
-    suspended session of that key (its channels are reset, and it says so).
+    At most ``per_client`` suspended sessions per client key: one more suspending ends the
+    oldest suspended session of that key (its channels are reset, and it says so). Sessions
+    on a live link are never ended for this: they are bounded by the relay's link limits, and
+    ending one would cut a user's working connections only because the same key has others.
     """
 
     def __init__(self, per_client: int = MAX_SESSIONS_PER_CLIENT) -> None:
@@ -229,14 +231,21 @@ class SessionRegistry:
 
     def add(self, session_id: bytes, session: MuxSession) -> None:
         self._sessions[session_id] = session
+
+    def suspended(self, session: MuxSession) -> None:
+        """SESSION lost its link: end the oldest suspended ones of its key beyond the cap."""
         _, key = session.resume_identity()
-        same = [s for s in self._sessions.values() if s.resume_identity()[1] == key]
-        for old in same[: max(0, len(same) - self._per_client)]:
-            if old is not session:
-                old.close(
-                    f"more than {self._per_client} resumable sessions for this client key; "
-                    "the oldest ends"
-                )
+        waiting = [
+            s
+            for s in self._sessions.values()
+            if s.suspended_since is not None and s.resume_identity()[1] == key
+        ]
+        waiting.sort(key=lambda s: s.suspended_since or 0.0)
+        for old in waiting[: max(0, len(waiting) - self._per_client)]:
+            old.close(
+                f"more than {self._per_client} suspended sessions for this client key; "
+                "the oldest ends"
+            )
 
     def remove(self, session_id: bytes, session: MuxSession) -> None:
         if self._sessions.get(session_id) is session:
