@@ -19,13 +19,14 @@ Traffic, all at once and each bounded by the end time:
   topic (the Receiver and Sender of hub_soak.py), and every 5 s one more reader that joins,
   reads for 3 s and leaves (member churn).
 
-Every ``--every`` seconds it samples, per daemon: RSS (VmRSS), open file descriptors
-(/proc/PID/fd) and pending Deferreds (SIGUSR1), at a quiet moment: the tunnel threads are
+Every ``--every`` seconds it samples, per daemon: RSS (VmRSS), live Python objects (those
+the collector tracks, SIGUSR1), open file descriptors (/proc/PID/fd) and pending Deferreds
+(SIGUSR1), at a quiet moment: the tunnel threads are
 held before their next operation and the sample taken 2 s after the last one ended (the
 hub keeps going), so it shows what the daemons keep, not what is in flight. At the end it
 prints, per daemon and figure, the change from the first sample after ``--warmup``
 minutes to the last, and the spread (max - min) over that span, both in % of the first;
-"flat" means both within 5 %. With ``--png`` it plots the three figures over time, warm-up marked.
+"flat" means both within 5 %. With ``--png`` it plots the four figures over time, warm-up marked.
 The soft fd limit is raised to the hard limit (``resource.setrlimit``) before anything
 starts; the daemons inherit it.
 """
@@ -55,7 +56,12 @@ from hub_soak import HEADER, Receiver, Sender
 
 reactor: Any = _reactor
 MiB = 1024 * 1024
-FIGURES = (("rss_MiB", "RSS, MiB"), ("fds", "open fds"), ("pending", "pending Deferreds"))
+FIGURES = (
+    ("rss_MiB", "RSS, MiB"),
+    ("objects", "live Python objects"),
+    ("fds", "open fds"),
+    ("pending", "pending Deferreds"),
+)
 #: a figure is flat when its change and its spread after the warm-up stay within this, %
 FLAT_PCT = 5.0
 #: seconds between pausing the tunnel traffic and sampling: closes travel through the chain
@@ -210,22 +216,27 @@ class Traffic:
             t.join(90)
 
 
-def deferreds(chain: SoakChain, role: str, pid: int, timeout: float = 10.0) -> int | None:
-    """Ask ROLE's daemon for its Deferred counts (SIGUSR1) and read the pending ones."""
+def probe(chain: SoakChain, role: str, pid: int, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask ROLE's daemon for its counts (SIGUSR1): pending Deferreds and live objects.
+
+    The count of objects the collector tracks tells a leak from the heap's level: RSS moves
+    by megabytes with whether the idle trim ran before the sample, the objects do not.
+    """
     path = chain.probe_file(role)
     before = path.stat().st_size if path.exists() else 0
     try:
         os.kill(pid, signal.SIGUSR1)
     except OSError:
-        return None
+        return {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.stat().st_size > before:
             text = path.read_text()
             if text.endswith("\n"):
-                return int(json.loads(text.splitlines()[-1])["pending"])
+                counts: dict[str, Any] = json.loads(text.splitlines()[-1])
+                return counts
         time.sleep(0.05)
-    return None
+    return {}
 
 
 def sample(chain: SoakChain, started: float) -> dict[str, Any]:
@@ -233,10 +244,12 @@ def sample(chain: SoakChain, started: float) -> dict[str, Any]:
     for role in ROLES:
         pid = chain.pids[role]
         kib = rss_kib(pid)
+        counts = probe(chain, role, pid)
         row[role] = {
             "rss_MiB": None if kib is None else round(kib / 1024, 2),
+            "objects": counts.get("objects"),
             "fds": fd_count(pid),
-            "pending": deferreds(chain, role, pid),
+            "pending": counts.get("pending"),
         }
     return row
 
@@ -273,7 +286,7 @@ def plot(samples: list[dict[str, Any]], warmup: float, path: Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(9, 10), sharex=True)
     minutes = [s["minute"] for s in samples]
     for ax, (key, label) in zip(axes, FIGURES, strict=True):
         for role in ROLES:
@@ -343,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(
                             f"  {row['minute']:6.1f} min  "
                             + "  ".join(
-                                f"{r} {row[r]['rss_MiB']} MiB {row[r]['fds']} fds "
-                                f"{row[r]['pending']} pending"
+                                f"{r} {row[r]['rss_MiB']} MiB {row[r]['objects']} objects "
+                                f"{row[r]['fds']} fds {row[r]['pending']} pending"
                                 for r in ROLES
                             )
                         )
