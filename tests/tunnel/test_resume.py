@@ -33,6 +33,15 @@ from .test_faults import _pattern_digest
 MB = 1024 * 1024
 #: What the client's session logs once resumed (its label names the agent).
 RESUMED_LINE = "session with gpu: session resumed after"
+#: ... when its link is lost and it suspends (the agent's session says the same under its
+#: own label, in either order: a test that means the client's waits for this).
+CLIENT_SUSPENDED_LINE = "session with gpu: link lost ("
+#: ... when the link it was resuming on is lost, or the agent refuses: an attempt's outcome.
+RESUME_OUTCOMES = (
+    RESUMED_LINE,
+    "session with gpu: link lost again while resuming",
+    "session with gpu: session could not be resumed",
+)
 
 
 class _Interactive(_tcp.Peer):
@@ -107,7 +116,7 @@ class ResumeTests(TunnelTestCase):
         await user.say(self, b"uname -a\n")
         mark = self.logs.mark()
         await self.stop_relay()
-        await self.logs.wait_for("session suspended", MUX, since=mark)
+        await self.logs.wait_for(CLIENT_SUSPENDED_LINE, MUX, since=mark)
         suspended = await self.session_status(client)
         self.assertEqual((suspended["state"], suspended["channels"]), ("suspended", 1))
         self.assertGreaterEqual(suspended["suspended_for"], 0)
@@ -225,7 +234,8 @@ class ResumeFaultInjectionTests(TunnelTestCase):
             mark = self.logs.mark()
             await self.kill_relay_if_up()
             await self.start_relay(port)
-            await self.logs.wait_for("session with gpu: ", MUX, mark, 90)
+            # The client's attempt on the new relay (not its suspension after the kill).
+            await self.logs.wait_for(RESUME_OUTCOMES, MUX, mark, 90)
             for kill in kills:
                 await kill
             if self.relay is None:
