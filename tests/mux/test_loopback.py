@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from nbbridge.mux import ChannelEndpoint, ForwardingFactory, MuxSession, ServiceMap
-from nbbridge.wire import Data, FrameDecoder, Open, OpenOk, Reset, encode
+from nbbridge.mux import (
+    ChannelEndpoint,
+    ForwardingFactory,
+    MuxSession,
+    PacedEndpoint,
+    ServiceMap,
+)
+from nbbridge.wire import Data, FrameDecoder, Open, OpenOk, Reason, Reset, encode
 from tests._cleanup import add_async_cleanup
-from tests._loopback import LOOPBACK, TrackingFactory, listen, serve
+from tests._loopback import LOOPBACK, Collector, TrackingFactory, listen, serve
 
 from ._helpers import HalfCloseEcho, HashSink, tcp_endpoint
 
@@ -188,3 +197,48 @@ class EarlyDataTests(TestCase):
         self.assertFalse([f for f in peer.frames if isinstance(f, OpenOk)])
         (session,) = sessions
         self.assertEqual((session.channels, session._accepting), ({}, {}))
+
+
+class AbandonedConnectTests(TestCase):
+    """A service connection given up while it was being made ends with a reset, never a FIN.
+
+    Twisted starts a TCP connect on the turn after ``connect()``; on loopback the kernel
+    completes the handshake within that ``connect(2)``, before the reactor has seen it. A
+    session that gives the connect up just then (the peer reset the channel, the link was
+    lost) cancelled it, which closes the socket in order: the service accepted a connection
+    that ended with a clean FIN, as if a user had connected and left, while the user's
+    request was lost with the fault. The service is paced, as the agent's ``--expose``
+    services are: the PacedEndpoint lets a connect under way finish (``_Queued._cancel``).
+    """
+
+    async def service_end_after(self, give_up: Callable[[MuxSession], object]) -> Failure:
+        service = TrackingFactory(Factory.forProtocol(Collector))
+        port = await serve(self, LOOPBACK, service)
+        session = MuxSession(
+            initiator=True,
+            acceptor=ServiceMap({"s": PacedEndpoint(tcp_endpoint(port))}),
+            label="agent",
+        )
+        session.makeConnection(StringTransport())
+        session.dataReceived(encode(Open(2, "s", 1000)))
+        reactor.callLater(0, give_up, session)  # type: ignore[attr-defined]
+        accepted: Deferred[Collector] = service.accepted.get()
+        accepted.addTimeout(10, reactor)
+        collector = await accepted
+        lost = collector.lost
+        lost.addTimeout(10, reactor)
+        await lost
+        assert collector.reason is not None
+        return collector.reason
+
+    async def test_peer_resets_the_channel(self) -> None:
+        reason = await self.service_end_after(
+            lambda session: session.dataReceived(encode(Reset(2, Reason.ABORTED, "gone")))
+        )
+        self.assertIsNone(reason.check(ConnectionDone), f"the service saw a FIN: {reason!r}")
+
+    async def test_link_lost(self) -> None:
+        reason = await self.service_end_after(
+            lambda session: session.connectionLost(Failure(ConnectionDone()))
+        )
+        self.assertIsNone(reason.check(ConnectionDone), f"the service saw a FIN: {reason!r}")

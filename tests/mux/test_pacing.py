@@ -8,6 +8,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -19,6 +20,7 @@ from nbbridge.mux import (
     SessionClosed,
     TooManyChannels,
 )
+from nbbridge.mux._pacing import GIVE_UP_GRACE
 from tests._cleanup import add_async_cleanup
 from tests._loopback import listen, serve
 
@@ -92,17 +94,37 @@ class PacedEndpointTests(SynchronousTestCase):
         self.assertEqual(below.started, ["first", "last"])  # the cancelled one never started
         self.assertNoResult(last)
 
-    def test_cancel_once_started_cancels_the_connect(self) -> None:
+    def test_cancel_once_started_lets_the_connect_finish(self) -> None:
+        """Given up under way, a connect is cancelled below only after GIVE_UP_GRACE (a TCP
+        connect cancelled just as the kernel completed it closes in order: the service would
+        read a FIN); it keeps its slot until then."""
         below = ManualEndpoint()
-        paced = PacedEndpoint(below, limit=1)
-        first = paced.connect(_Named("first"))  # type: ignore[arg-type]
-        second = paced.connect(_Named("second"))  # type: ignore[arg-type]
+        clock = Clock()
+        paced = PacedEndpoint(below, limit=1, clock=clock)  # type: ignore[arg-type]
+        first = paced.connect(_Named("first"))
+        second = paced.connect(_Named("second"))
         below.connects[0][1].callback(Protocol())
         self.successResultOf(first)
         second.cancel()
-        self.assertEqual(below.cancelled, ["second"])
         self.failureResultOf(second, CancelledError)
-        self.assertEqual(paced.in_flight, 0)
+        self.assertEqual((below.cancelled, paced.in_flight), ([], 1))
+        clock.advance(GIVE_UP_GRACE)
+        self.assertEqual((below.cancelled, paced.in_flight), (["second"], 0))
+
+    def test_a_given_up_connect_that_completes_frees_its_slot(self) -> None:
+        """It connects anyway: the connection is its caller's to drop (its factory built the
+        protocol), the slot goes to the next in line, and no cancel is left to come."""
+        below = ManualEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, limit=1, clock=clock)  # type: ignore[arg-type]
+        given_up = paced.connect(_Named("given up"))
+        waiting = paced.connect(_Named("next"))
+        given_up.cancel()
+        self.failureResultOf(given_up, CancelledError)
+        below.connects[0][1].callback(Protocol())
+        self.assertEqual(below.started, ["given up", "next"])
+        self.assertEqual((clock.getDelayedCalls(), below.cancelled), ([], []))
+        self.assertNoResult(waiting)
 
     def test_connects_that_end_at_once_do_not_recurse(self) -> None:
         """Paced channel opens on a session that ends: each queued connect then fails as it
@@ -145,10 +167,11 @@ class PendingOpenLimitTests(SynchronousTestCase):
         self.assertEqual(len(b.channels), 4)
 
     def test_reset_opens_give_their_place_up(self) -> None:
-        """The peer resets an open whose connect is under way (the connect is cancelled and
-        its slot goes to the next in line) and one still queued (it never starts)."""
+        """The peer resets an open whose connect is under way (the connect finishes, its
+        connection is dropped, and its slot goes to the next in line) and one still queued
+        (it never starts)."""
         below = ManualEndpoint()
-        paced = PacedEndpoint(below, limit=2)  # type: ignore[arg-type]
+        paced = PacedEndpoint(below, limit=2, clock=Clock())  # type: ignore[arg-type]
         a, b, pump = session_pair(ServiceMap({"s": paced}))
         opens = [a.open("s") for _ in range(5)]  # channels 1, 3, 5, 7, 9
         pump.flush()
@@ -157,7 +180,10 @@ class PendingOpenLimitTests(SynchronousTestCase):
             opens[cid // 2].cancel()  # sends RESET
             self.failureResultOf(opens[cid // 2], CancelledError)
         pump.flush()
-        self.assertEqual(below.cancelled, ["0"])
+        # Channel 1's connect is left to finish (see PacedEndpoint), holding its slot.
+        self.assertEqual((below.started, below.cancelled), (["0", "1"], []))
+        self.assertEqual((paced.in_flight, paced.waiting), (2, 2))
+        below.finish(0)  # its connection is aborted as it joins its reset channel
         self.assertEqual(below.started, ["0", "1", "2"])  # channel 5 took channel 1's slot
         self.assertEqual((paced.in_flight, paced.waiting), (2, 1))
         self.assertEqual(sorted(b._accepting), [3, 5, 9])

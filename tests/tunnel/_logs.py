@@ -34,11 +34,15 @@ def text_of(event: LogEvent) -> str:
     return formatEvent(event)
 
 
-def matches(event: LogEvent, text: str, namespace: str | tuple[str, ...] | None) -> bool:
-    """Whether EVENT's message contains TEXT, and it was logged under NAMESPACE (a prefix)."""
+def matches(
+    event: LogEvent, text: str | tuple[str, ...], namespace: str | tuple[str, ...] | None
+) -> bool:
+    """Whether EVENT's message contains TEXT (or one of several), and it was logged under
+    NAMESPACE (a prefix, or one of several)."""
     if namespace is not None and not str(event.get("log_namespace", "")).startswith(namespace):
         return False
-    return text in text_of(event)
+    message = text_of(event)
+    return any(t in message for t in ((text,) if isinstance(text, str) else text))
 
 
 class LogCapture:
@@ -70,19 +74,23 @@ class LogCapture:
         return len(self.events)
 
     def lines(
-        self, text: str = "", namespace: str | tuple[str, ...] | None = None, since: int = 0
+        self,
+        text: str | tuple[str, ...] = "",
+        namespace: str | tuple[str, ...] | None = None,
+        since: int = 0,
     ) -> list[str]:
         """Messages logged since SINCE under NAMESPACE that contain TEXT."""
         return [text_of(e) for e in self.events[since:] if matches(e, text, namespace)]
 
     def wait_for(
         self,
-        text: str,
+        text: str | tuple[str, ...],
         namespace: str | tuple[str, ...] | None = None,
         since: int | None = None,
         timeout: float = WAIT_TIMEOUT,
     ) -> Deferred[LogEvent]:
-        """Fires with the first event since SINCE (default: from now on) matching TEXT.
+        """Fires with the first event since SINCE (default: from now on) matching TEXT
+        (a tuple: any of its strings).
 
         A wait that is not satisfied within TIMEOUT seconds fails the test with the lines seen,
         rather than hanging until trial's own timeout.

@@ -33,6 +33,15 @@ from .test_faults import _pattern_digest
 MB = 1024 * 1024
 #: What the client's session logs once resumed (its label names the agent).
 RESUMED_LINE = "session with gpu: session resumed after"
+#: ... when its link is lost and it suspends (the agent's session says the same under its
+#: own label, in either order: a test that means the client's waits for this).
+CLIENT_SUSPENDED_LINE = "session with gpu: link lost ("
+#: ... when the link it was resuming on is lost, or the agent refuses: an attempt's outcome.
+RESUME_OUTCOMES = (
+    RESUMED_LINE,
+    "session with gpu: link lost again while resuming",
+    "session with gpu: session could not be resumed",
+)
 
 
 class _Interactive(_tcp.Peer):
@@ -107,7 +116,7 @@ class ResumeTests(TunnelTestCase):
         await user.say(self, b"uname -a\n")
         mark = self.logs.mark()
         await self.stop_relay()
-        await self.logs.wait_for("session suspended", MUX, since=mark)
+        await self.logs.wait_for(CLIENT_SUSPENDED_LINE, MUX, since=mark)
         suspended = await self.session_status(client)
         self.assertEqual((suspended["state"], suspended["channels"]), ("suspended", 1))
         self.assertGreaterEqual(suspended["suspended_for"], 0)
@@ -126,24 +135,29 @@ class ResumeTests(TunnelTestCase):
 
     async def test_grace_period_ends_with_resets(self) -> None:
         """The agent's 1-second bound: the relay stays away longer; the connection is reset
-        (never a clean end), both ends say why, and a new session starts afterwards."""
-        echo, _ = await self.serve(_tcp.Echo)
+        at both ends (never a clean end), both ends say why, and a new session starts
+        afterwards."""
+        echo, echoes = await self.serve(_tcp.Echo)
         await self.start_relay()
         port = self.relay_port
-        await self.start_agent({"echo": str(echo)}, extra=["--resume-grace", "1"])
+        agent = await self.start_agent({"echo": str(echo)}, extra=["--resume-grace", "1"])
         client = await self.start_client(forward=["echo"])
         user = await self.connect(client.port("echo"), _Interactive())
         await user.say(self, b"hello\n")
+        service = await echoes.accepted.get()
+        # The agent's end of the session logs under its link's label.
+        [agent_session] = list(agent.sessions)
         mark = self.logs.mark()
         await self.stop_relay()
-        reason = await self.within(30, "the reset", user.lost)
-        self.assertFalse(_tcp.clean(reason), f"a cut session ended cleanly: {reason!r}")
-        await self.logs.wait_for("link", MUX, since=mark)
-        await self.logs.wait_for("session with gpu: session not resumed within the 1 s", MUX, mark)
-        self.assertTrue(
-            [line for line in self.logs.lines("1 s grace period", MUX, mark) if "link " in line],
-            "the agent did not say why",
-        )
+        # Each end's grace period runs from the moment it saw the link go, and the relay's
+        # close reaches client and agent in either order, some milliseconds apart: each end
+        # is waited for, never looked at once the other one has ended.
+        for end, protocol in (("the user's", user), ("the service's", service)):
+            reason = await self.within(30, f"{end} reset", protocol.lost)
+            self.assertFalse(_tcp.clean(reason), f"{end} cut connection ended cleanly: {reason!r}")
+        expired = "session not resumed within the 1 s grace period"
+        await self.logs.wait_for(f"session with gpu: {expired}", MUX, mark)
+        await self.logs.wait_for(f"{agent_session.label}: {expired}", MUX, mark)
         await self.start_relay(port)
         await self.wait_link_up(mark, timeout=60)
         await self.echo_once(client.port("echo"))
@@ -220,7 +234,8 @@ class ResumeFaultInjectionTests(TunnelTestCase):
             mark = self.logs.mark()
             await self.kill_relay_if_up()
             await self.start_relay(port)
-            await self.logs.wait_for("session with gpu: ", MUX, mark, 90)
+            # The client's attempt on the new relay (not its suspension after the kill).
+            await self.logs.wait_for(RESUME_OUTCOMES, MUX, mark, 90)
             for kill in kills:
                 await kill
             if self.relay is None:

@@ -83,7 +83,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Connects to each service are paced, so a burst of opens never floods its listen queue.
     services: Acceptor = ServiceMap(
         {
-            s: PacedEndpoint(clientFromString(reactor, e), options["connects-in-flight"])
+            s: PacedEndpoint(
+                clientFromString(reactor, e), options["connects-in-flight"], clock=reactor
+            )
             for s, e in options["expose"]
         }
     )

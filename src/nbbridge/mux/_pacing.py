@@ -23,28 +23,53 @@ from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 #: Connects to one service in flight at once: below the smallest common backlog but one
 #: (asyncio's 100, Tornado's 128, and Python's ``listen()`` default of 128).
 DEFAULT_CONNECTS_IN_FLIGHT = 32
+#: Seconds a connect under way whose caller gave up may still run (see ``_Queued._cancel``):
+#: past the first two SYN retransmissions (1 s, then 2 s more) to a service slow to accept.
+GIVE_UP_GRACE = 5.0
 
 
 class _Queued:
-    """A connect waiting for its turn: the caller's Deferred, and the connect once started."""
+    """A connect: the caller's Deferred, and the connect below once started."""
 
-    __slots__ = ("factory", "started", "waiter")
+    __slots__ = ("clock", "factory", "started", "waiter")
 
-    def __init__(self, factory: IProtocolFactory) -> None:
+    def __init__(self, factory: IProtocolFactory, clock: IReactorTime) -> None:
         self.factory = factory
+        self.clock = clock
         self.started: Deferred[IProtocol] | None = None
         self.waiter: Deferred[IProtocol] = Deferred(self._cancel)
 
     def _cancel(self, waiter: Deferred[IProtocol]) -> None:
-        if self.started is not None:
-            self.started.cancel()
+        """The caller gave up (its Deferred fails at once with CancelledError).
+
+        A connect still waiting never starts (``PacedEndpoint._forget``). One under way is
+        not cancelled at once: a TCP connect cancelled closes its socket in order, and when
+        the kernel had completed the handshake already (within ``connect(2)`` itself, on
+        loopback) and the reactor had not yet seen it, the service got a connection that
+        opened and ended with a clean FIN, as if a user had connected and left, while the
+        user's request was lost with the fault. So it is left to finish, and the connection
+        it makes is the caller's to drop (the agent's session resets it as it joins its lost
+        channel); only one still under way after ``GIVE_UP_GRACE`` (a service that does not
+        answer) is cancelled. Until it ends it keeps its slot.
+        """
+        started = self.started
+        if started is None or started.called:
+            return
+        timer = self.clock.callLater(GIVE_UP_GRACE, started.cancel)
+        started.addBoth(_stop_timer, timer)
 
 
 @implementer(IStreamClientEndpoint)
@@ -52,13 +77,23 @@ class PacedEndpoint:
     """``endpoint``, with at most ``limit`` of its connects in flight; the others wait in turn.
 
     Cancelling a connect still waiting takes it out of the queue; cancelling one under way
-    cancels it below (an endpoint that cannot cancel may still connect: the caller must
-    expect that, as it must of any endpoint).
+    lets it finish (cancelled below only after ``GIVE_UP_GRACE``, see ``_Queued._cancel``):
+    the connection it makes anyway is the caller's to drop, as it must expect of any
+    endpoint that cannot cancel.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, limit: int = DEFAULT_CONNECTS_IN_FLIGHT):
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        limit: int = DEFAULT_CONNECTS_IN_FLIGHT,
+        clock: IReactorTime | None = None,
+    ):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        assert clock is not None
+        self._clock = clock
         self.endpoint = endpoint
         self.limit = limit
         self.in_flight = 0
@@ -75,18 +110,19 @@ class PacedEndpoint:
         return len(self._waiting)
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        if self.in_flight < self.limit and not self._waiting:
-            return self._start(protocolFactory)
-        queued = _Queued(protocolFactory)
+        queued = _Queued(protocolFactory, self._clock)
         queued.waiter.addErrback(self._forget, queued)
-        self._waiting.append(queued)
+        if self.in_flight < self.limit and not self._waiting:
+            self._start(queued)
+        else:
+            self._waiting.append(queued)
         return queued.waiter
 
-    def _start(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+    def _start(self, queued: _Queued) -> None:
         self.in_flight += 1
-        d = self.endpoint.connect(factory)
+        queued.started = d = self.endpoint.connect(queued.factory)
         d.addBoth(self._done)
-        return d
+        d.addBoth(_hand_over, queued.waiter)
 
     def _done(self, result: Any) -> Any:
         """A connect ended: its slot goes to the next in line.
@@ -102,9 +138,7 @@ class PacedEndpoint:
         self._starting = True
         try:
             while self._waiting and self.in_flight < self.limit:
-                queued = self._waiting.popleft()
-                queued.started = self._start(queued.factory)
-                queued.started.addBoth(_hand_over, queued.waiter)
+                self._start(self._waiting.popleft())
         finally:
             self._starting = False
         return result
@@ -114,6 +148,11 @@ class PacedEndpoint:
         if queued.started is None and queued in self._waiting:
             self._waiting.remove(queued)
         return failure
+
+
+def _stop_timer(result: object, timer: IDelayedCall) -> None:
+    if timer.active():
+        timer.cancel()
 
 
 def _hand_over(result: Any, waiter: Deferred[IProtocol]) -> None:
