@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -23,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests._cleanup import add_async_cleanup
+from tests._ports import free_port
 from tests._tools import skip_unavailable
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -54,13 +54,6 @@ class _RedisProcess(ProcessProtocol):
 
     def text(self) -> str:
         return self.output.decode("utf-8", "replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -106,7 +99,7 @@ class RedisServer:
         keep_port = self.port != 0
         for _attempt in range(3):
             if not keep_port:
-                self.port = _free_port()
+                self.port = free_port()
             process = _RedisProcess()
             self._process = process
             self._transport = reactor.spawnProcess(  # type: ignore[attr-defined]

@@ -18,12 +18,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 
 from nbbridge.demo import write_secret
+from tests._ports import free_port
 from tests._redis import RedisServer, start_redis
 from tests._tools import skip_unavailable
 from tests.deploy._nginx import start_nginx
 from tests.tunnel import _tcp
 from tests.tunnel._harness import CLIENT, TunnelTestCase
-from tests.tunnel._jupyter import free_port
 from tests.tunnel._process import ChildProcess, child_env, spawn, twistd_command
 
 from ._haproxy import haproxy_binary, start_haproxy

@@ -16,10 +16,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from nbbridge.datalab import tap
+from tests._ports import free_port
 from tests._tools import skip_unavailable, unavailable
 from tests.deploy._units import REPO, exec_start, read_unit
 from tests.deploy.test_systemd import INSTALLED_TWISTD
-from tests.tunnel._jupyter import free_port, missing_jupyter
+from tests.tunnel._jupyter import missing_jupyter
 from tests.tunnel._process import child_env, spawn, twistd_command
 
 from ._harness import CSV, SIGN_KEY, sign

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests._ports import free_port
 from tests._tools import skip_unavailable
 from tests.transport._certs import write_server_files
 
@@ -107,13 +107,6 @@ def _as_deferred(stop: Callable[[], Coroutine[Any, Any, None]]) -> Deferred[None
     return Deferred.fromCoroutine(stop())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def start_nginx(
     testcase: TestCase,
     relay_port: int,
@@ -147,7 +140,7 @@ async def start_nginx(
     # The port is picked free, then bound by nginx: another process may take it in between,
     # so a start that fails with "Address already in use" is retried with a new port.
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         if config is not None:
             port, text = config(port, files.cert, files.key)
         else:

@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from tests._cleanup import add_async_cleanup
 from tests._loopback import accepting
+from tests._ports import free_port
 
 from ._process import BIN, ChildProcess, child_env, spawn
 
@@ -40,13 +40,6 @@ def missing_jupyter() -> str | None:
     if not os.path.exists(os.path.join(BIN, "jupyter-server")):
         return f"no jupyter-server script next to {BIN}/python"
     return None
-
-
-def free_port() -> int:
-    """A port no one listens on right now (for servers that cannot report the port they got)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @attrs.define
