@@ -19,8 +19,9 @@ Traffic, all at once and each bounded by the end time:
   topic (the Receiver and Sender of hub_soak.py), and every 5 s one more reader that joins,
   reads for 3 s and leaves (member churn).
 
-Every ``--every`` seconds it samples, per daemon: RSS (VmRSS), live Python objects (those
-the collector tracks, SIGUSR1), open file descriptors (/proc/PID/fd) and pending Deferreds
+Every ``--every`` seconds it samples, per daemon: RSS (VmRSS), RSS after a full collection
+and ``malloc_trim(0)`` (SIGUSR1; what the process keeps), live Python objects (reachable
+after that collection), open file descriptors (/proc/PID/fd) and pending Deferreds
 (SIGUSR1), at a quiet moment: the tunnel threads are
 held before their next operation and the sample taken 2 s after the last one ended (the
 hub keeps going), so it shows what the daemons keep, not what is in flight. At the end it
@@ -58,6 +59,7 @@ reactor: Any = _reactor
 MiB = 1024 * 1024
 FIGURES = (
     ("rss_MiB", "RSS, MiB"),
+    ("settled_MiB", "RSS after gc + trim, MiB"),
     ("objects", "live Python objects"),
     ("fds", "open fds"),
     ("pending", "pending Deferreds"),
@@ -219,8 +221,9 @@ class Traffic:
 def probe(chain: SoakChain, role: str, pid: int, timeout: float = 10.0) -> dict[str, Any]:
     """Ask ROLE's daemon for its counts (SIGUSR1): pending Deferreds and live objects.
 
-    The count of objects the collector tracks tells a leak from the heap's level: RSS moves
-    by megabytes with whether the idle trim ran before the sample, the objects do not.
+    The count of reachable objects tells a leak from the heap's level, and so does the RSS
+    after a trim (``_probe.settled_rss_kib``): the raw RSS moves by megabytes with whether
+    the idle trim ran before the sample, these do not.
     """
     path = chain.probe_file(role)
     before = path.stat().st_size if path.exists() else 0
@@ -245,8 +248,10 @@ def sample(chain: SoakChain, started: float) -> dict[str, Any]:
         pid = chain.pids[role]
         kib = rss_kib(pid)
         counts = probe(chain, role, pid)
+        settled = counts.get("settled_kib")
         row[role] = {
             "rss_MiB": None if kib is None else round(kib / 1024, 2),
+            "settled_MiB": None if settled is None else round(settled / 1024, 2),
             "objects": counts.get("objects"),
             "fds": fd_count(pid),
             "pending": counts.get("pending"),
@@ -286,7 +291,7 @@ def plot(samples: list[dict[str, Any]], warmup: float, path: Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(9, 10), sharex=True)
+    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(9, 12), sharex=True)
     minutes = [s["minute"] for s in samples]
     for ax, (key, label) in zip(axes, FIGURES, strict=True):
         for role in ROLES:
@@ -356,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(
                             f"  {row['minute']:6.1f} min  "
                             + "  ".join(
-                                f"{r} {row[r]['rss_MiB']} MiB {row[r]['objects']} objects "
+                                f"{r} {row[r]['rss_MiB']} MiB ({row[r]['settled_MiB']} settled) "
+                                f"{row[r]['objects']} objects "
                                 f"{row[r]['fds']} fds {row[r]['pending']} pending"
                                 for r in ROLES
                             )
