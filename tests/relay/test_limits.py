@@ -282,6 +282,31 @@ class CapTests(GuardTestCase):
         self.assertEqual(refusals.counts, {"handshakes_total": 25, "handshake_timeout": 16})
         await self.agent()
 
+    async def test_flood_address_refused_at_accept_when_full(self) -> None:
+        """With every slot taken, an address holding its share is turned away at once, and
+        the slots stay as they are; a newcomer from another address still gets in."""
+        await self.start(handshakes_total=4, handshakes_per_ip=100, per_ip_exempt=[])
+        flood = [
+            await self.raw_from("127.0.0.2", b"GET /v1/agents/gpu/control HT") for _ in range(4)
+        ]
+        fifth = await self.raw_from("127.0.0.2", b"GET /v1/agents/gpu/control HT")
+        answer = await self.closed_with(fifth, "the flood's newcomer refused at accept")
+        self.assertEqual(_status_line(answer), b"HTTP/1.1 503 Service Unavailable")
+        self.assertIn(b"(handshakes_total = 4); 127.0.0.2 holds its share of them", answer)
+        self.assertEqual(self.service.connections.handshakes, 4)
+        # Another address gets in, and the oldest of the flood (still open) makes room.
+        honest = await self.raw_from("127.0.0.3", STATUS)
+        await honest.until(b"200 OK")
+        answer = await self.closed_with(flood[0], "the oldest closed for the newcomer")
+        self.assertIn(b"the oldest is closed to make room", answer)
+        self.assertFalse(any(c.gone for c in flood[1:]))
+        # The honest address holds one (its keep-alive connection), the flood three: the
+        # flood is still over its share, the honest address is not.
+        sixth = await self.raw_from("127.0.0.2", b"GET /v1/agents/gpu/control HT")
+        await self.closed_with(sixth, "the flood's newcomer refused again")
+        await self.agent()
+        self.assertEqual(self.service.connections.refusals.counts, {"handshakes_total": 4})
+
     async def test_connections_per_address(self) -> None:
         await self.start(connections_per_ip=2, per_ip_exempt=[])
         await self.agent()
