@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -19,8 +21,9 @@ from nbbridge.mux import (
     ServiceMap,
     SessionClosed,
     TooManyChannels,
+    retries_for,
 )
-from nbbridge.mux._pacing import GIVE_UP_GRACE
+from nbbridge.mux._pacing import GIVE_UP_GRACE, LOOPBACK_RETRIES
 from tests._cleanup import add_async_cleanup
 from tests._loopback import listen, serve
 
@@ -141,6 +144,76 @@ class PacedEndpointTests(SynchronousTestCase):
             self.failureResultOf(result, SessionClosed)
         self.assertEqual((paced.in_flight, paced.waiting), (0, 0))
 
+    def test_a_connect_still_under_way_is_made_again(self) -> None:
+        """On loopback a connect under way after 0.2 s lost its SYN to a full accept queue:
+        it is cancelled and made again (0.4 s, 0.8 s later again), then left to the
+        kernel's own retries; its slot is held throughout, and its outcome is the last's."""
+        below = ManualEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, limit=1, clock=clock, retry_after=(0.2, 0.4))  # type: ignore[arg-type]
+        result = paced.connect(_Named("s"))
+        queued = paced.connect(_Named("next"))
+        clock.advance(0.2)
+        self.assertEqual((below.started, below.cancelled), (["s", "s"], ["s"]))
+        clock.advance(0.4)
+        self.assertEqual((below.started, below.cancelled), (["s", "s", "s"], ["s", "s"]))
+        clock.advance(10)
+        self.assertEqual((len(below.started), paced.restarts, paced.in_flight), (3, 2, 1))
+        self.assertNoResult(result)
+        below.connects[2][1].callback(Protocol())
+        self.assertIsInstance(self.successResultOf(result), Protocol)
+        self.assertEqual(below.started[-1], "next")
+        below.connects[3][1].callback(Protocol())
+        self.successResultOf(queued)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_connect_done_in_time_is_not_made_again(self) -> None:
+        below = ManualEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, clock=clock, retry_after=(0.2,))  # type: ignore[arg-type]
+        result = paced.connect(_Named("s"))
+        clock.advance(0.1)
+        below.connects[0][1].callback(Protocol())
+        self.successResultOf(result)
+        clock.advance(1)
+        self.assertEqual((below.started, below.cancelled, paced.restarts), (["s"], [], 0))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_failed_attempt_is_not_made_again(self) -> None:
+        """Refused is an answer (nothing listens): the caller hears it at once."""
+        below = ManualEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, clock=clock, retry_after=(0.2,))  # type: ignore[arg-type]
+        result = paced.connect(_Named("s"))
+        below.connects[0][1].errback(ConnectionRefusedError())
+        self.failureResultOf(result, ConnectionRefusedError)
+        self.assertEqual((clock.getDelayedCalls(), paced.in_flight), ([], 0))
+
+    def test_a_given_up_connect_is_not_made_again(self) -> None:
+        below = ManualEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, clock=clock, retry_after=(0.2,))  # type: ignore[arg-type]
+        result = paced.connect(_Named("s"))
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        clock.advance(0.2)
+        self.assertEqual((below.started, paced.restarts), (["s"], 0))
+        clock.advance(GIVE_UP_GRACE)
+        self.assertEqual((below.cancelled, paced.in_flight), (["s"], 0))
+
+    def test_only_connects_to_this_machine_are_made_again(self) -> None:
+        clock = Clock()
+        for endpoint, retries in [
+            (TCP4ClientEndpoint(clock, "127.0.0.1", 1), LOOPBACK_RETRIES),
+            (TCP4ClientEndpoint(clock, "127.0.1.5", 1), LOOPBACK_RETRIES),
+            (TCP4ClientEndpoint(clock, "localhost", 1), LOOPBACK_RETRIES),
+            (TCP6ClientEndpoint(clock, "::1", 1), LOOPBACK_RETRIES),
+            (TCP4ClientEndpoint(clock, "192.0.2.1", 1), ()),
+            (TCP4ClientEndpoint(clock, "gpu.example", 1), ()),
+            (UNIXClientEndpoint(clock, "/run/x.sock"), ()),
+        ]:
+            self.assertEqual(retries_for(endpoint), retries, endpoint)
+
     def test_limit_must_be_positive(self) -> None:
         with self.assertRaises(ValueError):
             PacedEndpoint(ManualEndpoint(), limit=0)  # type: ignore[arg-type]
@@ -188,7 +261,7 @@ class PendingOpenLimitTests(SynchronousTestCase):
         self.assertEqual((paced.in_flight, paced.waiting), (2, 1))
         self.assertEqual(sorted(b._accepting), [3, 5, 9])
         below.finish(1)
-        below.finish(2)
+        below.connects[2][1].callback(Protocol())
         pump.flush()
         below.finish(3)
         pump.flush()
@@ -249,3 +322,41 @@ class RealServiceTests(TestCase):
         self.assertEqual(len(client.channels), 300)
         self.assertEqual(len(timed.seconds), 300)
         self.assertLess(max(timed.seconds), 0.9)  # no SYN waited for its one-second retry
+
+
+class StalledServiceTests(TestCase):
+    async def test_a_dropped_syn_is_sent_again_without_waiting_a_second(self) -> None:
+        """A service that stops accepting for a moment (here: its accept queue of 2 is full,
+        then it catches up after 0.1 s) drops the SYN that arrives meanwhile; the kernel
+        would send it again after one second, the paced endpoint makes the connect again
+        after 0.2 s (it took 1.0 s before, the kernel's retransmission)."""
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(2):  # Linux queues backlog + 1 completed connections
+            s = socket.create_connection(("127.0.0.1", port))
+            self.addCleanup(s.close)
+            fillers.append(s)
+        timed = TimedEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        paced = PacedEndpoint(timed, retry_after=retries_for(timed._endpoint))  # type: ignore[arg-type]
+        accepted: list[socket.socket] = []
+
+        def catch_up() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    return
+                self.addCleanup(conn.close)
+                accepted.append(conn)
+
+        # The service catches up after 0.1 s: what it does, not what the test waits for.
+        reactor.callLater(0.1, catch_up)  # type: ignore[attr-defined]
+        protocol = await paced.connect(Factory.forProtocol(Protocol))
+        self.addCleanup(protocol.transport.abortConnection)  # type: ignore[union-attr]
+        self.assertLess(timed.seconds[-1], 0.9)
+        self.assertEqual(paced.restarts, 1)

@@ -10,7 +10,13 @@ from twisted.internet.endpoints import clientFromString
 from nbbridge._memory import care_for_memory
 from nbbridge.crypto import load_authorized_keys
 from nbbridge.instances import InstanceHost, JupyterProcesses
-from nbbridge.mux import DEFAULT_CONNECTS_IN_FLIGHT, Acceptor, PacedEndpoint, ServiceMap
+from nbbridge.mux import (
+    DEFAULT_CONNECTS_IN_FLIGHT,
+    Acceptor,
+    PacedEndpoint,
+    ServiceMap,
+    retries_for,
+)
 from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
@@ -80,13 +86,15 @@ class Options(TunnelOptions):
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    # Connects to each service are paced, so a burst of opens never floods its listen queue.
+    # Connects to each service are paced, so a burst of opens never floods its listen queue,
+    # and one to this machine whose SYN a full queue dropped is made again at once.
+    endpoints = {s: clientFromString(reactor, e) for s, e in options["expose"]}
     services: Acceptor = ServiceMap(
         {
             s: PacedEndpoint(
-                clientFromString(reactor, e), options["connects-in-flight"], clock=reactor
+                e, options["connects-in-flight"], clock=reactor, retry_after=retries_for(e)
             )
-            for s, e in options["expose"]
+            for s, e in endpoints.items()
         }
     )
     host = None

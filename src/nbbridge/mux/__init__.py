@@ -12,7 +12,7 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
-from ._pacing import DEFAULT_CONNECTS_IN_FLIGHT, PacedEndpoint
+from ._pacing import DEFAULT_CONNECTS_IN_FLIGHT, PacedEndpoint, retries_for
 from ._resumable import LinkEnd
 from ._resume import (
     DEFAULT_GRACE,
@@ -62,4 +62,5 @@ __all__ = [
     "UnknownService",
     "features_payload",
     "peer_features",
+    "retries_for",
 ]
