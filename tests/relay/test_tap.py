@@ -176,6 +176,8 @@ class ServiceTests(unittest.TestCase):
         response = await treq.get(f"http://127.0.0.1:{host.port}/status", pool=pool)
         status = json.loads(await response.content())
         self.assertEqual(status["agents_online"], 0)
+        # A deep accept queue, not Twisted's 50: a flood must not cost honest SYNs.
+        self.assertEqual(port.backlog, 1024)  # type: ignore[attr-defined]
 
 
 class _Twistd(ProcessProtocol):

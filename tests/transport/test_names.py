@@ -9,6 +9,7 @@ from nbbridge.transport import (
     check_service_name,
     endpoint_string,
     is_loopback_host,
+    listen_endpoint_string,
     parse_mapping,
     parse_relay_url,
 )
@@ -34,6 +35,21 @@ class EndpointStringTests(SynchronousTestCase):
     def test_non_ascii_digits_are_not_ports(self) -> None:
         # "٨٠" (Arabic-Indic digits) is str.isdigit() but not a port anyone typed on purpose.
         self.assertEqual(endpoint_string("٨٠"), "٨٠")
+
+
+class ListenEndpointStringTests(SynchronousTestCase):
+    def test_tcp_and_tls_listeners_get_a_deep_queue(self) -> None:
+        for text, expected in (
+            ("8080", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+            ("tcp:8765:interface=0.0.0.0", "tcp:8765:interface=0.0.0.0:backlog=1024"),
+            ("tcp6:8765:interface=\\:\\:1", "tcp6:8765:interface=\\:\\:1:backlog=1024"),
+            ("ssl:443:privateKey=k.pem", "ssl:443:privateKey=k.pem:backlog=1024"),
+        ):
+            self.assertEqual(listen_endpoint_string(text), expected)
+
+    def test_a_given_backlog_and_other_kinds_are_kept(self) -> None:
+        for text in ("tcp:8765:backlog=10", "unix:/run/x.sock", "systemd:domain=INET:index=0"):
+            self.assertEqual(listen_endpoint_string(text), text)
 
 
 class MappingTests(SynchronousTestCase):

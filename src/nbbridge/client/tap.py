@@ -9,7 +9,7 @@ from twisted.internet.endpoints import serverFromString
 
 from nbbridge._memory import care_for_memory
 from nbbridge.crypto import parse_public_key
-from nbbridge.transport import endpoint_string
+from nbbridge.transport import listen_endpoint_string
 from nbbridge.tunnel import AgentLink, TunnelOptions
 
 from ._forward import ForwardService
@@ -33,17 +33,9 @@ class Options(TunnelOptions):
     required = ("agent", "agent-key")
     mapping_flag = "forward"
 
-    @staticmethod
-    def complete_endpoint(text: str) -> str:
-        """A bare port means 127.0.0.1; TCP forwards get a deep accept queue.
-
-        A browser or a load test opens many connections at once; with Twisted's default
-        backlog of 50 the kernel drops SYNs and the client retries a second later.
-        """
-        endpoint = endpoint_string(text)
-        if endpoint.startswith(("tcp:", "tcp6:")) and "backlog=" not in endpoint:
-            endpoint += ":backlog=1024"
-        return endpoint
+    #: A bare port means 127.0.0.1; TCP forwards get a deep accept queue (a browser or a
+    #: load test opens many connections at once).
+    complete_endpoint = staticmethod(listen_endpoint_string)
 
     optParameters = [
         ["agent", None, None, "name of the agent to reach"],

@@ -28,7 +28,7 @@ from nbbridge.store import (
     parse_store_url,
     read_password,
 )
-from nbbridge.transport import endpoint_string
+from nbbridge.transport import endpoint_string, listen_endpoint_string
 
 from ._auth import Authority
 from ._config import ConfigError, Limits, RelayConfig, SectionParser, load_config
@@ -157,7 +157,9 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
 
     admin = _admin_sha256(options)
     try:
-        endpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
+        # A deep accept queue: a flood must not make the kernel drop honest agents' SYNs.
+        listen = listen_endpoint_string(description)
+        endpoint = serverFromString(reactor, listen)  # type: ignore[no-untyped-call]
     except Exception as e:  # bad syntax, unknown kind, unreadable TLS key: all one line
         raise _fail(f"--listen {description}: {e}") from None
 

@@ -1,7 +1,8 @@
 """nbbridge.transport: how daemons reach the relay (URLs, TLS, WebSocket settings).
 
-* :func:`endpoint_string`, :func:`parse_mapping` — command-line shorthands shared by all
-  daemons (a bare port means loopback).
+* :func:`endpoint_string`, :func:`listen_endpoint_string`, :func:`parse_mapping` —
+  command-line shorthands shared by all daemons (a bare port means loopback; listeners get
+  a deep accept queue).
 * :func:`parse_relay_url` -> :class:`RelayURL` — ``ws://``/``wss://`` relay addresses, with
   ``ws://`` refused off loopback unless ``--insecure``.
 * :func:`client_endpoint` — an ``IStreamClientEndpoint`` to the relay, TLS-verified with
@@ -13,7 +14,12 @@
   control, link and data connections (2 MiB messages, 20 s pings).
 """
 
-from ._endpoints import check_service_name, endpoint_string, parse_mapping
+from ._endpoints import (
+    check_service_name,
+    endpoint_string,
+    listen_endpoint_string,
+    parse_mapping,
+)
 from ._explain import RelayCertificateError, RelayConnectError, explain_connect_error
 from ._tls import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, client_endpoint
 from ._trust import choose_trust_root, default_trust_root, load_trust_root
@@ -44,6 +50,7 @@ __all__ = [
     "endpoint_string",
     "explain_connect_error",
     "is_loopback_host",
+    "listen_endpoint_string",
     "load_trust_root",
     "parse_mapping",
     "parse_relay_url",

@@ -24,6 +24,27 @@ def endpoint_string(text: str) -> str:
     return text
 
 
+#: Accept queue for the listeners a burst reaches: the relay's port, the client's forwards.
+DEEP_BACKLOG = 1024
+
+
+def listen_endpoint_string(text: str, backlog: int = DEEP_BACKLOG) -> str:
+    """``endpoint_string``, and a TCP or TLS listener gets a deep accept queue (BACKLOG)
+    unless the string gives one.
+
+    Twisted listens with a backlog of 50. A browser or a load test opens many connections at
+    once, and a relay facing the internet takes floods of them; once its loop falls behind
+    by 50 connections (a stall of 50 ms under 1000 connects a second), the kernel drops
+    every further SYN, an honest agent's or client's as well, and each retries a second
+    later (bench/load.py saw link set-ups of 1.1 s under a flood). The kernel caps the
+    queue at ``net.core.somaxconn``.
+    """
+    endpoint = endpoint_string(text)
+    if endpoint.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
+        endpoint += f":backlog={backlog}"
+    return endpoint
+
+
 def check_service_name(name: str) -> str:
     """Return ``name`` if it is a valid service name (1-64 of ``[A-Za-z0-9._-]``), else raise.
 
