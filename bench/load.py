@@ -16,7 +16,8 @@ under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), th
    (127.0.1.1, 127.0.1.2, ...; honest links come from 127.0.0.1), each send an unfinished
    HTTP upgrade request one byte every ``--drip`` seconds (slowloris); one the relay closes
    is opened again 1 s later. The figures are the ratios hostile / quiet; the target is
-   within 20 %.
+   within 20 %. Beside them, the SYNs the kernel dropped at full accept queues during each
+   run (TcpExt ListenOverflows: machine-wide, so other processes' count too).
 2. **Idle channels.** ``--channels`` connections to the client's forward, all held open,
    each a channel over the client's one link (opened ``--batch`` at a time, each echoing a
    byte); time, and RSS / fds of each daemon per channel. Reference: the same count
@@ -57,6 +58,7 @@ from _procs import (
     machine_cpu,
     raise_fd_limit,
     rss_kib,
+    tcp_counters,
 )
 
 #: what a hostile connection sends, one byte at a time, never finishing the headers
@@ -183,6 +185,7 @@ def honest(
     traffic = args.traffic if traffic is None else traffic
     before = daemons(chain)
     all0, own0 = machine_cpu(), time.process_time()
+    overflows0 = tcp_counters().get("ListenOverflows", 0)
     child = Child(
         f"honest-{label}",
         [
@@ -205,6 +208,7 @@ def honest(
         child.stop()
     after = daemons(chain)
     all1, own1 = machine_cpu(), time.process_time()
+    overflows = tcp_counters().get("ListenOverflows", 0) - overflows0
     lines = [ln for ln in child.log_path.read_text().splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"_honest.py printed no result; see {child.log_path}")
@@ -212,6 +216,7 @@ def honest(
     if "error" in result:
         raise SystemExit(f"_honest.py failed:\n{result['error']}")
     result["relay_fds_after"] = after["relay"]["fds"]
+    result["listen_overflows"] = overflows
     result["relay_cpu_s"] = (after["relay"]["cpu_s"] or 0) - (before["relay"]["cpu_s"] or 0)
     result["relay_rss_MiB"] = after["relay"]["rss_MiB"]
     wall = result["setup_all_s"] + result["traffic_s"]
@@ -267,6 +272,7 @@ def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
         "retries": r["retries"],
         "attacker_cpu_pct": r["attacker_cpu_pct"],
         "machine_cpu_pct": r["machine_cpu_pct"],
+        "listen_overflows": r["listen_overflows"],
     }
 
 
@@ -299,6 +305,7 @@ def report_hostile(
         ("retries", "link attempts refused, retried", "{:.0f}"),
         ("attacker_cpu_pct", "attacker (this process) CPU, %", "{:.0f}"),
         ("machine_cpu_pct", "machine CPU busy (2 cores), %", "{:.0f}"),
+        ("listen_overflows", "SYNs dropped, full accept queues", "{:.0f}"),
     ):
         a, b = q[key], h[key]
         cells = [fmt.format(v) if v is not None else "-" for v in (q1[key], q2[key], a, b)]
