@@ -21,7 +21,8 @@ dropped). For a service on this machine, a connect takes microseconds unless its
 dropped, so ``retry_after`` restarts one still under way after 0.2 s, then 0.4 s, then
 0.8 s (a fresh socket sends its SYN at once, where the kernel would wait a second), and
 lets the last run its course. Cancelled while its SYN is unanswered, a connect leaves
-nothing at the service.
+nothing at the service; one the kernel completed while the reactor was busy past its time
+is seen by the reactor's next poll, which comes before the restart (``_due``).
 """
 
 from __future__ import annotations
@@ -146,17 +147,31 @@ class PacedEndpoint:
         """Make QUEUED's connect (attempt TRIES + 1), to be restarted while retries remain."""
         queued.started = d = self.endpoint.connect(queued.factory)
         if tries < len(self.retry_after) and not d.called:
-            timer = self._clock.callLater(self.retry_after[tries], self._restart, queued, d, tries)
+            timer = self._clock.callLater(self.retry_after[tries], self._due, queued, d, tries)
             d.addBoth(_stop_timer_passing, timer)
         d.addBoth(self._ended, queued, d)
 
+    def _due(self, queued: _Queued, d: Deferred[IProtocol], tries: int) -> None:
+        """D's time is up: it is restarted after the reactor has polled once more.
+
+        The reactor runs its due timers before it polls: when it was busy past D's time (a
+        burst of opens on a loaded machine), the kernel may have completed D meanwhile, and
+        cancelling it then would close a made connection (the service reads a FIN, and the
+        connection sits in the accept queue that is already short of room). A call made
+        from a timer runs only after the next poll, which sees such a connect completed.
+        """
+        last_look = self._clock.callLater(0, self._restart, queued, d, tries)
+        d.addBoth(_stop_timer_passing, last_look)
+
     def _restart(self, queued: _Queued, d: Deferred[IProtocol], tries: int) -> None:
-        """D is still under way after its time: its SYN was dropped. Make it again."""
+        """D is still under way after its time and one more poll: its SYN was dropped. Make
+        it again (its socket closed first: a burst may be near the limit of open files)."""
         if queued.waiter.called:
             return  # given up meanwhile: left to finish (see _Queued._cancel)
         self.restarts += 1
-        self._attempt(queued, tries + 1)
+        queued.started = None  # D's end, its cancellation, is no longer QUEUED's
         d.cancel()
+        self._attempt(queued, tries + 1)
 
     def _ended(self, result: Any, queued: _Queued, d: Deferred[IProtocol]) -> Any:
         """Attempt D ended. Unless a restart replaced it (then it was cancelled: nothing to
