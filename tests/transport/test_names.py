@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nbbridge.transport import (
@@ -50,6 +52,38 @@ class ListenEndpointStringTests(SynchronousTestCase):
     def test_a_given_backlog_and_other_kinds_are_kept(self) -> None:
         for text in ("tcp:8765:backlog=10", "unix:/run/x.sock", "systemd:domain=INET:index=0"):
             self.assertEqual(listen_endpoint_string(text), text)
+
+    def test_a_backlog_given_by_position_is_kept(self) -> None:
+        """Twisted takes fields by position too (tcp: port, interface, backlog; tcp6: port,
+        backlog, interface; ssl: its sixth): a second backlog made a valid string an error
+        ("got multiple values for argument 'backlog'")."""
+        for text in (
+            "tcp:8765:127.0.0.1:100",
+            "tcp6:8765:100:\\:\\:1",
+            "ssl:443:k.pem:c.pem:SSLv23_METHOD:127.0.0.1:100",
+        ):
+            self.assertEqual(listen_endpoint_string(text), text)
+        for text in ("tcp:8765:127.0.0.1:100", "tcp6:8765:100:\\:\\:1"):
+            endpoint = serverFromString(Clock(), listen_endpoint_string(text))  # type: ignore[no-untyped-call]
+            self.assertEqual(endpoint._backlog, 100)
+
+    def test_backlog_only_as_a_field_of_its_own(self) -> None:
+        """'backlog=' inside another field's value is not a backlog; the kind is read as
+        Twisted reads it (tcp6's parser takes any case)."""
+        for text, expected in (
+            (
+                "ssl:443:privateKey=/srv/backlog=2/k.pem",
+                "ssl:443:privateKey=/srv/backlog=2/k.pem:backlog=1024",
+            ),
+            ("TCP6:8765", "TCP6:8765:backlog=1024"),
+        ):
+            self.assertEqual(listen_endpoint_string(text), expected)
+
+    def test_a_trailing_backslash_is_left_for_twisted_to_refuse(self) -> None:
+        """Appended after an unpaired backslash, ':backlog=1024' became part of the last
+        value (here an interface named '127.0.0.1:backlog=1024'), far from what was typed."""
+        text = "tcp:8765:interface=127.0.0.1\\"
+        self.assertEqual(listen_endpoint_string(text), text)
 
 
 class MappingTests(SynchronousTestCase):

@@ -2,7 +2,7 @@
 
 * :func:`endpoint_string`, :func:`listen_endpoint_string`, :func:`parse_mapping` —
   command-line shorthands shared by all daemons (a bare port means loopback; listeners get
-  a deep accept queue).
+  a deep accept queue); :func:`split_description` reads an endpoint string as Twisted does.
 * :func:`parse_relay_url` -> :class:`RelayURL` — ``ws://``/``wss://`` relay addresses, with
   ``ws://`` refused off loopback unless ``--insecure``.
 * :func:`client_endpoint` — an ``IStreamClientEndpoint`` to the relay, TLS-verified with
@@ -19,6 +19,7 @@ from ._endpoints import (
     endpoint_string,
     listen_endpoint_string,
     parse_mapping,
+    split_description,
 )
 from ._explain import RelayCertificateError, RelayConnectError, explain_connect_error
 from ._tls import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, client_endpoint
@@ -54,6 +55,7 @@ __all__ = [
     "load_trust_root",
     "parse_mapping",
     "parse_relay_url",
+    "split_description",
     "websocket_client_factory",
     "websocket_options",
 ]

@@ -40,9 +40,50 @@ def listen_endpoint_string(text: str, backlog: int = DEEP_BACKLOG) -> str:
     queue at ``net.core.somaxconn``.
     """
     endpoint = endpoint_string(text)
-    if endpoint.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
-        endpoint += f":backlog={backlog}"
-    return endpoint
+    kind, args, kwargs = split_description(endpoint)
+    position = _BACKLOG_POSITION.get(kind)
+    if position is None or "backlog" in kwargs or len(args) > position:
+        return endpoint  # not a TCP or TLS listener, or its backlog is given
+    if (len(endpoint) - len(endpoint.rstrip("\\"))) % 2:
+        # An unpaired backslash would escape the ':' added: Twisted refuses it as typed.
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"
+
+
+#: Where each listener kind takes ``backlog`` among its positional fields (Twisted's parsers:
+#: tcp's port, interface, backlog; tcp6's port, backlog, interface; ssl's sixth).
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5}
+
+
+def split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """Split an endpoint string into its kind (lower case), positional and keyword fields.
+
+    Twisted's own parser is private, so this is a small tokenizer that follows its rules:
+    fields split at unescaped ``:``, a backslash escapes the next character, ``key=value``
+    fields are keyword arguments.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for c in chars:
+        if c == "\\":
+            current.append(next(chars, ""))
+        elif c == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    fields.append("".join(current))
+    kind, rest = fields[0].lower(), fields[1:]
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for field in rest:
+        key, eq, value = field.partition("=")
+        if eq:
+            kwargs[key] = value
+        else:
+            args.append(field)
+    return kind, args, kwargs
 
 
 def check_service_name(name: str) -> str:
