@@ -65,6 +65,17 @@ class ManualEndpoint:
         return [name for name, _ in self.connects]
 
 
+class RaisingEndpoint(ManualEndpoint):
+    """Its connects from number ``raise_from`` on raise (as if out of file descriptors)."""
+
+    raise_from = 0
+
+    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+        if len(self.connects) >= self.raise_from:
+            raise OSError(24, "Too many open files")
+        return super().connect(factory)
+
+
 class PacedEndpointTests(SynchronousTestCase):
     def test_at_most_limit_in_flight_the_rest_in_order(self) -> None:
         below = ManualEndpoint()
@@ -181,6 +192,23 @@ class PacedEndpointTests(SynchronousTestCase):
         clock.advance(0.2)
         clock.advance(0.4)
         self.assertEqual((below.cancelled_before, paced.restarts), ([0, 1, 2], 2))
+
+    def test_an_endpoint_that_raises_fails_the_connect_and_frees_its_slot(self) -> None:
+        """An endpoint may raise instead of returning a failed Deferred: the slot it took was
+        never freed (every later connect to the service waited forever), and a restart that
+        raised left its caller waiting forever too."""
+        below = RaisingEndpoint()
+        clock = Clock()
+        paced = PacedEndpoint(below, limit=1, clock=clock, retry_after=(0.2,))  # type: ignore[arg-type]
+        self.failureResultOf(paced.connect(_Named("s")), OSError)
+        self.assertEqual(paced.in_flight, 0)
+        below.raise_from = 1  # the first connect is under way, its restart raises
+        restarted = paced.connect(_Named("s"))
+        queued = paced.connect(_Named("next"))
+        clock.advance(0.2)
+        self.failureResultOf(restarted, OSError)
+        self.failureResultOf(queued, OSError)  # it took the slot, and its connect raised
+        self.assertEqual((paced.in_flight, paced.waiting, clock.getDelayedCalls()), (0, 0, []))
 
     def test_a_connect_done_in_time_is_not_made_again(self) -> None:
         below = ManualEndpoint()

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -144,8 +144,11 @@ class PacedEndpoint:
         self._attempt(queued, 0)
 
     def _attempt(self, queued: _Queued, tries: int) -> None:
-        """Make QUEUED's connect (attempt TRIES + 1), to be restarted while retries remain."""
-        queued.started = d = self.endpoint.connect(queued.factory)
+        """Make QUEUED's connect (attempt TRIES + 1), to be restarted while retries remain.
+
+        An endpoint that raises (rather than return a failed Deferred) fails the connect like
+        any other failure: raised through here, it kept its slot for good."""
+        queued.started = d = maybeDeferred(self.endpoint.connect, queued.factory)
         if tries < len(self.retry_after) and not d.called:
             timer = self._clock.callLater(self.retry_after[tries], self._due, queued, d, tries)
             d.addBoth(_stop_timer_passing, timer)
