@@ -42,7 +42,10 @@ class ClientOptionsTests(TestCase):
         o.parseOptions(self.args("--forward", "jupyter=8080", "--forward", "ssh=unix:/tmp/s"))
         self.assertEqual(
             o["forward"],
-            [("jupyter", "tcp:8080:interface=127.0.0.1:backlog=1024"), ("ssh", "unix:/tmp/s")],
+            [
+                ("jupyter", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+                ("ssh", "unix:/tmp/s:backlog=1024"),
+            ],
         )
         self.assertEqual(o["token"], "s3cret")
         service = makeService(o)

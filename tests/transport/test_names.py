@@ -50,8 +50,22 @@ class ListenEndpointStringTests(SynchronousTestCase):
             self.assertEqual(listen_endpoint_string(text), expected)
 
     def test_a_given_backlog_and_other_kinds_are_kept(self) -> None:
-        for text in ("tcp:8765:backlog=10", "unix:/run/x.sock", "systemd:domain=INET:index=0"):
+        for text in (
+            "tcp:8765:backlog=10",
+            "unix:/run/x.sock:backlog=10",
+            "systemd:domain=INET:index=0",
+        ):
             self.assertEqual(listen_endpoint_string(text), text)
+
+    def test_a_unix_listener_gets_a_deep_queue_too(self) -> None:
+        """A UNIX socket's full queue refuses at once (EAGAIN to a non-blocking connect, so
+        nginx in front of the relay answers 502), where a TCP one only drops the SYN."""
+        for text, expected in (
+            ("unix:/run/x.sock", "unix:/run/x.sock:backlog=1024"),
+            ("unix:/run/x.sock:mode=600", "unix:/run/x.sock:mode=600:backlog=1024"),
+            ("unix:/run/x.sock:600:10", "unix:/run/x.sock:600:10"),
+        ):
+            self.assertEqual(listen_endpoint_string(text), expected)
 
     def test_a_backlog_given_by_position_is_kept(self) -> None:
         """Twisted takes fields by position too (tcp: port, interface, backlog; tcp6: port,

@@ -33,8 +33,8 @@ class Options(TunnelOptions):
     required = ("agent", "agent-key")
     mapping_flag = "forward"
 
-    #: A bare port means 127.0.0.1; TCP forwards get a deep accept queue (a browser or a
-    #: load test opens many connections at once).
+    #: A bare port means 127.0.0.1; TCP, TLS and UNIX forwards get a deep accept queue (a
+    #: browser or a load test opens many connections at once).
     complete_endpoint = staticmethod(listen_endpoint_string)
 
     optParameters = [

@@ -29,21 +29,22 @@ DEEP_BACKLOG = 1024
 
 
 def listen_endpoint_string(text: str, backlog: int = DEEP_BACKLOG) -> str:
-    """``endpoint_string``, and a TCP or TLS listener gets a deep accept queue (BACKLOG)
-    unless the string gives one.
+    """``endpoint_string``, and a TCP, TLS or UNIX listener gets a deep accept queue
+    (BACKLOG) unless the string gives one.
 
     Twisted listens with a backlog of 50. A browser or a load test opens many connections at
     once, and a relay facing the internet takes floods of them; once its loop falls behind
     by 50 connections (a stall of 50 ms under 1000 connects a second), the kernel drops
     every further SYN, an honest agent's or client's as well, and each retries a second
-    later (bench/load.py saw link set-ups of 1.1 s under a flood). The kernel caps the
-    queue at ``net.core.somaxconn``.
+    later (bench/load.py saw link set-ups of 1.1 s under a flood). A UNIX socket's full
+    queue refuses at once (EAGAIN to a non-blocking connect: nginx in front of the relay
+    answers 502). The kernel caps the queue at ``net.core.somaxconn``.
     """
     endpoint = endpoint_string(text)
     kind, args, kwargs = split_description(endpoint)
     position = _BACKLOG_POSITION.get(kind)
     if position is None or "backlog" in kwargs or len(args) > position:
-        return endpoint  # not a TCP or TLS listener, or its backlog is given
+        return endpoint  # not a TCP, TLS or UNIX listener, or its backlog is given
     if (len(endpoint) - len(endpoint.rstrip("\\"))) % 2:
         # An unpaired backslash would escape the ':' added: Twisted refuses it as typed.
         return endpoint
@@ -51,8 +52,9 @@ def listen_endpoint_string(text: str, backlog: int = DEEP_BACKLOG) -> str:
 
 
 #: Where each listener kind takes ``backlog`` among its positional fields (Twisted's parsers:
-#: tcp's port, interface, backlog; tcp6's port, backlog, interface; ssl's sixth).
-_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5}
+#: tcp's port, interface, backlog; tcp6's port, backlog, interface; ssl's sixth; unix's
+#: address, mode, backlog). A systemd socket's is its unit's ``Backlog=``.
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5, "unix": 2}
 
 
 def split_description(description: str) -> tuple[str, list[str], dict[str, str]]:
