@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import stat
 import sys
 import tomllib
@@ -29,6 +28,7 @@ from nbbridge.client._forward import ForwardService
 from nbbridge.crypto import load_authorized_keys, load_private_key, parse_public_key
 from nbbridge.pairing import WORDS, PairingFailed, parse_code
 from nbbridge.tunnel import AgentLink
+from tests._ports import is_free
 from tests.tunnel import _tcp
 from tests.tunnel._harness import Client, TunnelTestCase
 from tests.tunnel._process import child_env, spawn, twistd_command
@@ -308,7 +308,7 @@ class PairCommandTests(_PairCase):
         # No flags: everything comes from the written client.toml. Its forward is echo=8081
         # (the first port for a service with no well-known one); only if another program
         # holds 8081 on this machine is it replaced by a free port, as a flag would.
-        flags = [] if _port_free(8081) else ["--forward", "echo=0"]
+        flags = [] if is_free(8081) else ["--forward", "echo=0"]
         client = spawn(
             self, "nbbridge-client", twistd_command("nbbridge-client", flags), laptop_env
         )
@@ -316,12 +316,3 @@ class PairCommandTests(_PairCase):
         if not flags:
             self.assertEqual(listening.group(1), "8081")
         await self.echo_once(int(listening.group(1)))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
