@@ -387,6 +387,12 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((guard.connections_per_ip, guard.exempt), (50, frozenset({"10.0.0.1"})))
         self.assertLessEqual(Limits().handshake_timeout, 30.0)
 
+    def test_exempt_addresses_are_written_as_peers_are(self) -> None:
+        """Written another way, an exempt address never matched a peer's."""
+        limits = {"per_ip_exempt": ["0:0:0:0:0:0:0:1", "::FFFF:127.0.0.2", "2001:DB8::1"]}
+        config = parse_config({"limits": limits}, "relay.toml")
+        self.assertEqual(config.limits.per_ip_exempt, ("::1", "127.0.0.2", "2001:db8::1"))
+
     def test_errors(self) -> None:
         for limits, message in [
             ({"per_ip_exempt": "127.0.0.1"}, "limits.per_ip_exempt: must be a list"),

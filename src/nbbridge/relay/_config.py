@@ -269,12 +269,17 @@ def _parse_limits(fail: Any, table: Mapping[str, Any]) -> Limits:
 
 
 def _address_list(fail: Any, key: str, value: Any) -> tuple[str, ...]:
-    """A list of IP addresses (as the peer's address is written: "127.0.0.1", "::1")."""
+    """A list of IP addresses, each written as a peer's address is ("0:0:0:0:0:0:0:1" is
+    "::1", "::ffff:127.0.0.1" is "127.0.0.1", see ``nbbridge.websocket.peer_ip``): written
+    otherwise, it never matched."""
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
         raise fail(key, 'must be a list of IP addresses, e.g. ["127.0.0.1", "::1"]')
+    addresses = []
     for address in value:
         try:
-            ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(address)
         except ValueError:
             raise fail(key, f"{address!r} is not an IP address") from None
-    return tuple(value)
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        addresses.append(str(mapped or ip))
+    return tuple(addresses)

@@ -15,7 +15,13 @@ from twisted.internet.interfaces import IReactorTime
 
 from nbbridge._internals import write_now
 from nbbridge.contract import CloseCode, Route, RouteKind, dial_message, registered_message
-from nbbridge.websocket import DataFrames, ServerWebSocket, set_server_options, xor_frame
+from nbbridge.websocket import (
+    DataFrames,
+    ServerWebSocket,
+    peer_ip,
+    set_server_options,
+    xor_frame,
+)
 from nbbridge.wire.websocket import OP_BINARY, OP_CONTINUATION, OP_TEXT, MessageTooBig, frame_header
 
 from ._auth import Refusal
@@ -208,7 +214,7 @@ class _PairProtocol(RelayWebSocket):
     @property
     def _address(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
-        return str(getattr(peer, "host", "peer"))
+        return peer_ip(peer) or "peer"
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.relay.pairing.carry(self, payload)

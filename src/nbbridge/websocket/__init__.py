@@ -11,7 +11,7 @@ Server side (the relay's routes, the hub, the gateway):
   with :class:`ConnectionLimits` a guard on those that have not finished their handshake
   (deadline, per-address and total caps, an early look for HTTP); refusals are logged through
   a :class:`RefusalLog` that aggregates them; :func:`request_done` gives a keep-alive HTTP
-  connection its next deadline.
+  connection its next deadline; :func:`peer_ip` is the address a peer is counted as.
 
 Data path (client links, agent data connections, the relay's splice):
 
@@ -37,7 +37,13 @@ from ._server import (
     truncate_reason,
 )
 from ._stream import LinkClosed, StreamClientProtocol, WebSocketStream, bind
-from ._tracking import ConnectionTracker, TrackedConnection, refusal_response, request_done
+from ._tracking import (
+    ConnectionTracker,
+    TrackedConnection,
+    peer_ip,
+    refusal_response,
+    request_done,
+)
 
 __all__ = [
     "MAX_REASON",
@@ -56,6 +62,7 @@ __all__ = [
     "WriteWatch",
     "bind",
     "could_be_http",
+    "peer_ip",
     "refusal_response",
     "request_done",
     "set_server_options",

@@ -60,9 +60,18 @@ def refusal_response(status: int, message: str) -> bytes:
 
 
 def peer_ip(addr: IAddress | None) -> str | None:
-    """The source address of a TCP peer (None for a UNIX socket or anything else)."""
-    if isinstance(addr, IPv4Address | IPv6Address):
+    """The source address of a TCP peer (None for a UNIX socket or anything else).
+
+    An IPv6 listener takes IPv4 connections too (Linux's default), and reports each peer
+    as an IPv4-mapped address (``::ffff:127.0.0.1``): it is the IPv4 address it maps, so
+    that a local reverse proxy is exempt and an IPv4 peer is counted as one address."""
+    if isinstance(addr, IPv4Address):
         return addr.host
+    if isinstance(addr, IPv6Address):
+        host = addr.host
+        if host.startswith("::ffff:") and "." in host:
+            return host[len("::ffff:") :]
+        return host
     return None
 
 

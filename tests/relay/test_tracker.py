@@ -1,4 +1,5 @@
-"""ConnectionTracker's counts of unfinished handshakes stay true on every path.
+"""ConnectionTracker: its counts of unfinished handshakes stay true on every path, and an
+IPv4 peer of an IPv6 listener counts as the IPv4 address it is.
 
 `_holds_its_share` compares an address's count with the mean over the addresses holding
 any (`_limited_handshakes` over `len(_handshakes_by_ip)`), so a count left behind by one
@@ -12,16 +13,19 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nbbridge.websocket._guard import ConnectionLimits
-from nbbridge.websocket._tracking import ConnectionTracker, TrackedConnection
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker, TrackedConnection, peer_ip
+from tests._cleanup import add_async_cleanup
 
 _ADDRESSES = [
     IPv4Address("TCP", "192.0.2.1", 1),
@@ -86,3 +90,65 @@ class CountTests(SynchronousTestCase):
         open_.clear()
         check(-1)
         self.assertEqual((tracker.handshakes, tracker._limited_handshakes), (0, 0))
+
+
+class _Hello(Protocol):
+    """The service behind the tracker: greets each connection it is given."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello\n")  # type: ignore[union-attr]
+
+
+class _FirstLine(Protocol):
+    def __init__(self) -> None:
+        self.line: Deferred[bytes] = Deferred()
+        self._data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self._data += data
+        if b"\n" in self._data and not self.line.called:
+            self.line.callback(self._data.split(b"\n", 1)[0])
+
+
+class MappedAddressTests(TestCase):
+    def test_peer_ip(self) -> None:
+        for address, ip in (
+            (IPv4Address("TCP", "192.0.2.1", 1), "192.0.2.1"),
+            (IPv6Address("TCP", "2001:db8::1", 1), "2001:db8::1"),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 1), "127.0.0.1"),
+            (IPv6Address("TCP", "::ffff:c000:201", 1), "::ffff:c000:201"),  # not dotted
+            (None, None),
+        ):
+            self.assertEqual(peer_ip(address), ip)
+
+    async def test_a_local_proxy_through_a_dual_stack_listener_is_exempt(self) -> None:
+        """An IPv6 listener takes IPv4 connections too (Linux's default), each from
+        '::ffff:127.0.0.1': a local reverse proxy's were not exempt, so its 2nd unfinished
+        handshake here (its 33rd by default) was refused with 429."""
+        limits = ConnectionLimits(handshakes_per_ip=1)
+        tracker = ConnectionTracker(Factory.forProtocol(_Hello), reactor, limits)
+        # Loopback only: the IPv4-mapped form of 127.0.0.1, on an IPv6 socket.
+        endpoint = serverFromString(reactor, "tcp6:0:interface=\\:\\:ffff\\:127.0.0.1")
+        port = await endpoint.listen(tracker)
+        self.addCleanup(port.stopListening)
+
+        async def idle() -> None:
+            await tracker.when_idle()
+
+        add_async_cleanup(self, idle)  # after the clients' clean-ups, which drop them
+        lines = []
+        for _ in range(2):
+            client = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), _FirstLine()
+            )
+            add_async_cleanup(self, _drop, client)
+            lines.append(await client.line)
+        self.assertEqual(lines, [b"hello", b"hello"])
+        self.assertEqual(tracker.refusals.counts, {})
+
+
+async def _drop(client: Protocol) -> None:
+    lost: Deferred[None] = Deferred()
+    client.connectionLost = lambda reason: lost.callback(None)  # type: ignore[method-assign]
+    client.transport.abortConnection()  # type: ignore[union-attr]
+    await lost
