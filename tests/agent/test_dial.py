@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
@@ -64,21 +66,53 @@ class DialURLTests(SynchronousTestCase):
         self.assertEqual(reactor.tcpClients, [])
 
 
+class _Recording:
+    """A relay endpoint that records each data connection the agent opens (its link id)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Deferred[object]] = []
+        self.links: list[str] = []
+
+    def connect(self, factory: Any) -> Deferred[object]:
+        self.links.append(factory.link_id)
+        self.attempts.append(Deferred())
+        return self.attempts[-1]
+
+
 class PendingDialTests(SynchronousTestCase):
     def test_dials_in_progress_are_bounded(self) -> None:
-        attempts: list[Deferred[object]] = []
-
-        class Endpoint:
-            def connect(self, factory: object) -> Deferred[object]:
-                attempts.append(Deferred())
-                return attempts[-1]
-
-        self.patch(_agent, "client_endpoint", lambda *args: Endpoint())
+        relay = _Recording()
+        attempts = relay.attempts
+        self.patch(_agent, "client_endpoint", lambda *args: relay)
         agent = make_agent(MemoryReactorClock(), "ws://127.0.0.1:8765", max_pending=2)
         for n in range(5):
             agent.dial(dial(link_id=f"{n}" * 32))
         self.assertEqual(len(attempts), 2)
-        # A connection that fails frees its slot.
+        # A connection that fails frees its slot: the oldest waiting dial takes it.
         attempts[0].errback(ConnectionRefusedError())
-        agent.dial(dial(link_id="z" * 32))
         self.assertEqual(len(attempts), 3)
+        self.assertEqual(relay.links[-1], "2" * 32)
+
+    def test_waiting_dials_start_in_order_while_the_relay_still_waits(self) -> None:
+        """Dials beyond the pending ones wait (64 at most, the rest refused); one that waited
+        longer than the relay's dial timeout is not answered (its client was closed)."""
+        relay = _Recording()
+        attempts = relay.attempts
+        self.patch(_agent, "client_endpoint", lambda *args: relay)
+        reactor = MemoryReactorClock()
+        agent = make_agent(reactor, "ws://127.0.0.1:8765", max_pending=1)
+        agent.dial(dial(link_id="a" * 32))
+        reactor.advance(5)
+        agent.dial(dial(link_id="b" * 32))
+        reactor.advance(5)
+        agent.dial(dial(link_id="c" * 32))
+        for n in range(_agent.MAX_QUEUED_DIALS):  # the queue is full after 62 of these
+            agent.dial(dial(link_id=f"{n:032d}"))
+        self.assertEqual(len(attempts), 1)
+        self.assertEqual(len(agent._queued_dials), _agent.MAX_QUEUED_DIALS)
+        attempts[0].errback(ConnectionRefusedError())  # b waited 5 s: still answered
+        self.assertEqual(relay.links[-1], "b" * 32)
+        reactor.advance(_agent.QUEUED_DIAL_LIFETIME)
+        attempts[1].errback(ConnectionRefusedError())  # everything queued has expired
+        self.assertEqual(len(attempts), 2)
+        self.assertEqual(len(agent._queued_dials), 0)

@@ -15,6 +15,7 @@ at once, so a confused or hostile relay cannot make it open connections without 
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +57,11 @@ from nbbridge.websocket import StreamClientProtocol, bind
 
 #: Data connections the agent opens at once, before their client is authenticated.
 MAX_PENDING_DIALS = 16
+#: Dials beyond those that wait their turn (the relay's default links_per_agent).
+MAX_QUEUED_DIALS = 64
+#: Seconds a queued dial stays worth answering: the relay's default dial_timeout, after
+#: which it has given up the link and closed its client (4408).
+QUEUED_DIAL_LIFETIME = 10.0
 
 
 class _ControlProtocol(StreamClientProtocol):
@@ -175,6 +181,8 @@ class Agent(MultiService):
         #: data connections dialled and not yet authenticated (or failed)
         self._dialling: set[object] = set()
         self._max_pending_dials = max_pending_dials
+        #: dials beyond the pending ones, oldest first: (when, url, dial)
+        self._queued_dials: deque[tuple[float, str, Dial]] = deque()
         self._token = token
         self._ca_file = ca_file
         self.online = False
@@ -228,10 +236,21 @@ class Agent(MultiService):
             self._log.warn("relay asked for a data connection to another origin or agent; refused")
             return
         if len(self._dialling) >= self._max_pending_dials:
-            self._log.warn(
-                "{n} data connections are still being set up; dial refused", n=len(self._dialling)
-            )
+            # The relay's own cap counts dials until the data connection arrives, ours until
+            # the client is authenticated: a burst of clients may pass the one and not the
+            # other. Dropped, each of their links would wait out the relay's dial timeout.
+            if len(self._queued_dials) >= MAX_QUEUED_DIALS:
+                self._log.warn(
+                    "{n} data connections are still being set up and {q} dials wait; dial refused",
+                    n=len(self._dialling),
+                    q=len(self._queued_dials),
+                )
+                return
+            self._queued_dials.append((self.reactor.seconds(), url, dial))
             return
+        self._start_dial(url, dial)
+
+    def _start_dial(self, url: str, dial: Dial) -> None:
         factory = self._factory(url, _DataProtocol, text=False)
         factory.link_id = dial.link_id
         token = object()
@@ -240,7 +259,7 @@ class Agent(MultiService):
         d = client_endpoint(self.reactor, self.relay, self._ca_file).connect(factory)
 
         def failed(f: Failure) -> None:
-            self._dialling.discard(token)
+            self._dial_ended(token)
             self._log.warn("cannot open data link: {why}", why=f.getErrorMessage())
 
         d.addErrback(failed)
@@ -258,7 +277,18 @@ class Agent(MultiService):
 
     def dial_done(self, link: _DataProtocol) -> None:
         """LINK's client is authenticated, refused, or gone: it no longer counts as pending."""
-        self._dialling.discard(link.factory.dialling)
+        self._dial_ended(link.factory.dialling)
+
+    def _dial_ended(self, token: object) -> None:
+        """A dial no longer pending: the oldest queued one still worth answering starts."""
+        if token not in self._dialling:
+            return
+        self._dialling.discard(token)
+        now = self.reactor.seconds()
+        while self._queued_dials and len(self._dialling) < self._max_pending_dials:
+            queued_at, url, dial = self._queued_dials.popleft()
+            if now - queued_at < QUEUED_DIAL_LIFETIME and not self._stopping:
+                self._start_dial(url, dial)
 
     def stopService(self) -> Deferred[None]:
         self._stopping = True
