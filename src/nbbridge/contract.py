@@ -152,6 +152,11 @@ def parse_route(segments: Sequence[str]) -> Route | None:
             return None
 
 
+#: Seconds the relay waits for an agent's data connection by default (its `dial_timeout`),
+#: after which the client's link ends with 4408; an agent's queued dials wait no longer.
+DEFAULT_DIAL_TIMEOUT = 10.0
+
+
 @attrs.frozen
 class Dial:
     """The relay asks an agent to open a data connection for LINK_ID at URL.

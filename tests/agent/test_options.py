@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nbbridge.agent.tap import Options, makeService
+from nbbridge.agent.tap import Options, connect_retries, makeService
 from nbbridge.crypto import PrivateKey, write_private_key
 from nbbridge.demo import write_secret
-from nbbridge.mux import DEFAULT_CONNECTS_IN_FLIGHT, ChannelLimits, PacedEndpoint
+from nbbridge.mux import DEFAULT_CONNECTS_IN_FLIGHT, LOOPBACK_RETRIES, ChannelLimits, PacedEndpoint
 
 
 def refused(test: TestCase, args: list[str]) -> str:
@@ -188,3 +188,17 @@ class AgentConfigTests(TestCase):
             f.write('forward = ["x=1"]\n')
         e = refused(self, ["--config", f.name])
         self.assertIn("unknown key 'forward'", e)  # the client's key, not the agent's
+
+
+class ConnectRetriesTests(SynchronousTestCase):
+    def test_only_connects_to_this_machine_are_made_again(self) -> None:
+        for description, retries in [
+            ("tcp:127.0.0.1:8888", LOOPBACK_RETRIES),
+            ("tcp:host=127.0.1.5:port=8888", LOOPBACK_RETRIES),
+            ("tcp:localhost:8888", LOOPBACK_RETRIES),
+            ("tcp:host=\\:\\:1:port=8888", LOOPBACK_RETRIES),
+            ("tcp:192.0.2.1:8888", ()),
+            ("tcp:gpu.example:8888", ()),
+            ("unix:/run/x.sock", ()),
+        ]:
+            self.assertEqual(connect_retries(description), retries, description)

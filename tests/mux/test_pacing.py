@@ -6,7 +6,7 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -21,7 +21,6 @@ from nbbridge.mux import (
     ServiceMap,
     SessionClosed,
     TooManyChannels,
-    retries_for,
 )
 from nbbridge.mux._pacing import GIVE_UP_GRACE, LOOPBACK_RETRIES
 from tests._cleanup import add_async_cleanup
@@ -244,19 +243,6 @@ class PacedEndpointTests(SynchronousTestCase):
         clock.advance(GIVE_UP_GRACE)
         self.assertEqual((below.cancelled, paced.in_flight), (["s"], 0))
 
-    def test_only_connects_to_this_machine_are_made_again(self) -> None:
-        clock = Clock()
-        for endpoint, retries in [
-            (TCP4ClientEndpoint(clock, "127.0.0.1", 1), LOOPBACK_RETRIES),
-            (TCP4ClientEndpoint(clock, "127.0.1.5", 1), LOOPBACK_RETRIES),
-            (TCP4ClientEndpoint(clock, "localhost", 1), LOOPBACK_RETRIES),
-            (TCP6ClientEndpoint(clock, "::1", 1), LOOPBACK_RETRIES),
-            (TCP4ClientEndpoint(clock, "192.0.2.1", 1), ()),
-            (TCP4ClientEndpoint(clock, "gpu.example", 1), ()),
-            (UNIXClientEndpoint(clock, "/run/x.sock"), ()),
-        ]:
-            self.assertEqual(retries_for(endpoint), retries, endpoint)
-
     def test_limit_must_be_positive(self) -> None:
         with self.assertRaises(ValueError):
             PacedEndpoint(ManualEndpoint(), limit=0)  # type: ignore[arg-type]
@@ -385,7 +371,7 @@ class StalledServiceTests(TestCase):
             self.addCleanup(s.close)
             fillers.append(s)
         timed = TimedEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
-        paced = PacedEndpoint(timed, retry_after=retries_for(timed._endpoint))  # type: ignore[arg-type]
+        paced = PacedEndpoint(timed, retry_after=LOOPBACK_RETRIES)  # type: ignore[arg-type]
         accepted: list[socket.socket] = []
 
         def catch_up() -> None:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nbbridge.contract import (
+    DEFAULT_DIAL_TIMEOUT,
     Dial,
     Registered,
     bearer_headers,
@@ -61,7 +62,7 @@ MAX_PENDING_DIALS = 16
 MAX_QUEUED_DIALS = 64
 #: Seconds a queued dial stays worth answering: the relay's default dial_timeout, after
 #: which it has given up the link and closed its client (4408).
-QUEUED_DIAL_LIFETIME = 10.0
+QUEUED_DIAL_LIFETIME = DEFAULT_DIAL_TIMEOUT
 
 
 class _ControlProtocol(StreamClientProtocol):

@@ -12,11 +12,12 @@ from nbbridge.crypto import load_authorized_keys
 from nbbridge.instances import InstanceHost, JupyterProcesses
 from nbbridge.mux import (
     DEFAULT_CONNECTS_IN_FLIGHT,
+    LOOPBACK_RETRIES,
     Acceptor,
     PacedEndpoint,
     ServiceMap,
-    retries_for,
 )
+from nbbridge.transport import is_loopback_host, split_description
 from nbbridge.tunnel import TunnelOptions
 
 from ._agent import Agent
@@ -27,6 +28,16 @@ def client_endpoint_string(text: str) -> str:
     if text.isdigit():
         return f"tcp:127.0.0.1:{text}"
     return text
+
+
+def connect_retries(description: str) -> tuple[float, ...]:
+    """When connects to the service at DESCRIPTION are made again (``PacedEndpoint``):
+    ``LOOPBACK_RETRIES`` for a TCP service on this machine, where a connect still under way
+    after 0.2 s lost its SYN to a full accept queue; none for a remote host (its round trip
+    may be longer) or a UNIX socket (a full queue refuses at once)."""
+    kind, args, kwargs = split_description(description)
+    host = kwargs.get("host", args[0] if args else "")
+    return LOOPBACK_RETRIES if kind == "tcp" and is_loopback_host(host) else ()
 
 
 class Options(TunnelOptions):
@@ -88,13 +99,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
     # Connects to each service are paced, so a burst of opens never floods its listen queue,
     # and one to this machine whose SYN a full queue dropped is made again at once.
-    endpoints = {s: clientFromString(reactor, e) for s, e in options["expose"]}
     services: Acceptor = ServiceMap(
         {
             s: PacedEndpoint(
-                e, options["connects-in-flight"], clock=reactor, retry_after=retries_for(e)
+                clientFromString(reactor, e),
+                options["connects-in-flight"],
+                clock=reactor,
+                retry_after=connect_retries(e),
             )
-            for s, e in endpoints.items()
+            for s, e in options["expose"]
         }
     )
     host = None

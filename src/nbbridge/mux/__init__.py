@@ -12,7 +12,7 @@ from ._errors import (
     UnknownService,
 )
 from ._forwarding import ForwardCounters, ForwardingFactory, SpliceFactory, TcpSide
-from ._pacing import DEFAULT_CONNECTS_IN_FLIGHT, PacedEndpoint, retries_for
+from ._pacing import DEFAULT_CONNECTS_IN_FLIGHT, LOOPBACK_RETRIES, PacedEndpoint
 from ._resumable import LinkEnd
 from ._resume import (
     DEFAULT_GRACE,
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_WINDOW",
+    "LOOPBACK_RETRIES",
     "RESUME_FEATURE",
     "Acceptor",
     "Channel",
@@ -62,5 +63,4 @@ __all__ = [
     "UnknownService",
     "features_payload",
     "peer_features",
-    "retries_for",
 ]

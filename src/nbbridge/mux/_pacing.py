@@ -27,13 +27,11 @@ is seen by the reactor's next poll, which comes before the restart (``_due``).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -151,7 +149,7 @@ class PacedEndpoint:
         queued.started = d = maybeDeferred(self.endpoint.connect, queued.factory)
         if tries < len(self.retry_after) and not d.called:
             timer = self._clock.callLater(self.retry_after[tries], self._due, queued, d, tries)
-            d.addBoth(_stop_timer_passing, timer)
+            d.addBoth(_stop_timer, timer)
         d.addBoth(self._ended, queued, d)
 
     def _due(self, queued: _Queued, d: Deferred[IProtocol], tries: int) -> None:
@@ -164,7 +162,7 @@ class PacedEndpoint:
         from a timer runs only after the next poll, which sees such a connect completed.
         """
         last_look = self._clock.callLater(0, self._restart, queued, d, tries)
-        d.addBoth(_stop_timer_passing, last_look)
+        d.addBoth(_stop_timer, last_look)
 
     def _restart(self, queued: _Queued, d: Deferred[IProtocol], tries: int) -> None:
         """D is still under way after its time and one more poll: its SYN was dropped. Make
@@ -211,28 +209,10 @@ class PacedEndpoint:
         return failure
 
 
-def retries_for(endpoint: IStreamClientEndpoint) -> tuple[float, ...]:
-    """``LOOPBACK_RETRIES`` for a TCP endpoint to this machine (an address on loopback or
-    ``localhost``), none for anything else (a remote host, a UNIX socket, whose full queue
-    refuses at once)."""
-    if not isinstance(endpoint, TCP4ClientEndpoint | TCP6ClientEndpoint):
-        return ()
-    host = str(endpoint._host)  # the endpoint keeps what it was given; no public accessor
-    if host == "localhost":
-        return LOOPBACK_RETRIES
-    try:
-        return LOOPBACK_RETRIES if ipaddress.ip_address(host).is_loopback else ()
-    except ValueError:
-        return ()
-
-
-def _stop_timer(result: object, timer: IDelayedCall) -> None:
+def _stop_timer(result: Any, timer: IDelayedCall) -> Any:
+    """A callback: TIMER is no longer needed once the Deferred fired; RESULT passes on."""
     if timer.active():
         timer.cancel()
-
-
-def _stop_timer_passing(result: Any, timer: IDelayedCall) -> Any:
-    _stop_timer(result, timer)
     return result
 
 

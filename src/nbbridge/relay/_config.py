@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from nbbridge.contract import valid_name
+from nbbridge.contract import DEFAULT_DIAL_TIMEOUT, valid_name
 from nbbridge.websocket import ConnectionLimits
 
 ALL_AGENTS = "*"
@@ -62,7 +62,7 @@ class Limits:
     max_message_size: int = 2 * 1024 * 1024
     #: bytes a client may send before its agent answered the dial (reading is paused meanwhile)
     pending_buffer: int = 256 * 1024
-    dial_timeout: float = 10.0
+    dial_timeout: float = DEFAULT_DIAL_TIMEOUT
     #: a dead peer is noticed within ping_interval + ping_timeout seconds
     ping_interval: float = 25.0
     ping_timeout: float = 30.0

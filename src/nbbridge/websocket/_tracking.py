@@ -220,8 +220,6 @@ class ConnectionTracker(_WrappingFactory):
         self._idle: Waiters[None] = Waiters(clock)
         self._connections_by_ip: Counter[str] = Counter()
         self._handshakes_by_ip: Counter[str] = Counter()
-        #: the unfinished handshakes of limited (not exempt) addresses: the sum of the above
-        self._limited_handshakes = 0
         #: connections that have not finished their handshake, oldest first
         self._unfinished: dict[TrackedConnection, None] = {}
         self.handshakes = 0
@@ -263,6 +261,11 @@ class ConnectionTracker(_WrappingFactory):
             if not self._evict_oldest():
                 return 503, "handshakes_total", why
         return None
+
+    @property
+    def _limited_handshakes(self) -> int:
+        """The unfinished handshakes of limited (not exempt) addresses."""
+        return sum(self._handshakes_by_ip.values())
 
     def _holds_its_share(self, ip: str | None) -> bool:
         """Whether IP (a limited address) holds at least the mean number of unfinished
@@ -327,7 +330,6 @@ class ConnectionTracker(_WrappingFactory):
         if self._limited(p.peer_ip):
             assert p.peer_ip is not None
             self._handshakes_by_ip[p.peer_ip] += 1
-            self._limited_handshakes += 1
 
     def handshake_finished(self, p: TrackedConnection) -> None:
         """P no longer counts as an unfinished handshake (upgraded or gone)."""
@@ -336,7 +338,6 @@ class ConnectionTracker(_WrappingFactory):
         if self._limited(p.peer_ip):
             assert p.peer_ip is not None
             _decrement(self._handshakes_by_ip, p.peer_ip)
-            self._limited_handshakes -= 1
 
     def open_protocols(self) -> list[Any]:
         """The protocols (HTTP channels, WebSockets) of the open connections."""
