@@ -63,6 +63,8 @@ class AgentOptionsTests(TestCase):
         for endpoint in services.values():
             self.assertIsInstance(endpoint, PacedEndpoint)
             self.assertEqual(endpoint.limit, DEFAULT_CONNECTS_IN_FLIGHT)
+            # Both are on this machine: a connect whose SYN was dropped is made again.
+            self.assertEqual(endpoint.retry_after, LOOPBACK_RETRIES)
 
     def test_expose_twice_refused(self) -> None:
         e = self.assertRaises(
