@@ -15,9 +15,11 @@ under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), th
    ``--hostile`` connections, from ``--hostile-addresses`` loopback source addresses
    (127.0.1.1, 127.0.1.2, ...; honest links come from 127.0.0.1), each send an unfinished
    HTTP upgrade request one byte every ``--drip`` seconds (slowloris); one the relay closes
-   is opened again 1 s later. The figures are the ratios hostile / quiet; the target is
-   within 20 %. Beside them, the SYNs the kernel dropped at full accept queues during each
-   run (TcpExt ListenOverflows: machine-wide, so other processes' count too).
+   is opened again 1 s later. The flood is ``_slowloris.py``, a lean process of its own
+   (its CPU, shown beside the figures, is not the relay's cost). The figures are the
+   ratios hostile / quiet; the target is within 20 %. Beside them, the SYNs the kernel
+   dropped at full accept queues during each run (TcpExt ListenOverflows: machine-wide, so
+   other processes' count too).
 2. **Idle channels.** ``--channels`` connections to the client's forward, all held open,
    each a channel over the client's one link (opened ``--batch`` at a time, each echoing a
    byte); time, and RSS / fds of each daemon per channel. Reference: the same count
@@ -35,8 +37,6 @@ daemons inherit it. Every phase is bounded in time and stops by itself.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -59,13 +59,6 @@ from _procs import (
     raise_fd_limit,
     rss_kib,
     tcp_counters,
-)
-
-#: what a hostile connection sends, one byte at a time, never finishing the headers
-SLOW_REQUEST = (
-    b"GET /agent/bench HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Padding: " + b"a" * 4000
 )
 
 
@@ -98,93 +91,51 @@ def daemons(chain: Nbbridge) -> dict[str, dict[str, float | None]]:
 # --- 1. hostile slow connections beside honest links -------------------------------------
 
 
-class Hostile:
-    """COUNT slowloris connections, kept at COUNT until stopped: a closed one is reopened."""
+class Flood:
+    """``_slowloris.py`` in a process of its own; its figures are its last JSON line."""
 
-    def __init__(self, port: int, count: int, addresses: int, drip: float) -> None:
-        self.port = port
-        self.count = count
-        self.addresses = addresses
-        self.drip = drip
-        self.open = 0
-        self.peak = 0
-        self.opened = 0
-        self.closed_by_relay = 0
-        self.connect_failed = 0
-        self.lifetimes: list[float] = []
-        self.errors: dict[str, int] = {}
-        self._stop = asyncio.Event()
+    def __init__(self, work: Path, port: int, args: argparse.Namespace) -> None:
+        self.child = Child(
+            "slowloris",
+            [
+                sys.executable,
+                str(Path(__file__).with_name("_slowloris.py")),
+                str(port),
+                str(args.hostile),
+                str(args.hostile_addresses),
+                str(args.drip),
+            ],
+            work,
+        )
 
-    def source(self, i: int) -> str:
-        n = i % self.addresses
-        return f"127.0.1.{n + 1}"
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
-    async def one(self, i: int) -> None:
-        while not self._stop.is_set():
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.port, local_addr=(self.source(i), 0)),
-                    10,
-                )
-            except (OSError, TimeoutError) as e:
-                self.connect_failed += 1
-                self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
-                await self._pause(1.0)
-                continue
-            self.opened += 1
-            self.open += 1
-            self.peak = max(self.peak, self.open)
-            born = time.monotonic()
-            try:
-                await self._drip(reader, writer)
-            finally:
-                self.open -= 1
-                writer.transport.abort()
-            if not self._stop.is_set():
-                self.closed_by_relay += 1
-                self.lifetimes.append(time.monotonic() - born)
-                await self._pause(1.0)
+    def figures(self) -> dict[str, Any]:
+        lines = [ln for ln in self.child.log_path.read_text().splitlines() if ln.startswith("{")]
+        return json.loads(lines[-1]) if lines else {"open": 0}
 
-    async def _drip(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A byte every ``drip`` seconds until the relay closes or we are stopped."""
-        closed = asyncio.ensure_future(reader.read(65536))
-        try:
-            for byte in SLOW_REQUEST:
-                if self._stop.is_set():
-                    return
-                try:
-                    writer.write(bytes([byte]))
-                except OSError:
-                    return
-                done, _ = await asyncio.wait({closed}, timeout=self.drip)
-                if done:
-                    return  # the relay answered (an error) or closed
-        finally:
-            closed.cancel()
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    def start(self) -> list[asyncio.Task[None]]:
-        # Started a few at a time, like a flood ramping up, not one SYN burst.
-        return [asyncio.ensure_future(self._staggered(i)) for i in range(self.count)]
-
-    async def _staggered(self, i: int) -> None:
-        await self._pause(i / 500)
-        await self.one(i)
-
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self) -> dict[str, Any]:
+        """Stop the flood; its final figures."""
+        self.child.stop()
+        return self.figures()
 
 
 def honest(
-    chain: Nbbridge, args: argparse.Namespace, label: str, traffic: float | None = None
+    chain: Nbbridge,
+    args: argparse.Namespace,
+    label: str,
+    traffic: float | None = None,
+    attacker: int | None = None,
 ) -> dict[str, Any]:
-    """Run _honest.py once (blocking); its JSON result, with the relay's figures."""
+    """Run _honest.py once (blocking); its JSON result, with the relay's figures.
+
+    ATTACKER: the pid of the flood running meanwhile, whose CPU is reported too."""
     traffic = args.traffic if traffic is None else traffic
     before = daemons(chain)
-    all0, own0 = machine_cpu(), time.process_time()
+    all0 = machine_cpu()
+    own0 = cpu_seconds(attacker) if attacker else None
     overflows0 = tcp_counters().get("ListenOverflows", 0)
     child = Child(
         f"honest-{label}",
@@ -207,7 +158,8 @@ def honest(
     finally:
         child.stop()
     after = daemons(chain)
-    all1, own1 = machine_cpu(), time.process_time()
+    all1 = machine_cpu()
+    own1 = cpu_seconds(attacker) if attacker else None
     overflows = tcp_counters().get("ListenOverflows", 0) - overflows0
     lines = [ln for ln in child.log_path.read_text().splitlines() if ln.startswith("{")]
     if not lines:
@@ -220,41 +172,43 @@ def honest(
     result["relay_cpu_s"] = (after["relay"]["cpu_s"] or 0) - (before["relay"]["cpu_s"] or 0)
     result["relay_rss_MiB"] = after["relay"]["rss_MiB"]
     wall = result["setup_all_s"] + result["traffic_s"]
-    # This process is the attacker: its CPU is taken from the machine the honest links share.
-    result["attacker_cpu_pct"] = 100 * (own1 - own0) / wall if wall else None
+    # The attacker's CPU is taken from the machine the honest links share: shown beside.
+    result["attacker_cpu_pct"] = (
+        100 * (own1 - own0) / wall if wall and own0 is not None and own1 is not None else None
+    )
     busy, total = all1[0] - all0[0], all1[1] - all0[1]
     result["machine_cpu_pct"] = 100 * busy / total if total else None
     return result
 
 
-async def hostile_phase(chain: Nbbridge, args: argparse.Namespace) -> dict[str, Any]:
-    hostile = Hostile(chain.relay_port, args.hostile, args.hostile_addresses, args.drip)
-    tasks = hostile.start()
-    # Let the flood build up: all started (staggered over count/500 s), then a few drips.
-    ramp_end = time.monotonic() + args.hostile / 500 + 10
-    while time.monotonic() < ramp_end:
-        await asyncio.sleep(1)
-    relay_fds = fd_count(chain.pids["relay"])
-    log(
-        f"  hostile: {hostile.open} open ({hostile.opened} opened, {hostile.closed_by_relay} "
-        f"closed by the relay, {hostile.connect_failed} connects failed); relay fds {relay_fds}"
-    )
-    open_at_start = hostile.open
-    result = await asyncio.to_thread(honest, chain, args, "hostile")
+def hostile_phase(chain: Nbbridge, args: argparse.Namespace) -> dict[str, Any]:
+    flood = Flood(chain.work, chain.relay_port, args)
+    try:
+        # Let the flood build up: all started (500 a second), then a few drips.
+        time.sleep(args.hostile / 500 + 10)
+        relay_fds = fd_count(chain.pids["relay"])
+        now = flood.figures()
+        log(
+            f"  hostile: {now['open']} open ({now.get('opened')} opened, "
+            f"{now.get('closed_by_relay')} closed by the relay, {now.get('connect_failed')} "
+            f"connects failed); relay fds {relay_fds}"
+        )
+        result = honest(chain, args, "hostile", attacker=flood.pid)
+        at_end = flood.figures()
+    finally:
+        final = flood.stop()
     result["hostile"] = {
-        "open_when_honest_started": open_at_start,
-        "open_at_end": hostile.open,
-        "peak_open": hostile.peak,
-        "opened": hostile.opened,
-        "closed_by_relay": hostile.closed_by_relay,
-        "connect_failed": hostile.connect_failed,
-        "errors": hostile.errors,
-        "lifetime_p50_s": statistics.median(hostile.lifetimes) if hostile.lifetimes else None,
-        "lifetime_max_s": max(hostile.lifetimes) if hostile.lifetimes else None,
+        "open_when_honest_started": now["open"],
+        "open_at_end": at_end["open"],
+        "peak_open": final["peak_open"],
+        "opened": final["opened"],
+        "closed_by_relay": final["closed_by_relay"],
+        "connect_failed": final["connect_failed"],
+        "errors": final["errors"],
+        "lifetime_p50_s": final["lifetime_p50_s"],
+        "lifetime_max_s": final["lifetime_max_s"],
         "relay_fds_during": relay_fds,
     }
-    hostile.stop()
-    await asyncio.wait(tasks, timeout=30)
     return result
 
 
@@ -303,7 +257,7 @@ def report_hostile(
         ("setup_all_s", f"all {args.links} links up, s", "{:.2f}"),
         ("relay_cpu_s", "relay CPU during the run, s", "{:.1f}"),
         ("retries", "link attempts refused, retried", "{:.0f}"),
-        ("attacker_cpu_pct", "attacker (this process) CPU, %", "{:.0f}"),
+        ("attacker_cpu_pct", "attacker CPU, % of one core", "{:.0f}"),
         ("machine_cpu_pct", "machine CPU busy (2 cores), %", "{:.0f}"),
         ("listen_overflows", "SYNs dropped, full accept queues", "{:.0f}"),
     ):
@@ -500,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             log("load: honest links on a quiet relay")
             quiet = honest(chain, args, "quiet")
             log("load: honest links under the hostile flood")
-            loud = asyncio.run(hostile_phase(chain, args))
+            loud = hostile_phase(chain, args)
             time.sleep(5.0)
             log("load: honest links on a quiet relay again")
             again = honest(chain, args, "quiet-again")
