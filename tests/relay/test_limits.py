@@ -301,7 +301,7 @@ class CapTests(GuardTestCase):
         self.assertIn(b"the oldest is closed to make room", answer)
         self.assertFalse(any(c.gone for c in flood[1:]))
         # The honest address holds one (its keep-alive connection), the flood three: the
-        # flood is still over its share, the honest address is not.
+        # flood still holds half its share (half the mean of two) or more.
         sixth = await self.raw_from("127.0.0.2", b"GET /v1/agents/gpu/control HT")
         await self.closed_with(sixth, "the flood's newcomer refused again")
         await self.agent()

@@ -92,6 +92,38 @@ class CountTests(SynchronousTestCase):
         self.assertEqual((tracker.handshakes, tracker._limited_handshakes), (0, 0))
 
 
+class FloodShareTests(SynchronousTestCase):
+    """With every slot taken, a flood's addresses are turned away at accept, not let in by
+    evicting one another."""
+
+    def test_a_flood_at_its_share_does_not_evict_itself(self) -> None:
+        """Ten slots held by four addresses (3, 3, 2, 2: the mean 2.5 is not whole). Before,
+        an address at 2 was under the mean, so its reconnect closed the oldest slot, whose
+        address then fell under the mean and reconnected in turn: the flood turned its own
+        slots over for ever (bench/load.py: ~900 evictions a second)."""
+        limits = ConnectionLimits(handshakes_per_ip=100, handshakes_total=10)
+        tracker = ConnectionTracker(Factory.forProtocol(Protocol), Clock(), limits)
+        flood = [IPv4Address("TCP", f"192.0.2.{n}", 1) for n in range(1, 5)]
+
+        def connect(address: IPv4Address) -> TrackedConnection | None:
+            p = tracker.buildProtocol(address)
+            if not isinstance(p, TrackedConnection):
+                return None
+            p.makeConnection(StringTransport(peerAddress=address))
+            return p
+
+        held = [connect(flood[i % 4]) for i in range(10)]
+        self.assertNotIn(None, held)
+        for i in range(200):  # every closed connection is reopened: here none is
+            self.assertIsNone(connect(flood[i % 4]), i)
+        self.assertEqual(list(tracker._unfinished), held)
+        self.assertEqual(tracker.refusals.counts, {"handshakes_total": 200})
+        # An address holding none still gets in, closing the oldest.
+        honest = connect(IPv4Address("TCP", "198.51.100.7", 1))
+        self.assertIsNotNone(honest)
+        self.assertEqual(list(tracker._unfinished), [*held[1:], honest])
+
+
 class _Hello(Protocol):
     """The service behind the tracker: greets each connection it is given."""
 

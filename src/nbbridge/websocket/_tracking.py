@@ -268,24 +268,30 @@ class ConnectionTracker(_WrappingFactory):
         return sum(self._handshakes_by_ip.values())
 
     def _holds_its_share(self, ip: str | None) -> bool:
-        """Whether IP (a limited address) holds at least the mean number of unfinished
+        """Whether IP (a limited address) holds at least half the mean number of unfinished
         handshakes per address holding any: then, with every slot taken, its newcomer is
         refused at once rather than admitted by closing the oldest.
 
         Closing the oldest to admit each newcomer keeps honest agents and clients from being
         locked out, but a flood that reconnects whatever is closed then costs a full HTTP
-        connection and an eviction per reconnect (some 300 a second in bench/load.py, the
-        relay's CPU doubled). The addresses of a flood hold more than their share; an honest
-        peer's, at most the one handshake it is doing. So a newcomer from an address at or
-        above the mean is turned away at accept (cheap, the slots stay as they are), and one
-        from any other address still gets in. Behind a local reverse proxy every peer is the
-        exempt loopback, and this cannot tell them apart: the oldest goes, as before.
+        connection and an eviction per reconnect. The addresses of a flood hold about the
+        mean each; an honest peer's, the one handshake it is doing or none. So a newcomer
+        from an address holding half the mean or more is turned away at accept (cheap, the
+        slots stay as they are), and one from an address holding less still gets in.
+
+        Half, not the mean itself: the mean of whole counts is rarely whole, so some of the
+        flood's addresses always hold less than it; admitting those closed another address's
+        oldest, which put that one below the mean in turn, and the flood evicted itself in a
+        cycle, some 900 times a second in bench/load.py (every slot turned over each second).
+        An address must now lose half its share to its deadlines before it evicts anyone.
+        Behind a local reverse proxy every peer is the exempt loopback, and this cannot tell
+        them apart: the oldest goes, as before.
         """
         if not self._limited(ip):
             return False
         assert ip is not None
         held = self._handshakes_by_ip.get(ip, 0)
-        return held > 0 and held * len(self._handshakes_by_ip) >= self._limited_handshakes
+        return held > 0 and 2 * held * len(self._handshakes_by_ip) >= self._limited_handshakes
 
     def _evict_oldest(self) -> bool:
         """Make room by closing the oldest unfinished handshake; whether there was one.
