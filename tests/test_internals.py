@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import socket
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import FrameHeader
 from twisted.internet.error import ConnectionDone
 from twisted.internet.tcp import Connection
@@ -61,6 +63,45 @@ class InternalsTests(SynchronousTestCase):
             for name in _internals.TWISTED_CONNECTION_ATTRIBUTES:
                 self.assertTrue(hasattr(connection, name), name)
             self.assertTrue(hasattr(connection, "TLS"))
+
+
+class LazyDebugFormattingTests(SynchronousTestCase):
+    """Autobahn's debug-only arguments are formatted only when debug lines are emitted."""
+
+    def setUp(self) -> None:
+        for name in _internals.AUTOBAHN_MODULE_ATTRIBUTES:
+            self.assertTrue(hasattr(autobahn_protocol, name), name)
+        self.formatted: list[object] = []
+
+        def counting(obj: object, *args: object, **kwargs: object) -> str:
+            self.formatted.append(obj)
+            return "formatted"
+
+        # Stands for pprint.pformat; restored (with whatever replaced it) after the test.
+        self.patch(autobahn_protocol, "pformat", counting)
+        self.assertTrue(_internals.lazy_debug_formatting())
+        self.assertTrue(_internals.lazy_debug_formatting())  # once is enough: no double wrap
+
+    def connect(self) -> None:
+        """A new server connection: Autobahn's ``_connectionMade`` logs its settings."""
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_not_formatted_at_info(self) -> None:
+        self.assertEqual(txaio.get_global_log_level(), "info")
+        self.connect()
+        self.assertEqual(self.formatted, [])
+        self.assertEqual(autobahn_protocol.pformat([1]), _internals.NOT_FORMATTED)
+
+    def test_formatted_at_debug(self) -> None:
+        self.addCleanup(txaio.set_global_log_level, txaio.get_global_log_level())
+        txaio.set_global_log_level("debug")
+        self.connect()
+        self.assertEqual(len(self.formatted), 1)  # the connection's settings
+        self.assertEqual(autobahn_protocol.pformat([1]), "formatted")
 
 
 class HTTPChannelTargetTests(SynchronousTestCase):

@@ -33,6 +33,8 @@ AUTOBAHN_PROTOCOL_ATTRIBUTES = (
     "processControlFrame",
 )
 AUTOBAHN_FACTORY_ATTRIBUTES = ("_batched_timer",)
+#: What `lazy_debug_formatting` replaces in ``autobahn.websocket.protocol``.
+AUTOBAHN_MODULE_ATTRIBUTES = ("pformat",)
 #: Twisted's HTTPChannel attribute `request_target` reads.
 TWISTED_HTTP_CHANNEL_ATTRIBUTES = ("_path",)
 #: Twisted's TCP connection attributes `write_now` reads.
@@ -40,6 +42,49 @@ TWISTED_CONNECTION_ATTRIBUTES = ("_writeDisconnected", "_tempDataBuffer", "dataB
 
 
 # -- Autobahn -----------------------------------------------------------------------------------
+
+
+#: txaio's log levels at which Autobahn's debug lines are emitted.
+_DEBUG_LEVELS = frozenset({"debug", "trace"})
+#: What a debug-only argument reads as when debug lines are not emitted (never seen).
+NOT_FORMATTED = "(not formatted: debug logging is off)"
+
+
+def lazy_debug_formatting() -> bool:
+    """Let Autobahn pretty-print its debug-only log arguments only when they are logged.
+
+    Autobahn's WebSocket protocol builds the argument of two debug lines eagerly: every new
+    connection ``pprint.pformat``s its ~40 settings (``_connectionMade``), every client
+    handshake its transport details (``startHandshake``), whether debug lines are emitted
+    or not (txaio's level is "info" unless set). In a py-spy profile of the relay while
+    links were being set up (bench/load.py's set-up rounds: two WebSocket handshakes per
+    link), that formatting was 14 % of the relay's CPU, more than the handshake's parsing.
+    ``pformat`` in Autobahn's protocol module (its only other use there is ``Timings``,
+    which nbbridge never enables) becomes a function that formats only at a debug level.
+
+    Process-wide: called by twistd's entry point for the daemons. Returns whether Autobahn
+    was changed (False if the module no longer has the name).
+    """
+    import txaio
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    real = getattr(autobahn_protocol, "pformat", None)
+    if real is None:
+        return False
+    if getattr(real, "lazy", False):
+        return True
+
+    level = txaio.get_global_log_level  # type: ignore[attr-defined]  # untyped in txaio
+
+    def pformat_if_debug(obj: object, *args: Any, **kwargs: Any) -> str:
+        if level() in _DEBUG_LEVELS:
+            return str(real(obj, *args, **kwargs))
+        return NOT_FORMATTED
+
+    pformat_if_debug.lazy = True  # type: ignore[attr-defined]
+    patched: Any = autobahn_protocol  # mypy knows the name as pprint.pformat
+    patched.pformat = pformat_if_debug
+    return True
 
 
 def fail_connection(protocol: Any, code: int, reason: str) -> None:

@@ -39,6 +39,8 @@ from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
 #: How long a refused connection may take to read its one-line answer before it is dropped.
 REFUSAL_LINGER = 1.0
+#: Seconds in which an address refused at accept is answered once (`_answer_due`).
+ANSWER_INTERVAL = 1.0
 
 _PHRASES = {
     400: "Bad Request",
@@ -223,6 +225,9 @@ class ConnectionTracker(_WrappingFactory):
         #: connections that have not finished their handshake, oldest first
         self._unfinished: dict[TrackedConnection, None] = {}
         self.handshakes = 0
+        #: the addresses answered a refusal at accept since `_answered_since` (`_answer_due`)
+        self._answered: set[str] = set()
+        self._answered_since = float("-inf")
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         ip = peer_ip(addr)
@@ -230,11 +235,37 @@ class ConnectionTracker(_WrappingFactory):
         if refusal is not None:
             status, limit, message = refusal
             self.refusals.refused(limit, ip or "peer", message)
+            if not self._answer_due(ip):
+                return None  # Twisted closes the socket at once
             return _Refused(self.clock, refusal_response(status, message))
         wrapper = super().buildProtocol(addr)
         if isinstance(wrapper, TrackedConnection):
             wrapper.peer_ip = ip
         return wrapper
+
+    def _answer_due(self, ip: str | None) -> bool:
+        """Whether a connection from IP refused at accept gets its one-line answer.
+
+        Each address gets it once per `ANSWER_INTERVAL`; its other connections refused in
+        that interval are closed at accept with no answer. A flood reconnects as fast as it
+        is refused (~1 000 times a second in bench/load.py), and the answer is what makes a
+        refusal dear: a connection object, a write, a close on a later turn and a timer, for
+        a peer that was told the reason a moment ago. Closed at once, a reconnect costs the
+        relay an accept and a close. An honest peer refused is told why by the first answer,
+        and it retries no faster than that. Exempt addresses (a local reverse proxy, which
+        speaks for many peers) are always answered.
+        """
+        if not self._limited(ip):
+            return True
+        assert ip is not None
+        now = self.clock.seconds()
+        if now - self._answered_since >= ANSWER_INTERVAL:
+            self._answered_since = now
+            self._answered.clear()
+        if ip in self._answered:
+            return False
+        self._answered.add(ip)
+        return True
 
     def _limited(self, ip: str | None) -> bool:
         return ip is not None and self.limits is not None and ip not in self.limits.exempt
