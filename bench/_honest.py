@@ -1,12 +1,16 @@
 """Honest links for bench/load.py: N links to one agent through the relay, then traffic.
 
-    python bench/_honest.py WORKDIR RELAY_URL AGENT SERVICE LINKS CONCURRENCY SECONDS
+    python bench/_honest.py WORKDIR RELAY_URL AGENT SERVICE LINKS CONCURRENCY SECONDS [ROUNDS]
 
 One process, one Twisted reactor, LINKS ``AgentLink``s (what ``nbbridge-client`` uses), each
 its own WebSocket to the relay with its own Noise session to the agent, all with the
 client key and token in WORKDIR (client.key, client.token; the agent's public key in
 agent.pub). Set-up: at most CONCURRENCY links opening at once; each link's time is from
 asking for its session to the session being up (TCP, WebSocket upgrade, Noise handshake).
+ROUNDS (default 1) times: all LINKS are opened, and closed again but for the last round's.
+One round of 100 links takes half a second, too short a look at a relay under a flood that
+comes and goes within each second: its set-up p50 varied x1.07-x1.66 between runs of the
+same code. The set-up times of every round are pooled.
 Traffic: then, for SECONDS, every link keeps one channel to SERVICE (the bench target)
 busy sinking 256 KiB blocks (``S`` + length, wait for ``K``). Prints one JSON line:
 set-up times, attempts that failed and were retried (AgentLink backs off about 1 s), links
@@ -68,16 +72,17 @@ class SinkLoop(Protocol):
 async def run(argv: list[str]) -> dict[str, Any]:
     work, relay_url, agent, service = Path(argv[0]), argv[1], argv[2], argv[3]
     count, concurrency, seconds = int(argv[4]), int(argv[5]), float(argv[6])
+    rounds = int(argv[7]) if len(argv) > 7 else 1
     key = load_private_key(str(work / "client.key"))
     token = read_secret(str(work / "client.token"), "NBBRIDGE_TOKEN")
     agent_key = parse_public_key((work / "agent.pub").read_text().strip())
     relay = parse_relay_url(relay_url)
-    links = [AgentLink(reactor, relay, agent, agent_key, key, token) for _ in range(count)]
-    setup: list[float | None] = [None] * count
+    setup_times: list[float] = []
+    round_times: list[float] = []
     failed: list[str] = []
     gate = DeferredSemaphore(concurrency)
 
-    async def open_one(i: int) -> None:
+    async def open_one(links: list[AgentLink], setup: list[float | None], i: int) -> None:
         links[i].startService()
         start = time.monotonic()
         try:
@@ -96,7 +101,15 @@ async def run(argv: list[str]) -> dict[str, Any]:
 
     globalLogPublisher.addObserver(count_retries)
     t0 = time.monotonic()
-    await gatherResults([gate.run(open_one, i) for i in range(count)])
+    for r in range(rounds):
+        links = [AgentLink(reactor, relay, agent, agent_key, key, token) for _ in range(count)]
+        setup: list[float | None] = [None] * count
+        started = time.monotonic()
+        await gatherResults([gate.run(open_one, links, setup, i) for i in range(count)])
+        round_times.append(time.monotonic() - started)
+        setup_times.extend(s for s in setup if s is not None)
+        if r < rounds - 1:
+            await gatherResults([link.stopService() for link in links])
     setup_all = time.monotonic() - t0
     up = [i for i in range(count) if setup[i] is not None]
     deadline = time.monotonic() + seconds
@@ -126,8 +139,10 @@ async def run(argv: list[str]) -> dict[str, Any]:
     return {
         "links": count,
         "up": len(up),
-        "setup_s": [s for s in setup if s is not None],
+        "rounds": rounds,
+        "setup_s": setup_times,
         "setup_all_s": setup_all,
+        "round_s": round_times,
         "retries": len(retries),
         "retry_reasons": sorted(set(retries))[:5],
         "failed": failed[:20],

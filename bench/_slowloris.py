@@ -1,6 +1,6 @@
 """A slowloris flood in one lean process: COUNT connections kept open, each dripping a byte.
 
-    python bench/_slowloris.py PORT COUNT ADDRESSES DRIP
+    python bench/_slowloris.py PORT COUNT ADDRESSES DRIP [idle]
 
 Each of COUNT connections comes from one of ADDRESSES loopback source addresses
 (127.0.1.1, 127.0.1.2, ...), sends ``SLOW_REQUEST`` one byte every DRIP seconds and never
@@ -16,6 +16,12 @@ connects, drips and reopens for a fraction of it, so the hostile run measures wh
 relay's handling of the flood costs the honest links rather than what the attacker's
 runtime costs them. The bench reports this process's CPU beside the figures.
 
+With ``idle``, the process runs at the idle scheduling class (SCHED_IDLE): it gets a core
+whenever one is free, so on a machine that is not saturated the flood keeps its strength
+(the bench shows the connections it held and how often it reconnected), but it never takes
+a core from the honest processes, as a remote attacker would not. Without it, the flood's
+~1 000 wake-ups a second preempt them on the two shared cores.
+
 A JSON line on stdout every second, and a last one on SIGTERM: connections open now, the
 peak, opened in all, closed by the relay (with their lifetimes), connects that failed.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import selectors
 import signal
 import socket
@@ -218,6 +225,8 @@ class Flood:
 
 def main(argv: list[str]) -> int:
     port, count, addresses, drip = int(argv[0]), int(argv[1]), int(argv[2]), float(argv[3])
+    if argv[4:5] == ["idle"]:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     flood = Flood(port, count, addresses, drip)
 
     def stop(signum: int, frame: object) -> None:
