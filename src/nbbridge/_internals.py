@@ -185,8 +185,10 @@ class SizeLimitHook:
 _TRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR})
 
 
-def write_now(transport: Any, data: bytes, tail: bytes = b"") -> None:
+def write_now(transport: Any, data: bytes, tail: bytes = b"") -> bool:
     """``transport.write(data + tail)``, but sent at once when nothing is queued before it.
+
+    Returns whether the socket took it all at once (nothing was left queued behind).
 
     With TAIL, the two go out in one ``sendmsg`` (a gather write): a frame header and the
     payload it heads are sent without first copying the payload behind the header.
@@ -218,10 +220,10 @@ def write_now(transport: Any, data: bytes, tail: bytes = b"") -> None:
                 # clean EOF. So the error must not be swallowed here: the connection is
                 # aborted, and its protocol learns that it ended in error (issue 16).
                 transport.abortConnection()
-                return
+                return False
             sent = 0
         if sent == len(data) + len(tail):
-            return
+            return True
         if sent >= len(data):
             data, tail = tail[sent - len(data) :], b""
         else:
@@ -229,6 +231,7 @@ def write_now(transport: Any, data: bytes, tail: bytes = b"") -> None:
     transport.write(data)
     if tail:
         transport.write(tail)
+    return False
 
 
 #: What `check_eof` found: a real end of stream, a reset, or no end at all (read on).

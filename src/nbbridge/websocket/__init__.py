@@ -38,7 +38,6 @@ from ._server import (
 )
 from ._stream import LinkClosed, StreamClientProtocol, WebSocketStream, bind
 from ._tracking import (
-    ANSWER_INTERVAL,
     ConnectionTracker,
     TrackedConnection,
     peer_ip,
@@ -47,7 +46,6 @@ from ._tracking import (
 )
 
 __all__ = [
-    "ANSWER_INTERVAL",
     "MAX_REASON",
     "ConnectionLimits",
     "ConnectionTracker",

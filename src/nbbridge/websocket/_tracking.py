@@ -28,6 +28,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from nbbridge._internals import write_now
 from nbbridge._observer import Waiters
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
 #: How long a refused connection may take to read its one-line answer before it is dropped.
 REFUSAL_LINGER = 1.0
-#: Seconds in which an address refused at accept is answered once (`_answer_due`).
-ANSWER_INTERVAL = 1.0
 
 _PHRASES = {
     400: "Bad Request",
@@ -77,10 +76,21 @@ def peer_ip(addr: IAddress | None) -> str | None:
     return None
 
 
-def _send_and_close(transport: Any, clock: IReactorTime, response: bytes) -> IDelayedCall:
-    """Write RESPONSE, close, and drop the connection if the peer has not read it in time."""
-    transport.write(response)
+def _send_and_close(
+    transport: Any, clock: IReactorTime, response: bytes
+) -> IDelayedCall | None:
+    """Write RESPONSE, close, and drop the connection if the peer has not read it in time.
+
+    The response goes out at once (`write_now`): a fresh connection's socket takes a line
+    whole, and then there is nothing to wait for, so no timer is set (None). A flood
+    reconnects as fast as it is refused, a thousand times a second in bench/load.py, and
+    the write queued for a later turn and the timer set and cancelled were a fifth of what
+    each refusal cost the relay's loop besides the accept and the close themselves.
+    """
+    sent = write_now(transport, response)
     transport.loseConnection()
+    if sent:
+        return None
     return clock.callLater(REFUSAL_LINGER, transport.abortConnection)
 
 
@@ -115,6 +125,8 @@ class TrackedConnection(ProtocolWrapper):
         self.handshaking = False
         self._start: bytes | None = None
         self._deadline: IDelayedCall | None = None
+        #: refused: answered and closing (nothing more is read)
+        self.refused = False
         self._linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -128,8 +140,8 @@ class TrackedConnection(ProtocolWrapper):
             )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._linger is not None:
-            return  # refused: nothing more is read
+        if self.refused:
+            return  # nothing more is read
         if self._start is not None:
             self._start += data[:16]
             verdict = could_be_http(self._start)
@@ -151,7 +163,7 @@ class TrackedConnection(ProtocolWrapper):
     def request_done(self) -> None:
         """An HTTP response was sent: the next request gets a deadline of its own."""
         limits = self.factory.limits
-        if self.handshaking and limits is not None and self._linger is None:
+        if self.handshaking and limits is not None and not self.refused:
             self._cancel_deadline()
             self._deadline = self.factory.clock.callLater(
                 limits.handshake_timeout, self._deadline_passed
@@ -169,8 +181,9 @@ class TrackedConnection(ProtocolWrapper):
 
     def refuse(self, status: int, limit: str, message: str) -> None:
         """Answer STATUS with MESSAGE (naming LIMIT), log it (aggregated), and close."""
-        if self._linger is not None or self.transport is None:
+        if self.refused or self.transport is None:
             return
+        self.refused = True
         self._cancel_deadline()
         self.factory.refusals.refused(limit, self.peer_ip or "peer", message)
         self._linger = _send_and_close(
@@ -225,9 +238,6 @@ class ConnectionTracker(_WrappingFactory):
         #: connections that have not finished their handshake, oldest first
         self._unfinished: dict[TrackedConnection, None] = {}
         self.handshakes = 0
-        #: the addresses answered a refusal at accept since `_answered_since` (`_answer_due`)
-        self._answered: set[str] = set()
-        self._answered_since = float("-inf")
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         ip = peer_ip(addr)
@@ -235,37 +245,11 @@ class ConnectionTracker(_WrappingFactory):
         if refusal is not None:
             status, limit, message = refusal
             self.refusals.refused(limit, ip or "peer", message)
-            if not self._answer_due(ip):
-                return None  # Twisted closes the socket at once
             return _Refused(self.clock, refusal_response(status, message))
         wrapper = super().buildProtocol(addr)
         if isinstance(wrapper, TrackedConnection):
             wrapper.peer_ip = ip
         return wrapper
-
-    def _answer_due(self, ip: str | None) -> bool:
-        """Whether a connection from IP refused at accept gets its one-line answer.
-
-        Each address gets it once per `ANSWER_INTERVAL`; its other connections refused in
-        that interval are closed at accept with no answer. A flood reconnects as fast as it
-        is refused (~1 000 times a second in bench/load.py), and the answer is what makes a
-        refusal dear: a connection object, a write, a close on a later turn and a timer, for
-        a peer that was told the reason a moment ago. Closed at once, a reconnect costs the
-        relay an accept and a close. An honest peer refused is told why by the first answer,
-        and it retries no faster than that. Exempt addresses (a local reverse proxy, which
-        speaks for many peers) are always answered.
-        """
-        if not self._limited(ip):
-            return True
-        assert ip is not None
-        now = self.clock.seconds()
-        if now - self._answered_since >= ANSWER_INTERVAL:
-            self._answered_since = now
-            self._answered.clear()
-        if ip in self._answered:
-            return False
-        self._answered.add(ip)
-        return True
 
     def _limited(self, ip: str | None) -> bool:
         return ip is not None and self.limits is not None and ip not in self.limits.exempt
