@@ -7,8 +7,9 @@ installing a SIGUSR1 handler that walks ``gc.get_objects()`` and appends one JSO
 ``{"t": ..., "deferreds": N, "pending": N, "objects": N, "settled_kib": N, "gc_ms": {...}}``
 to the file named by ``$NBBRIDGE_BENCH_PROBE`` ("pending" = not yet called; "gc_ms": per
 generation, the collector's runs since start, their total and longest pause in ms, up to
-the sample: the full collection the sample itself makes is counted in the next one). The handler runs on the
-reactor's thread between bytecodes, so the count is consistent; nothing in nbbridge changes.
+the sample: the full collection the sample itself makes is counted in the next one). The
+handler runs on the reactor's thread between bytecodes, so the count is consistent; nothing
+in nbbridge changes.
 
 It first runs a full collection, so "objects" counts what is reachable, not garbage that
 the next collection would free (without it the agent's count swung between 2 and 7 thousand
