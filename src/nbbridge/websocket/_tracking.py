@@ -76,9 +76,7 @@ def peer_ip(addr: IAddress | None) -> str | None:
     return None
 
 
-def _send_and_close(
-    transport: Any, clock: IReactorTime, response: bytes
-) -> IDelayedCall | None:
+def _send_and_close(transport: Any, clock: IReactorTime, response: bytes) -> IDelayedCall | None:
     """Write RESPONSE, close, and drop the connection if the peer has not read it in time.
 
     The response goes out at once (`write_now`): a fresh connection's socket takes a line
