@@ -72,7 +72,7 @@ class SinkLoop(Protocol):
 async def run(argv: list[str]) -> dict[str, Any]:
     work, relay_url, agent, service = Path(argv[0]), argv[1], argv[2], argv[3]
     count, concurrency, seconds = int(argv[4]), int(argv[5]), float(argv[6])
-    rounds = int(argv[7]) if len(argv) > 7 else 1
+    rounds = max(1, int(argv[7])) if len(argv) > 7 else 1
     key = load_private_key(str(work / "client.key"))
     token = read_secret(str(work / "client.token"), "NBBRIDGE_TOKEN")
     agent_key = parse_public_key((work / "agent.pub").read_text().strip())

@@ -155,13 +155,17 @@ class Flood:
 
     def run(self) -> None:
         start = time.monotonic()
-        for i in range(self.count):
-            self.opens.append((start + i / RAMP_RATE, i, 0))
+        ramped = 0  # connections started so far (the ramp is not in `opens`: not FIFO with it)
         next_status = start + 1.0
         while not self.stopping:
             now = time.monotonic()
+            while ramped < self.count and start + ramped / RAMP_RATE <= now:
+                self.connect(ramped)
+                ramped += 1
             due = min(
-                [q[0][0] for q in (self.opens, self.drips, self.timeouts) if q] + [next_status]
+                [q[0][0] for q in (self.opens, self.drips, self.timeouts) if q]
+                + [next_status]
+                + ([start + ramped / RAMP_RATE] if ramped < self.count else [])
             )
             for key, _events in self.sel.select(max(0.0, due - now)):
                 i = key.data

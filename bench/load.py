@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=2000)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
+    if args.setup_rounds < 1:
+        parser.error("--setup-rounds must be at least 1")
     phases = {p.strip() for p in args.only.split(",") if p.strip()}
 
     soft, now = raise_fd_limit()

@@ -97,3 +97,13 @@ class FreezeTests(SynchronousTestCase):
         self.assertFalse(any(o is before for o in gc.get_objects()))
         after = [object()]
         self.assertTrue(any(o is after for o in gc.get_objects()))
+
+
+class BeforeServiceTests(SynchronousTestCase):
+    def test_tunes_the_process(self) -> None:
+        calls: list[str] = []
+        self.patch(_daemon, "tune_malloc", lambda: calls.append("malloc"))
+        self.patch(_daemon, "lean_dispatch", lambda reactor: calls.append("dispatch"))
+        self.patch(_daemon, "lazy_debug_formatting", lambda: calls.append("formatting"))
+        _daemon.before_service(MemoryReactor())
+        self.assertEqual(calls, ["malloc", "dispatch", "formatting"])

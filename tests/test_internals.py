@@ -7,6 +7,8 @@ path (a frame handed to the wrong code, a write delayed by a reactor turn).
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -91,10 +93,26 @@ class LazyDebugFormattingTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
 
     def test_not_formatted_at_info(self) -> None:
-        self.assertEqual(txaio.get_global_log_level(), "info")
+        self.addCleanup(txaio.set_global_log_level, txaio.get_global_log_level())
+        txaio.set_global_log_level("info")
         self.connect()
         self.assertEqual(self.formatted, [])
         self.assertEqual(autobahn_protocol.pformat([1]), _internals.NOT_FORMATTED)
+
+    def test_installed_before_txaio_chose_twisted(self) -> None:
+        """Installed before anything imported autobahn.twisted (which makes txaio pick its
+        Twisted API), the check still works once it has: every connection calls it."""
+        code = (
+            "from nbbridge import _internals\n"
+            "_internals.lazy_debug_formatting()\n"
+            "import autobahn.twisted.websocket\n"
+            "from autobahn.websocket import protocol\n"
+            "print(protocol.pformat([1]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        self.assertEqual(out.stdout.strip(), _internals.NOT_FORMATTED)
 
     def test_formatted_at_debug(self) -> None:
         self.addCleanup(txaio.set_global_log_level, txaio.get_global_log_level())

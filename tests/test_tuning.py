@@ -75,7 +75,7 @@ class WriteNowTests(TestCase):
 
     async def test_idle_connection_sends_at_once(self) -> None:
         sender, sink = await self._pair()
-        write_now(sender.transport, b"hello")
+        self.assertTrue(write_now(sender.transport, b"hello"), "all sent at once")
         transport: Any = sender.transport
         self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
         sender.transport.loseConnection()
@@ -88,7 +88,7 @@ class WriteNowTests(TestCase):
         bulk = os.urandom(64 * 1024 * 1024)
         sender.transport.write(bulk)
         for i in range(100):
-            write_now(sender.transport, b"%d;" % i)
+            self.assertFalse(write_now(sender.transport, b"%d;" % i), "queued behind the bulk")
         sender.transport.loseConnection()
         expected = bulk + b"".join(b"%d;" % i for i in range(100))
         got = await sink.done
@@ -99,7 +99,7 @@ class WriteNowTests(TestCase):
         the socket does not take is queued in order, behind which later writes wait."""
         sender, sink = await self._pair()
         payload = os.urandom(32 * 1024 * 1024)  # more than the socket buffers take at once
-        write_now(sender.transport, b"head", payload)
+        self.assertFalse(write_now(sender.transport, b"head", payload), "part was queued")
         transport: Any = sender.transport
         self.assertGreater(transport._tempDataLen, 0, "the whole tail went at once")
         for i in range(100):

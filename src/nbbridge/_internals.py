@@ -59,8 +59,9 @@ def lazy_debug_formatting() -> bool:
     or not (txaio's level is "info" unless set). In a py-spy profile of the relay while
     links were being set up (bench/load.py's set-up rounds: two WebSocket handshakes per
     link), that formatting was 14 % of the relay's CPU, more than the handshake's parsing.
-    ``pformat`` in Autobahn's protocol module (its only other use there is ``Timings``,
-    which nbbridge never enables) becomes a function that formats only at a debug level.
+    ``pformat`` in Autobahn's protocol module becomes a function that formats only at a
+    debug level. (Its only other use there is ``Timings.__str__``, which nbbridge never
+    enables: at other levels it would read as `NOT_FORMATTED`.)
 
     Process-wide: called by twistd's entry point for the daemons. Returns whether Autobahn
     was changed (False if the module no longer has the name).
@@ -74,10 +75,10 @@ def lazy_debug_formatting() -> bool:
     if getattr(real, "lazy", False):
         return True
 
-    level = txaio.get_global_log_level  # type: ignore[attr-defined]  # untyped in txaio
-
     def pformat_if_debug(obj: object, *args: Any, **kwargs: Any) -> str:
-        if level() in _DEBUG_LEVELS:
+        # Looked up on each call: until txaio.use_twisted() has run (importing
+        # autobahn.twisted does it), the name is txaio's placeholder, which raises.
+        if txaio.get_global_log_level() in _DEBUG_LEVELS:  # type: ignore[attr-defined]
             return str(real(obj, *args, **kwargs))
         return NOT_FORMATTED
 

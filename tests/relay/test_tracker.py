@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -177,6 +178,38 @@ class MappedAddressTests(TestCase):
             lines.append(await client.line)
         self.assertEqual(lines, [b"hello", b"hello"])
         self.assertEqual(tracker.refusals.counts, {})
+
+
+class RefusalAnswerTests(TestCase):
+    async def test_answered_at_once_without_a_timer(self) -> None:
+        """A connection refused at accept gets its line written at once; the socket took it
+        whole, so no timer waits to drop a peer that does not read it."""
+        clock = Clock()
+        delays: list[float] = []
+        schedule = clock.callLater
+
+        def call_later(delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+            delays.append(delay)
+            return schedule(delay, f, *args, **kw)
+
+        clock.callLater = call_later  # type: ignore[method-assign]
+        limits = ConnectionLimits(connections_per_ip=1, exempt=frozenset())
+        tracker = ConnectionTracker(Factory.forProtocol(_Hello), reactor, limits, timer=clock)
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(tracker)
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        first = await connectProtocol(endpoint, _FirstLine())
+        add_async_cleanup(self, _drop, first)
+        self.assertEqual(await first.line, b"hello")
+        self.assertEqual(delays, [limits.handshake_timeout])  # the first one's deadline
+        second = _FirstLine()
+        second_lost: Deferred[None] = Deferred()
+        second.connectionLost = lambda reason: second_lost.callback(None)  # type: ignore[method-assign]
+        await connectProtocol(endpoint, second)
+        self.assertEqual(await second.line, b"HTTP/1.1 429 Too Many Requests\r")
+        await second_lost
+        self.assertEqual(delays, [limits.handshake_timeout], "no linger timer for the refusal")
+        self.assertEqual(tracker.refusals.counts, {"connections_per_ip": 1})
 
 
 async def _drop(client: Protocol) -> None:

@@ -297,8 +297,13 @@ class ConnectionTracker(_WrappingFactory):
         oldest, which put that one below the mean in turn, and the flood evicted itself in a
         cycle, some 900 times a second in bench/load.py (every slot turned over each second).
         An address must now lose half its share to its deadlines before it evicts anyone.
-        Behind a local reverse proxy every peer is the exempt loopback, and this cannot tell
-        them apart: the oldest goes, as before.
+        The price: an honest address already holding k unfinished handshakes (a keep-alive
+        connection counts) is refused when a flood's mean is 2k or more, where before it
+        took k; it gets in once it holds none, which its retry soon finds. A flood from
+        about as many addresses as there are slots still turns itself over (an address
+        holding none always gets in), as it did before. Behind a local reverse proxy every
+        peer is the exempt loopback, and this cannot tell them apart: the oldest goes, as
+        before.
         """
         if not self._limited(ip):
             return False
