@@ -154,6 +154,7 @@ class Flood:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
+        parent = os.getppid()
         start = time.monotonic()
         ramped = 0  # connections started so far (the ramp is not in `opens`: not FIFO with it)
         next_status = start + 1.0
@@ -185,6 +186,10 @@ class Flood:
             if now >= next_status:
                 self.status()
                 next_status = now + 1.0
+                if os.getppid() != parent:
+                    # Orphaned (the bench died without stopping us): a flood left running
+                    # would go on knocking at whatever listens on that port next.
+                    self.stopping = True
 
     def _fire(self, queue: deque[tuple[float, int, int]], now: float, action: object) -> None:
         while queue and queue[0][0] <= now:
