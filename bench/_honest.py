@@ -6,7 +6,8 @@ One process, one Twisted reactor, LINKS ``AgentLink``s (what ``nbbridge-client``
 its own WebSocket to the relay with its own Noise session to the agent, all with the
 client key and token in WORKDIR (client.key, client.token; the agent's public key in
 agent.pub). Set-up: at most CONCURRENCY links opening at once; each link's time is from
-asking for its session to the session being up (TCP, WebSocket upgrade, Noise handshake).
+asking for its session to the session being up (TCP, WebSocket upgrade, Noise handshake);
+the time to the WebSocket's opening (TCP and upgrade at the relay) is kept beside it.
 ROUNDS (default 1) times: all LINKS are opened, and closed again but for the last round's.
 One round of 100 links takes half a second, too short a look at a relay under a flood that
 comes and goes within each second: its set-up p50 varied x1.07-x1.66 between runs of the
@@ -38,9 +39,23 @@ from zope.interface import provider
 from nbbridge._secrets import read_secret
 from nbbridge.crypto import load_private_key, parse_public_key
 from nbbridge.transport import parse_relay_url
-from nbbridge.tunnel import AgentLink
+from nbbridge.tunnel import AgentLink, _link
 
 reactor: Any = _reactor
+
+#: when each link's WebSocket to the relay opened (by id of its AgentLink): a link's set-up
+#: is the upgrade at the relay, then the dial, the agent's data connection and the Noise
+#: handshake through the splice; timing the first part tells which of the two a flood slows.
+_ws_open: dict[int, float] = {}
+_make_inner = _link._LinkProtocol.make_inner
+
+
+def _timed_make_inner(self: Any) -> Any:
+    _ws_open.setdefault(id(self.owner), time.monotonic())
+    return _make_inner(self)
+
+
+_link._LinkProtocol.make_inner = _timed_make_inner  # type: ignore[method-assign]
 BLOCK = 256 * 1024
 _PAYLOAD = b"S" + struct.pack(">Q", BLOCK) + b"\0" * BLOCK
 
@@ -78,6 +93,7 @@ async def run(argv: list[str]) -> dict[str, Any]:
     agent_key = parse_public_key((work / "agent.pub").read_text().strip())
     relay = parse_relay_url(relay_url)
     setup_times: list[float] = []
+    upgrade_times: list[float] = []
     round_times: list[float] = []
     failed: list[str] = []
     gate = DeferredSemaphore(concurrency)
@@ -88,6 +104,7 @@ async def run(argv: list[str]) -> dict[str, Any]:
         try:
             await links[i].session()
             setup[i] = time.monotonic() - start
+            upgrade_times.append(_ws_open.pop(id(links[i]), start) - start)
         except Exception as e:  # every refusal is a figure
             failed.append(f"link {i}: {e}")
 
@@ -141,6 +158,7 @@ async def run(argv: list[str]) -> dict[str, Any]:
         "up": len(up),
         "rounds": rounds,
         "setup_s": setup_times,
+        "upgrade_s": upgrade_times,
         "setup_all_s": setup_all,
         "round_s": round_times,
         "retries": len(retries),

@@ -217,6 +217,7 @@ def hostile_phase(chain: Nbbridge, args: argparse.Namespace) -> dict[str, Any]:
 
 def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
     setup = sorted(r["setup_s"])
+    upgrade = r.get("upgrade_s") or []
     acked = sum(r["acked_bytes"])
     return {
         "up": r["up"],
@@ -224,6 +225,7 @@ def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
         "setup_p50_ms": 1000 * statistics.median(setup) if setup else None,
         "setup_p95_ms": 1000 * setup[int(0.95 * (len(setup) - 1))] if setup else None,
         "setup_max_ms": 1000 * setup[-1] if setup else None,
+        "upgrade_p50_ms": 1000 * statistics.median(upgrade) if upgrade else None,
         "setup_all_s": statistics.median(r["round_s"]),
         "relay_cpu_s": r["relay_cpu_s"],
         "retries": r["retries"],
@@ -258,6 +260,7 @@ def report_hostile(
         ("setup_p50_ms", "link set-up p50, ms", "{:.0f}"),
         ("setup_p95_ms", "link set-up p95, ms", "{:.0f}"),
         ("setup_max_ms", "link set-up max, ms", "{:.0f}"),
+        ("upgrade_p50_ms", "  of which WebSocket open p50, ms", "{:.1f}"),
         ("setup_all_s", f"all {args.links} links up, s (median round)", "{:.2f}"),
         ("relay_cpu_s", "relay CPU during the run, s", "{:.1f}"),
         ("retries", "link attempts refused, retried", "{:.0f}"),
