@@ -184,19 +184,24 @@ def honest(
     return result
 
 
-def hostile_phase(chain: Nbbridge, args: argparse.Namespace) -> dict[str, Any]:
-    flood = Flood(chain.work, chain.relay_port, args)
+def hostile_phase(
+    chain: Nbbridge, args: argparse.Namespace, at: Nbbridge | None = None
+) -> dict[str, Any]:
+    """The honest run while the flood knocks at AT's relay (default: CHAIN's own)."""
+    at = at or chain
+    flood = Flood(at.work, at.relay_port, args)
     try:
         # Let the flood build up: all started (500 a second), then a few drips.
         time.sleep(args.hostile / 500 + 10)
-        relay_fds = fd_count(chain.pids["relay"])
+        relay_fds = fd_count(at.pids["relay"])
         now = flood.figures()
         log(
             f"  hostile: {now['open']} open ({now.get('opened')} opened, "
             f"{now.get('closed_by_relay')} closed by the relay, {now.get('connect_failed')} "
             f"connects failed); relay fds {relay_fds}"
         )
-        result = honest(chain, args, "hostile", attacker=flood.pid)
+        label = "hostile" if at is chain else "decoy"
+        result = honest(chain, args, label, attacker=flood.pid)
         at_end = flood.figures()
     finally:
         final = flood.stop()
@@ -236,10 +241,16 @@ def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
 
 
 def report_hostile(
-    quiet: dict[str, Any], loud: dict[str, Any], again: dict[str, Any], args: argparse.Namespace
+    quiet: dict[str, Any],
+    loud: dict[str, Any],
+    again: dict[str, Any],
+    args: argparse.Namespace,
+    decoy: dict[str, Any] | None = None,
 ) -> None:
+    """The table; DECOY (``--decoy``): the run with the flood at another relay, beside."""
     q1, h, q2 = link_figures(quiet), link_figures(loud), link_figures(again)
     q = {k: _mean(q1[k], q2[k]) for k in q1}
+    d = link_figures(decoy) if decoy is not None else None
     print(
         f"\n1. {args.links} honest links ({args.concurrency} opening at a time, then "
         f"{args.traffic:g} s of 256 KiB sink blocks on each), quiet relay vs {args.hostile} "
@@ -251,8 +262,16 @@ def report_hostile(
         "   quiet = mean of a quiet run before and one after the hostile run (after a warm-up"
         " run not counted); ratio = hostile / quiet"
     )
+    if d is not None:
+        print(
+            "   decoy = the same flood at another relay on this machine, the honest relay quiet:"
+            " what the flood's processes take from the shared cores; hostile / decoy is what"
+            " the flood costs inside the honest relay"
+        )
+    extra = f" {'decoy':>9} {'/quiet':>7} {'h/decoy':>7}" if d is not None else ""
     print(
         f"   {'figure':34} {'quiet 1':>9} {'quiet 2':>9} {'quiet':>9} {'hostile':>9} {'ratio':>7}"
+        + extra
     )
     for key, label, fmt in (
         ("up", "links up", "{:.0f}"),
@@ -270,8 +289,12 @@ def report_hostile(
     ):
         a, b = q[key], h[key]
         cells = [fmt.format(v) if v is not None else "-" for v in (q1[key], q2[key], a, b)]
-        ratio = f"x{b / a:.2f}" if a and b is not None and key != "attacker_cpu_pct" else "-"
-        print(f"   {label:34} " + " ".join(f"{c:>9}" for c in cells) + f" {ratio:>7}")
+        row = f"   {label:34} " + " ".join(f"{c:>9}" for c in cells) + f" {_ratio(key, b, a):>7}"
+        if d is not None:
+            c = d[key]
+            row += f" {fmt.format(c) if c is not None else '-':>9}"
+            row += f" {_ratio(key, c, a):>7} {_ratio(key, b, c):>7}"
+        print(row)
     hs = loud["hostile"]
     print(
         f"   hostile: {hs['open_when_honest_started']} open when the honest links started, "
@@ -301,6 +324,23 @@ def report_hostile(
             checks.append((label, ok_if(b / a), f"x{b / a:.2f}"))
     for label, ok, shown in checks:
         print(f"   target: {label}: {shown} - {'met' if ok else 'MISSED'}")
+    if d is not None:
+        for key, label in (
+            ("throughput_MBps", "honest throughput"),
+            ("setup_p50_ms", "link set-up p50"),
+            ("setup_p95_ms", "link set-up p95"),
+        ):
+            a, b, c = q[key], h[key], d[key]
+            if a and b is not None and c:
+                print(
+                    f"   {label}: flood at the decoy {_ratio(key, c, a)} of quiet, at the honest"
+                    f" relay {_ratio(key, b, a)}; the honest relay's own share {_ratio(key, b, c)}"
+                )
+
+
+def _ratio(key: str, b: float | None, a: float | None) -> str:
+    """B / A as ``x1.23``; '-' where there is none (or for the attacker's own CPU)."""
+    return f"x{b / a:.2f}" if a and b is not None and key != "attacker_cpu_pct" else "-"
 
 
 def _mean(a: float | None, b: float | None) -> float | None:
@@ -424,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the flood at the idle scheduling class (as if on another machine)",
     )
+    parser.add_argument(
+        "--decoy",
+        action="store_true",
+        help="also run the honest links while the flood knocks at a second, idle relay",
+    )
     parser.add_argument("--links", type=int, default=100, help="honest links")
     parser.add_argument("--concurrency", type=int, default=10, help="links opening at once")
     parser.add_argument(
@@ -456,10 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         limit = ["--max-channels", str(args.max_channels)]
         LoadChain.daemon_args = {"agent": limit, "client": limit}
     chain = LoadChain(work, target_port)
+    decoy = LoadChain(work / "decoy", target_port) if args.decoy else None
     started = time.monotonic()
     try:
         target.wait_listening(target_port)
         chain.start()
+        if decoy is not None:
+            decoy.start()
         round_trips(chain.port, 20, 0, 100, 30)  # the client opens its link on first use
         print(
             f"load: relay, agent and client up; fd limit {now}; load average {load0[0]:.2f} "
@@ -471,11 +519,16 @@ def main(argv: list[str] | None = None) -> int:
             log("load: honest links on a quiet relay")
             quiet = honest(chain, args, "quiet")
             log("load: honest links under the hostile flood")
+            decoyed = None
+            if decoy is not None:
+                log("load: honest links while the flood knocks at a decoy relay")
+                decoyed = hostile_phase(chain, args, at=decoy)
+                time.sleep(5.0)
             loud = hostile_phase(chain, args)
             time.sleep(5.0)
             log("load: honest links on a quiet relay again")
             again = honest(chain, args, "quiet-again")
-            report_hostile(quiet, loud, again, args)
+            report_hostile(quiet, loud, again, args, decoyed)
             chain.check_alive()
         if "channels" in phases:
             log(f"load: {args.channels} idle channels")
@@ -487,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             chain.check_alive()
     finally:
         chain.stop()
+        if decoy is not None:
+            decoy.stop()
         target.stop()
         if args.keep:
             log(f"load: logs in {work}")

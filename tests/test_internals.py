@@ -15,7 +15,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import FrameHeader
 from twisted.internet.error import ConnectionDone
-from twisted.internet.tcp import Connection
+from twisted.internet.protocol import Factory
+from twisted.internet.tcp import Connection, Port
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -58,6 +59,13 @@ class InternalsTests(SynchronousTestCase):
     def test_autobahn_frame_header(self) -> None:
         header = FrameHeader(0x9, True, 0, 4, None)
         self.assertEqual((header.opcode, header.fin, header.length), (0x9, True, 4))
+
+    def test_twisted_port_transport(self) -> None:
+        port = Port(0, Factory(), reactor=MemoryReactor())
+        for name in _internals.TWISTED_PORT_ATTRIBUTES:
+            self.assertTrue(hasattr(port, name), name)
+        self.assertTrue(_internals.take_at_accept(port, lambda skt, protocol: False))
+        self.assertFalse(_internals.take_at_accept(object(), lambda skt, protocol: False))
 
     def test_twisted_connection_buffers(self) -> None:
         with socket.socket() as skt:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.tcp import Connection
+from twisted.internet.tcp import Connection, Port
 
 if TYPE_CHECKING:
     # Twisted exports the trust-root interface only from its private TLS module.
@@ -39,6 +40,8 @@ AUTOBAHN_MODULE_ATTRIBUTES = ("pformat",)
 TWISTED_HTTP_CHANNEL_ATTRIBUTES = ("_path",)
 #: Twisted's TCP connection attributes `write_now` reads.
 TWISTED_CONNECTION_ATTRIBUTES = ("_writeDisconnected", "_tempDataBuffer", "dataBuffer", "offset")
+#: Twisted's listening TCP port attribute `take_at_accept` wraps.
+TWISTED_PORT_ATTRIBUTES = ("transport",)
 
 
 # -- Autobahn -----------------------------------------------------------------------------------
@@ -318,6 +321,31 @@ def take_over_connection(request: Any, protocol: Any) -> Any:
     protocol.makeConnection(transport)
     transport.resumeProducing()
     return transport
+
+
+def take_at_accept(port: Any, take: Callable[[socket.socket, Any], bool]) -> bool:
+    """Show TAKE each socket a plain TCP PORT accepts, with the protocol its factory built for
+    it, before Twisted wraps it in a transport; whether PORT is such a port.
+
+    When TAKE returns True it has dealt with the socket (answered and closed it), and the
+    protocol's ``makeConnection`` gets None for a transport: the protocol must expect it.
+    Twisted's port builds each accepted connection's transport by calling its ``transport``
+    attribute with the socket, the protocol and the rest, then hands that to the protocol:
+    the one point between accepting a socket and registering it with the reactor. A TLS
+    port's protocols are wrapped in TLS's, and TAKE would see those; it is the caller's to
+    check the factory.
+    """
+    if not isinstance(port, Port):
+        return False
+    make_transport = port.transport
+
+    def transport(skt: socket.socket, protocol: Any, *rest: Any) -> Any:
+        if take(skt, protocol):
+            return None
+        return make_transport(skt, protocol, *rest)
+
+    port.transport = transport  # type: ignore[assignment]
+    return True
 
 
 def request_target(channel: Any) -> bytes | None:

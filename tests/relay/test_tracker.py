@@ -20,12 +20,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nbbridge.websocket import ConnectionLimits, ConnectionTracker, TrackedConnection, peer_ip
+from nbbridge.websocket import (
+    ConnectionLimits,
+    ConnectionTracker,
+    TrackedConnection,
+    answer_at_accept,
+    peer_ip,
+)
 from tests._cleanup import add_async_cleanup
 
 _ADDRESSES = [
@@ -210,6 +218,52 @@ class RefusalAnswerTests(TestCase):
         await second_lost
         self.assertEqual(delays, [limits.handshake_timeout], "no linger timer for the refusal")
         self.assertEqual(tracker.refusals.counts, {"connections_per_ip": 1})
+
+
+class AnsweredAtAcceptTests(TestCase):
+    """On a plain TCP port, a refused connection is answered on its socket: no transport."""
+
+    async def listen(self, limits: ConnectionLimits, endpoint: str) -> tuple[Any, list[Any]]:
+        """A tracked `_Hello` service on ENDPOINT; the protocols given a transport."""
+        tracker = ConnectionTracker(Factory.forProtocol(_Hello), reactor, limits)
+        port: Any = await serverFromString(reactor, endpoint).listen(tracker)
+        self.addCleanup(port.stopListening)
+        given: list[Any] = []
+        make_transport = port.transport
+
+        def counted(skt: Any, protocol: Any, *rest: Any) -> Any:
+            given.append(protocol)
+            return make_transport(skt, protocol, *rest)
+
+        port.transport = counted
+        return port, given
+
+    async def test_refused_without_a_transport(self) -> None:
+        limits = ConnectionLimits(connections_per_ip=1, exempt=frozenset())
+        port, given = await self.listen(limits, "tcp:0:interface=127.0.0.1")
+        self.assertTrue(answer_at_accept(port))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        first = await connectProtocol(endpoint, _FirstLine())
+        add_async_cleanup(self, _drop, first)
+        self.assertEqual(await first.line, b"hello")
+        for _ in range(3):
+            refused = _FirstLine()
+            lost: Deferred[None] = Deferred()
+            refused.connectionLost = lambda reason, lost=lost: lost.callback(None)  # type: ignore[method-assign]
+            await connectProtocol(endpoint, refused)
+            self.assertEqual(await refused.line, b"HTTP/1.1 429 Too Many Requests\r")
+            self.assertIn(b"connections_per_ip = 1", refused._data)
+            await lost
+        self.assertEqual(len(given), 1, "only the admitted connection got a transport")
+        self.assertEqual(port.factory.refusals.counts, {"connections_per_ip": 3})
+
+    async def test_tls_ports_keep_the_transport(self) -> None:
+        """Behind TLS the tracker's protocols are wrapped in TLS's: nothing is taken."""
+        tracker = ConnectionTracker(Factory.forProtocol(_Hello), reactor, ConnectionLimits())
+        tls = TLSMemoryBIOFactory(CertificateOptions(), False, tracker)
+        port: Any = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(tls)
+        self.addCleanup(port.stopListening)
+        self.assertFalse(answer_at_accept(port))
 
 
 async def _drop(client: Protocol) -> None:

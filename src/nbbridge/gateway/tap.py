@@ -34,7 +34,7 @@ from nbbridge.store import (
     read_password,
 )
 from nbbridge.tunnel import AgentLink, TunnelOptions
-from nbbridge.websocket import ConnectionLimits, ConnectionTracker
+from nbbridge.websocket import ConnectionLimits, ConnectionTracker, answer_at_accept
 
 from ._http import http_root
 from ._logging import start_logging
@@ -236,6 +236,7 @@ class Listener(Service):
 
     def _listened(self, port: IListeningPort) -> None:
         self._listening = port
+        answer_at_accept(port)  # a tracked port's refusals cost no transport
         address = port.getHost()
         _log.info(
             "nbbridge gateway listening on {scheme}://{host}:{port}/",

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nbbridge._observer import OneShotObserver
-from nbbridge.websocket import ConnectionTracker
+from nbbridge.websocket import ConnectionTracker, answer_at_accept
 
 from ._core import Relay
 from ._protocol import make_factories
@@ -70,6 +70,7 @@ class _AnnouncingEndpoint:
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        answer_at_accept(port)
         url = address_url(self._scheme, port.getHost())
         self._log.info("nbbridge relay listening on {url}", url=url)
         self._bound.fire(port)

@@ -10,8 +10,10 @@ Server side (the relay's routes, the hub, the gateway):
 * :class:`ConnectionTracker` — every open connection of a Site, to close them and wait, and
   with :class:`ConnectionLimits` a guard on those that have not finished their handshake
   (deadline, per-address and total caps, an early look for HTTP); refusals are logged through
-  a :class:`RefusalLog` that aggregates them; :func:`request_done` gives a keep-alive HTTP
-  connection its next deadline; :func:`peer_ip` is the address a peer is counted as.
+  a :class:`RefusalLog` that aggregates them; :func:`answer_at_accept` lets a plain TCP
+  port answer its refusals on the accepted socket, without a transport; :func:`request_done`
+  gives a keep-alive HTTP connection its next deadline; :func:`peer_ip` is the address a
+  peer is counted as.
 
 Data path (client links, agent data connections, the relay's splice):
 
@@ -40,6 +42,7 @@ from ._stream import LinkClosed, StreamClientProtocol, WebSocketStream, bind
 from ._tracking import (
     ConnectionTracker,
     TrackedConnection,
+    answer_at_accept,
     peer_ip,
     refusal_response,
     request_done,
@@ -60,6 +63,7 @@ __all__ = [
     "TrackedConnection",
     "WebSocketStream",
     "WriteWatch",
+    "answer_at_accept",
     "bind",
     "could_be_http",
     "peer_ip",

@@ -18,6 +18,8 @@ after each response (`request_done`), so keep-alive works but dribbling bytes do
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from nbbridge._internals import write_now
+from nbbridge._internals import take_at_accept, write_now
 from nbbridge._observer import Waiters
 
 if TYPE_CHECKING:
@@ -93,12 +95,30 @@ def _send_and_close(transport: Any, clock: IReactorTime, response: bytes) -> IDe
 
 
 class _Refused(Protocol):
-    """A connection refused at accept time: answers with its one line and closes."""
+    """A connection refused at accept time: answers with its one line and closes.
+
+    On a port set up by `answer_at_accept` that happens on the accepted socket itself
+    (`answer`), and the protocol never gets a transport; elsewhere (TLS, UNIX sockets)
+    through the transport, as any protocol would.
+    """
 
     def __init__(self, clock: IReactorTime, response: bytes) -> None:
         self._clock = clock
         self._response = response
         self._linger: IDelayedCall | None = None
+
+    def answer(self, skt: socket.socket) -> None:
+        """Send the line on the freshly accepted SKT and close it, without a transport.
+
+        A fresh socket's send buffer takes the line whole; a peer gone already is no error.
+        """
+        with contextlib.suppress(OSError):
+            skt.send(self._response, socket.MSG_DONTWAIT)
+        skt.close()
+
+    def makeConnection(self, transport: Any) -> None:
+        if transport is not None:  # None: answered at accept (`answer_at_accept`)
+            super().makeConnection(transport)
 
     def connectionMade(self) -> None:
         self._linger = _send_and_close(self.transport, self._clock, self._response)
@@ -387,6 +407,30 @@ class ConnectionTracker(_WrappingFactory):
         for wrapper in list(self.protocols):
             if wrapper.transport is not None:
                 wrapper.transport.abortConnection()
+
+
+def answer_at_accept(port: object) -> bool:
+    """Let PORT answer the connections its tracker refuses on their sockets; whether it could.
+
+    Twisted gives every accepted connection a transport, registers it with the reactor and
+    tears all that down again when it closes; for a connection refused at once, that was
+    most of what a refusal cost. A flood that reconnects as fast as it is refused (some
+    1 000 a second in bench/load.py) made it a quarter of a core and slowed the honest
+    links set up meanwhile. On a plain TCP port whose factory is a `ConnectionTracker`, the
+    refused connection's line is now sent on the accepted socket, which is closed there and
+    then (`_Refused.answer`): no transport, nothing registered. Other ports (TLS, whose
+    answer has to go through the TLS layer, and UNIX sockets) are left as they are.
+    """
+    if not isinstance(getattr(port, "factory", None), ConnectionTracker):
+        return False
+
+    def take(skt: socket.socket, protocol: Any) -> bool:
+        if isinstance(protocol, _Refused):
+            protocol.answer(skt)
+            return True
+        return False
+
+    return take_at_accept(port, take)
 
 
 def request_done(transport: Any) -> None:
