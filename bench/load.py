@@ -20,6 +20,9 @@ under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), th
    figures, is not the relay's cost). The figures are the ratios hostile / quiet; the
    target is within 20 %. Beside them, the SYNs the kernel dropped at full accept queues
    during each run (TcpExt ListenOverflows: machine-wide, so other processes' count too).
+   With ``--decoy``, the honest links also run once while the same flood knocks at a
+   second, idle relay on this machine: what the flood's processes take from the shared
+   cores, told apart from what the flood costs inside the honest relay.
 2. **Idle channels.** ``--channels`` connections to the client's forward, all held open,
    each a channel over the client's one link (opened ``--batch`` at a time, each echoing a
    byte); time, and RSS / fds of each daemon per channel. Reference: the same count
