@@ -19,6 +19,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -372,3 +373,33 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         f = self.failureResultOf(gate.verified, RelayConnectError)  # type: ignore[union-attr]
         self.assertEqual(str(f.value), "TLS handshake with relay.example.com:443 timed out")
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class AddressLiteralTests(SynchronousTestCase):
+    """A relay given by address connects at once; only a name goes to the resolver (a
+    getaddrinfo in Twisted's thread pool and back, two thread switches per connection)."""
+
+    def connect(self, url: str) -> MemoryReactorClock:
+        reactor = MemoryReactorClock()
+        resolved: list[str] = []
+
+        class Resolver:
+            def resolveHostName(self, receiver: object, hostName: str, **kw: object) -> object:
+                resolved.append(hostName)
+                return receiver
+
+        reactor.nameResolver = Resolver()  # type: ignore[attr-defined]
+        self.resolved = resolved
+        client_endpoint(reactor, parse_relay_url(url), None).connect(Factory.forProtocol(Protocol))
+        return reactor
+
+    def test_addresses_connect_without_resolving(self) -> None:
+        for url, host in (("ws://127.0.0.1:8000", "127.0.0.1"), ("ws://[::1]:8000", "::1")):
+            reactor = self.connect(url)
+            self.assertEqual([c[:2] for c in reactor.tcpClients], [(host, 8000)], url)
+            self.assertEqual(self.resolved, [], url)
+
+    def test_names_are_resolved(self) -> None:
+        reactor = self.connect("ws://localhost:8000")
+        self.assertEqual(reactor.tcpClients, [])
+        self.assertEqual(self.resolved, ["localhost"])
