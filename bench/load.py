@@ -223,6 +223,27 @@ def hostile_phase(
     return result
 
 
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several honest runs as one: set-up times pooled, bytes and traffic seconds summed (so
+    throughput is over all of them), refusals and SYN drops summed, CPU figures averaged."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[-1])
+    for key in ("setup_s", "upgrade_s", "round_s", "acked_bytes", "failed", "retry_reasons"):
+        out[key] = [x for r in runs for x in r.get(key) or []]
+    for key in ("traffic_s", "retries", "failed_count", "listen_overflows"):
+        out[key] = sum(r[key] for r in runs)
+    for key in ("relay_cpu_s", "attacker_cpu_pct", "machine_cpu_pct"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.mean(values) if values else None
+    out["up"] = min(r["up"] for r in runs)
+    if "hostile" in out:
+        out["hostile"] = dict(out["hostile"])
+        for key in ("opened", "closed_by_relay", "connect_failed"):
+            out["hostile"][key] = sum(r["hostile"][key] for r in runs)
+    return out
+
+
 def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
     setup = sorted(r["setup_s"])
     upgrade = r.get("upgrade_s") or []
@@ -244,13 +265,14 @@ def link_figures(r: dict[str, Any]) -> dict[str, float | None]:
 
 
 def report_hostile(
-    quiet: dict[str, Any],
-    loud: dict[str, Any],
-    again: dict[str, Any],
+    quiets: list[dict[str, Any]],
+    louds: list[dict[str, Any]],
     args: argparse.Namespace,
     decoy: dict[str, Any] | None = None,
 ) -> None:
-    """The table; DECOY (``--decoy``): the run with the flood at another relay, beside."""
+    """The table: QUIETS alternate with LOUDS (hostile runs), one more quiet than hostile;
+    DECOY (``--decoy``): the run with the flood at another relay, beside."""
+    quiet, again, loud = pool(quiets[0::2]), pool(quiets[1::2]), pool(louds)
     q1, h, q2 = link_figures(quiet), link_figures(loud), link_figures(again)
     q = {k: _mean(q1[k], q2[k]) for k in q1}
     d = link_figures(decoy) if decoy is not None else None
@@ -261,10 +283,17 @@ def report_hostile(
         f"{args.drip:g} s; the attacker at the "
         f"{'idle' if args.attacker_idle else 'normal'} scheduling class)"
     )
-    print(
-        "   quiet = mean of a quiet run before and one after the hostile run (after a warm-up"
-        " run not counted); ratio = hostile / quiet"
-    )
+    if len(louds) == 1:
+        print(
+            "   quiet = mean of a quiet run before and one after the hostile run (after a warm-up"
+            " run not counted); ratio = hostile / quiet"
+        )
+    else:
+        print(
+            f"   {len(louds)} hostile runs, each between two quiet ones (after a warm-up run not"
+            " counted), pooled; quiet 1 = the 1st, 3rd, ... quiet runs, quiet 2 = the 2nd,"
+            " 4th, ...; quiet = their mean; ratio = hostile / quiet"
+        )
     if d is not None:
         print(
             "   decoy = the same flood at another relay on this machine, the honest relay quiet:"
@@ -298,6 +327,18 @@ def report_hostile(
             row += f" {fmt.format(c) if c is not None else '-':>9}"
             row += f" {_ratio(key, c, a):>7} {_ratio(key, b, c):>7}"
         print(row)
+    if len(louds) > 1:
+        pairs = []
+        for n, r in enumerate(louds):
+            around = [link_figures(quiets[n]), link_figures(quiets[n + 1])]
+            mid = link_figures(r)
+            qp50 = _mean(around[0]["setup_p50_ms"], around[1]["setup_p50_ms"])
+            qtp = _mean(around[0]["throughput_MBps"], around[1]["throughput_MBps"])
+            pairs.append(
+                f"set-up p50 {_ratio('', mid['setup_p50_ms'], qp50)}, "
+                f"throughput {_ratio('', mid['throughput_MBps'], qtp)}"
+            )
+        print("   each hostile run against the quiet runs either side: " + "; ".join(pairs))
     hs = loud["hostile"]
     print(
         f"   hostile: {hs['open_when_honest_started']} open when the honest links started, "
@@ -472,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the honest links while the flood knocks at a second, idle relay",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="hostile runs, each followed by a quiet one (all pooled)",
+    )
     parser.add_argument("--links", type=int, default=100, help="honest links")
     parser.add_argument("--concurrency", type=int, default=10, help="links opening at once")
     parser.add_argument(
@@ -488,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.setup_rounds < 1:
         parser.error("--setup-rounds must be at least 1")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     phases = {p.strip() for p in args.only.split(",") if p.strip()}
 
     soft, now = raise_fd_limit()
@@ -527,11 +576,13 @@ def main(argv: list[str] | None = None) -> int:
                 log("load: honest links while the flood knocks at a decoy relay")
                 decoyed = hostile_phase(chain, args, at=decoy)
                 time.sleep(5.0)
-            loud = hostile_phase(chain, args)
-            time.sleep(5.0)
-            log("load: honest links on a quiet relay again")
-            again = honest(chain, args, "quiet-again")
-            report_hostile(quiet, loud, again, args, decoyed)
+            quiets, louds = [quiet], []
+            for n in range(args.pairs):
+                louds.append(hostile_phase(chain, args))
+                time.sleep(5.0)
+                log(f"load: honest links on a quiet relay again ({n + 1} of {args.pairs})")
+                quiets.append(honest(chain, args, f"quiet-{n + 2}"))
+            report_hostile(quiets, louds, args, decoyed)
             chain.check_alive()
         if "channels" in phases:
             log(f"load: {args.channels} idle channels")
