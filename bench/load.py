@@ -20,6 +20,10 @@ under ``_probe.py``, which is twistd itself plus a SIGUSR1 Deferred counter), th
    figures, is not the relay's cost). The figures are the ratios hostile / quiet; the
    target is within 20 %. Beside them, the SYNs the kernel dropped at full accept queues
    during each run (TcpExt ListenOverflows: machine-wide, so other processes' count too).
+   ``--relay-first`` (nice -10 for the relay) with ``--attacker-idle`` stands in for a
+   relay on a machine of its own and an attacker elsewhere: on these two shared cores, at
+   equal priority, the relay otherwise waits for a core behind the honest client, the agent
+   and the attacker after each of the flood's wake-ups.
    With ``--decoy``, the honest links also run once while the same flood knocks at a
    second, idle relay on this machine: what the flood's processes take from the shared
    cores, told apart from what the flood costs inside the honest relay.
@@ -281,7 +285,8 @@ def report_hostile(
         f"{args.traffic:g} s of 256 KiB sink blocks on each), quiet relay vs {args.hostile} "
         f"hostile slow connections from {args.hostile_addresses} addresses (a byte every "
         f"{args.drip:g} s; the attacker at the "
-        f"{'idle' if args.attacker_idle else 'normal'} scheduling class)"
+        f"{'idle' if args.attacker_idle else 'normal'} scheduling class"
+        f"{', the relay at nice -10' if args.relay_first else ''})"
     )
     if len(louds) == 1:
         print(
@@ -509,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the flood at the idle scheduling class (as if on another machine)",
     )
     parser.add_argument(
+        "--relay-first",
+        action="store_true",
+        help="run the relay at nice -10 (root): as if on a machine of its own",
+    )
+    parser.add_argument(
         "--decoy",
         action="store_true",
         help="also run the honest links while the flood knocks at a second, idle relay",
@@ -558,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target.wait_listening(target_port)
         chain.start()
+        if args.relay_first:
+            # A relay on a machine of its own never waits for a core behind the honest
+            # clients, the agent or the attacker, as it does on these two shared cores.
+            os.setpriority(os.PRIO_PROCESS, chain.pids["relay"], -10)
         if decoy is not None:
             decoy.start()
         round_trips(chain.port, 20, 0, 100, 30)  # the client opens its link on first use
