@@ -56,12 +56,15 @@ $(LOWEST_STAMP): $(LOWEST)/bin/python setup.cfg pyproject.toml .ci/constraints-l
 # length rather than its use of those libraries: the fuzzer (nbbridge's parsers), faults at
 # scale (tests.tunnel.test_faults covers each kill), and the suites whose minutes go to
 # starting Jupyter servers, Chromium and three-relay clusters (datalab, mixer, cluster,
-# Jupyter through the tunnel, the demo); cut streams run 4 rounds per fault, not 10.
+# Jupyter through the tunnel, the demo), and resume across relay restarts (the mux's own
+# state machine; its Jupyter kernel test starts Jupyter); cut streams run 4 rounds per
+# fault, not 10.
 # Jupyter through nbbridge.web (tests.web), the daemons end to end (tests.tunnel), TLS,
 # nginx, redis and the gateway's VNC still run.
 # That keeps CI well under 20 minutes; `make test-lowest LOWEST_TESTS=tests` runs it all.
 LOWEST_SKIP  = tests/datalab/ tests/mixer/ tests/cluster/ tests/test_fuzz.py tests/test_demo.py \
-               tests/tunnel/test_faults_at_scale.py tests/tunnel/test_jupyter.py
+               tests/tunnel/test_faults_at_scale.py tests/tunnel/test_jupyter.py \
+               tests/tunnel/test_resume.py
 LOWEST_TESTS = $(sort $(subst /,.,$(basename $(filter-out $(addsuffix %,$(LOWEST_SKIP)),\
                $(shell find tests -name 'test_*.py')))))
 test-lowest: $(LOWEST_STAMP)
