@@ -53,7 +53,7 @@ def main() -> int:
         quiet = 100 * ((cpu_seconds(relay) or 0.0) - c0) / args.seconds
         flood = load.Flood(work, chain.relay_port, flood_args)
         try:
-            time.sleep(flood_args.hostile / 500 + 10)
+            flood.build_up(flood_args.hostile)
             c0, a0 = cpu_seconds(relay) or 0.0, cpu_seconds(flood.pid) or 0.0
             f0 = flood.figures()
             if args.profile:

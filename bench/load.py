@@ -120,6 +120,10 @@ class Flood:
     def pid(self) -> int:
         return self.child.pid
 
+    def build_up(self, count: int) -> None:
+        """Wait until COUNT connections have all been started (500 a second), then a few drips."""
+        time.sleep(count / 500 + 10)
+
     def figures(self) -> dict[str, Any]:
         lines = [ln for ln in self.child.log_path.read_text().splitlines() if ln.startswith("{")]
         return json.loads(lines[-1]) if lines else {"open": 0}
@@ -198,8 +202,7 @@ def hostile_phase(
     at = at or chain
     flood = Flood(at.work, at.relay_port, args)
     try:
-        # Let the flood build up: all started (500 a second), then a few drips.
-        time.sleep(args.hostile / 500 + 10)
+        flood.build_up(args.hostile)
         relay_fds = fd_count(at.pids["relay"])
         now = flood.figures()
         log(

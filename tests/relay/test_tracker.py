@@ -223,10 +223,10 @@ class RefusalAnswerTests(TestCase):
 class AnsweredAtAcceptTests(TestCase):
     """On a plain TCP port, a refused connection is answered on its socket: no transport."""
 
-    async def listen(self, limits: ConnectionLimits, endpoint: str) -> tuple[Any, list[Any]]:
-        """A tracked `_Hello` service on ENDPOINT; the protocols given a transport."""
+    async def listen(self, limits: ConnectionLimits) -> tuple[Any, list[Any]]:
+        """A tracked `_Hello` service on loopback; the protocols given a transport."""
         tracker = ConnectionTracker(Factory.forProtocol(_Hello), reactor, limits)
-        port: Any = await serverFromString(reactor, endpoint).listen(tracker)
+        port: Any = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(tracker)
         self.addCleanup(port.stopListening)
         given: list[Any] = []
         make_transport = port.transport
@@ -240,7 +240,7 @@ class AnsweredAtAcceptTests(TestCase):
 
     async def test_refused_without_a_transport(self) -> None:
         limits = ConnectionLimits(connections_per_ip=1, exempt=frozenset())
-        port, given = await self.listen(limits, "tcp:0:interface=127.0.0.1")
+        port, given = await self.listen(limits)
         self.assertTrue(answer_at_accept(port))
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         first = await connectProtocol(endpoint, _FirstLine())
