@@ -101,7 +101,10 @@ class GuardTestCase(RelayTestCase):
     """Raw TCP connections to a relay whose deadlines run on SELF.clock."""
 
     async def start(self, **limits: Any) -> None:
+        """A relay with LIMITS; refusals at accept are answered at once unless a
+        ``refusal_delay`` is given (the delay runs on SELF.clock)."""
         self.clock = Clock()
+        limits.setdefault("refusal_delay", 0)
         await self.start_relay(make_config(limits), clock=self.clock)
 
     async def raw(self, first: bytes = b"") -> RawClient:
@@ -316,6 +319,33 @@ class CapTests(GuardTestCase):
         self.assertEqual(_status_line(answer), b"HTTP/1.1 429 Too Many Requests")
         self.assertIn(b"(connections_per_ip = 2)", answer)
 
+    async def test_refusal_held_for_its_delay(self) -> None:
+        """A connection refused at accept gets its 429 only after ``refusal_delay``,
+        unread meanwhile, so a flood reconnecting what is refused comes back less often;
+        the refusal is counted at once."""
+        await self.start(connections_per_ip=2, per_ip_exempt=[], refusal_delay=2)
+        await self.agent()
+        await self.agent("cpu", OTHER_AGENT_TOKEN)
+        held = self.service.connections.held_refusals
+        taken: Deferred[None] = Deferred()
+        hold = held.hold
+
+        def held_now(skt: Any, refused: Any) -> None:
+            hold(skt, refused)
+            taken.callback(None)
+
+        held.hold = held_now  # type: ignore[method-assign]
+        third = await self.raw(b"GET /status HTTP/1.1\r\n")
+        await _within(taken, PROMPTLY, "third connection taken at accept")
+        self.assertEqual(self.service.connections.refusals.counts, {"connections_per_ip": 1})
+        self.clock.advance(1.9)
+        self.assertEqual((len(held), third.gone, third.data), (1, False, b""))
+        self.clock.advance(0.1)
+        self.assertEqual(len(held), 0)
+        answer = await self.closed_with(third, "third connection answered after the delay")
+        self.assertEqual(_status_line(answer), b"HTTP/1.1 429 Too Many Requests")
+        self.assertIn(b"(connections_per_ip = 2)", answer)
+
     async def test_loopback_is_exempt_by_default(self) -> None:
         # A reverse proxy on the relay's machine makes every peer 127.0.0.1.
         await self.start(connections_per_ip=1, handshakes_per_ip=1)
@@ -373,6 +403,7 @@ class ConfigTests(SynchronousTestCase):
                     "per_ip_exempt": ["10.0.0.1"],
                     "links_per_client": 3,
                     "status_per_second": 0.5,
+                    "refusal_delay": 0,
                 }
             },
             "relay.toml",
@@ -385,7 +416,9 @@ class ConfigTests(SynchronousTestCase):
             (5.0, 4, 100),
         )
         self.assertEqual((guard.connections_per_ip, guard.exempt), (50, frozenset({"10.0.0.1"})))
+        self.assertEqual(guard.refusal_delay, 0.0)
         self.assertLessEqual(Limits().handshake_timeout, 30.0)
+        self.assertEqual(Limits().connection_limits().refusal_delay, 3.0)
 
     def test_exempt_addresses_are_written_as_peers_are(self) -> None:
         """Written another way, an exempt address never matched a peer's."""
@@ -399,6 +432,7 @@ class ConfigTests(SynchronousTestCase):
             ({"per_ip_exempt": ["nginx"]}, "limits.per_ip_exempt: 'nginx' is not an IP address"),
             ({"handshake_timeout": 0}, "limits.handshake_timeout: must be between"),
             ({"handshakes_total": "9"}, "limits.handshakes_total: must be an integer"),
+            ({"refusal_delay": -1}, "limits.refusal_delay: must be between 0.0 and 60.0"),
         ]:
             with self.assertRaises(ConfigError) as caught:
                 parse_config({"limits": limits}, "relay.toml")

@@ -11,6 +11,7 @@ exempt addresses, checks the counts against the connections themselves after eac
 from __future__ import annotations
 
 import random
+import socket
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,7 @@ from nbbridge.websocket import (
     answer_at_accept,
     peer_ip,
 )
+from nbbridge.websocket._tracking import HELD_REFUSALS_TICK, HeldRefusals, _Refused
 from tests._cleanup import add_async_cleanup
 
 _ADDRESSES = [
@@ -239,7 +241,7 @@ class AnsweredAtAcceptTests(TestCase):
         return port, given
 
     async def test_refused_without_a_transport(self) -> None:
-        limits = ConnectionLimits(connections_per_ip=1, exempt=frozenset())
+        limits = ConnectionLimits(connections_per_ip=1, exempt=frozenset(), refusal_delay=0)
         port, given = await self.listen(limits)
         self.assertTrue(answer_at_accept(port))
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
@@ -264,6 +266,97 @@ class AnsweredAtAcceptTests(TestCase):
         port: Any = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(tls)
         self.addCleanup(port.stopListening)
         self.assertFalse(answer_at_accept(port))
+
+
+class HeldRefusalsTests(SynchronousTestCase):
+    """Refusals at accept wait their delay, unread, on one timer; full or stopping, at once."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def pair(self) -> tuple[socket.socket, socket.socket]:
+        """An accepted socket (first) and its peer, non-blocking."""
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        return ours, theirs
+
+    def refused(self) -> _Refused:
+        return _Refused(self.clock, b"HTTP/1.1 429 Too Many Requests\r\n\r\nover\n")
+
+    def assertAnswered(self, peer: socket.socket) -> None:
+        self.assertTrue(peer.recv(100).startswith(b"HTTP/1.1 429 "))
+        self.assertEqual(peer.recv(100), b"", "closed after the answer")
+
+    def assertWaiting(self, peer: socket.socket) -> None:
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+
+    def test_answered_once_due(self) -> None:
+        held = HeldRefusals(self.clock, 3.0, 10)
+        pairs = [self.pair() for _ in range(3)]
+        for i, (ours, _) in enumerate(pairs):
+            held.hold(ours, self.refused())
+            self.clock.advance(0.5 if i < 2 else 0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one timer for all")
+        self.clock.advance(1.9)
+        for _, peer in pairs:
+            self.assertWaiting(peer)
+        self.clock.advance(0.1)
+        self.assertAnswered(pairs[0][1])
+        self.assertWaiting(pairs[1][1])
+        # The next two are due 0.5 and 1 s later: each in a turn of its own.
+        self.clock.advance(0.5)
+        self.assertAnswered(pairs[1][1])
+        self.assertWaiting(pairs[2][1])
+        self.clock.advance(0.5)
+        self.assertAnswered(pairs[2][1])
+        self.assertEqual((len(held), self.clock.getDelayedCalls()), (0, []))
+
+    def test_answers_due_together_share_a_turn(self) -> None:
+        held = HeldRefusals(self.clock, 1.0, 10)
+        first, second = self.pair(), self.pair()
+        held.hold(first[0], self.refused())
+        self.clock.advance(HELD_REFUSALS_TICK / 4)
+        held.hold(second[0], self.refused())
+        self.clock.advance(1.0 - HELD_REFUSALS_TICK / 4)
+        self.assertAnswered(first[1])
+        self.assertWaiting(second[1])
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [1.0 + 0.1])
+        self.clock.advance(HELD_REFUSALS_TICK)
+        self.assertAnswered(second[1])
+
+    def test_full_or_no_delay_answers_at_once(self) -> None:
+        full = HeldRefusals(self.clock, 3.0, 1)
+        (kept, kept_peer), (over, over_peer) = self.pair(), self.pair()
+        full.hold(kept, self.refused())
+        full.hold(over, self.refused())
+        self.assertAnswered(over_peer)
+        self.assertWaiting(kept_peer)
+        none = HeldRefusals(self.clock, 0.0, 10)
+        ours, peer = self.pair()
+        none.hold(ours, self.refused())
+        self.assertAnswered(peer)
+        self.assertEqual(len(none), 0)
+
+    def test_a_stopping_server_answers_all(self) -> None:
+        limits = ConnectionLimits(refusal_delay=3.0)
+        tracker = ConnectionTracker(Factory.forProtocol(Protocol), self.clock, limits)
+        pairs = [self.pair() for _ in range(2)]
+        for ours, _ in pairs:
+            tracker.held_refusals.hold(ours, self.refused())
+        tracker.close_all("stopping")
+        for _, peer in pairs:
+            self.assertAnswered(peer)
+        self.assertEqual((len(tracker.held_refusals), self.clock.getDelayedCalls()), (0, []))
+
+    def test_a_peer_gone_meanwhile_is_no_error(self) -> None:
+        held = HeldRefusals(self.clock, 1.0, 10)
+        ours, peer = self.pair()
+        held.hold(ours, self.refused())
+        peer.close()
+        self.clock.advance(1.0)
+        self.assertEqual(len(held), 0)
 
 
 async def _drop(client: Protocol) -> None:

@@ -258,6 +258,8 @@ class Listener(Service):
         waits = []
         if self._listening is not None:
             waits.append(maybeDeferred(self._listening.stopListening))
+        if isinstance(self._factory, ConnectionTracker):
+            self._factory.held_refusals.answer_all()
         if self._closing is not None:
             waits.append(self._closing())
         return DeferredList(waits)

@@ -74,6 +74,9 @@ class Limits:
     handshakes_total: int = 1024
     #: open connections from one address
     connections_per_ip: int = 256
+    #: seconds a connection refused at accept waits, unread, for its 429/503 (0: at once):
+    #: a flood that reconnects whatever is refused is refused that much less often
+    refusal_delay: float = 3.0
     #: addresses the per-address limits skip: a reverse proxy on this machine
     per_ip_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
     #: GET /status requests per second, all clients together (a burst of as many is allowed)
@@ -94,6 +97,7 @@ class Limits:
             handshakes_per_ip=self.handshakes_per_ip,
             handshakes_total=self.handshakes_total,
             connections_per_ip=self.connections_per_ip,
+            refusal_delay=self.refusal_delay,
             exempt=frozenset(self.per_ip_exempt),
         )
 
@@ -117,6 +121,7 @@ _FLOAT_LIMITS = {
     "ping_interval": (1.0, 3600.0),
     "ping_timeout": (1.0, 3600.0),
     "handshake_timeout": (0.1, 300.0),
+    "refusal_delay": (0.0, 60.0),
     "status_per_second": (0.1, 1_000_000.0),
     "pairing_code_ttl": (0.1, 3600.0),
     "pairing_timeout": (0.1, 3600.0),

@@ -40,6 +40,8 @@ class ConnectionLimits:
     handshakes_total: int = 1024
     #: open connections (finished or not) from one source address
     connections_per_ip: int = 256
+    #: seconds a connection refused at accept waits, unread, for its answer (0: at once)
+    refusal_delay: float = 3.0
     #: source addresses the per-address limits do not apply to (a local reverse proxy)
     exempt: frozenset[str] = LOOPBACK_ADDRESSES
 

@@ -13,14 +13,16 @@ server has too many (429 or 503, one line naming the limit), checks that the fir
 start an HTTP request (400 at once otherwise), and closes a connection that has not finished
 its handshake within the deadline (408). A connection has finished once a `ServerWebSocket`
 took it over (`TrackedConnection.upgraded`); a plain HTTP connection gets a fresh deadline
-after each response (`request_done`), so keep-alive works but dribbling bytes does not.
+after each response (`request_done`), so keep-alive works but dribbling bytes does not. On a
+plain TCP port, a connection refused at accept is answered on its socket, ``refusal_delay``
+seconds later (`answer_at_accept`, `HeldRefusals`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -42,6 +44,8 @@ from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
 #: How long a refused connection may take to read its one-line answer before it is dropped.
 REFUSAL_LINGER = 1.0
+#: Seconds by which held refusals' answers are gathered into one turn of the loop.
+HELD_REFUSALS_TICK = 0.1
 
 _PHRASES = {
     400: "Bad Request",
@@ -129,6 +133,63 @@ class _Refused(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
+
+
+class HeldRefusals:
+    """Connections refused at accept, held unread until their answer is due (a tarpit).
+
+    A flood that opens a new connection whenever one is closed makes a server refuse as
+    many connections a second as it can answer: in bench/load.py the 976 connections of
+    2 000 beyond the caps came back a thousand times a second, and answering them (accept,
+    send, close, and the attacker's reconnect on the same two cores) was the flood's largest
+    cost. Held for DELAY seconds first, each comes back at most once per DELAY + its own
+    pause, so the same connections cost a fraction of that. A held socket is neither read
+    nor registered with the reactor: it costs a descriptor and nothing else until its
+    answer is sent, and at most CAPACITY are held (beyond, a refusal is answered at once,
+    as with a DELAY of 0). An honest peer refused (over its address's caps) learns it
+    DELAY seconds later, which is when a retry could have hoped to succeed anyway.
+    Answers due within `HELD_REFUSALS_TICK` of each other go out in one turn of the loop.
+    """
+
+    def __init__(self, clock: IReactorTime, delay: float, capacity: int) -> None:
+        self._clock = clock
+        self._delay = delay
+        self._capacity = capacity
+        #: (due, socket, its refusal), in the order they fall due
+        self._held: deque[tuple[float, socket.socket, _Refused]] = deque()
+        self._timer: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, skt: socket.socket, refused: _Refused) -> None:
+        """Answer REFUSED on SKT once the delay has passed (at once if none or full)."""
+        if self._delay <= 0 or len(self._held) >= self._capacity:
+            refused.answer(skt)
+            return
+        self._held.append((self._clock.seconds() + self._delay, skt, refused))
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._delay, self._answer_due)
+
+    def _answer_due(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        held = self._held
+        while held and held[0][0] <= now:
+            _, skt, refused = held.popleft()
+            refused.answer(skt)
+        if held:
+            wait = max(held[0][0] - now, HELD_REFUSALS_TICK)
+            self._timer = self._clock.callLater(wait, self._answer_due)
+
+    def answer_all(self) -> None:
+        """Answer every held connection now (the server is stopping)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        while self._held:
+            _, skt, refused = self._held.popleft()
+            refused.answer(skt)
 
 
 class TrackedConnection(ProtocolWrapper):
@@ -256,6 +317,12 @@ class ConnectionTracker(_WrappingFactory):
         #: connections that have not finished their handshake, oldest first
         self._unfinished: dict[TrackedConnection, None] = {}
         self.handshakes = 0
+        #: refused at accept and not answered yet (`answer_at_accept` ports only)
+        self.held_refusals = HeldRefusals(
+            self.clock,
+            limits.refusal_delay if limits is not None else 0.0,
+            limits.handshakes_total if limits is not None else 0,
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         ip = peer_ip(addr)
@@ -394,7 +461,9 @@ class ConnectionTracker(_WrappingFactory):
         return self._idle.wait()
 
     def close_all(self, reason: str) -> None:
-        """Ask each WebSocket to close (it knows how), and drop plain HTTP connections."""
+        """Ask each WebSocket to close (it knows how), and drop plain HTTP connections; held
+        refusals are answered now."""
+        self.held_refusals.answer_all()
         for wrapper in list(self.protocols):
             shutdown = getattr(wrapper.wrappedProtocol, "shutdown", None)
             if shutdown is not None:
@@ -403,7 +472,8 @@ class ConnectionTracker(_WrappingFactory):
                 wrapper.loseConnection()
 
     def abort_all(self) -> None:
-        """Drop whatever is still open."""
+        """Drop whatever is still open (held refusals are answered)."""
+        self.held_refusals.answer_all()
         for wrapper in list(self.protocols):
             if wrapper.transport is not None:
                 wrapper.transport.abortConnection()
@@ -417,16 +487,20 @@ def answer_at_accept(port: object) -> bool:
     most of what a refusal cost. A flood that reconnects as fast as it is refused (some
     1 000 a second in bench/load.py) made it a quarter of a core and slowed the honest
     links set up meanwhile. On a plain TCP port whose factory is a `ConnectionTracker`, the
-    refused connection's line is now sent on the accepted socket, which is closed there and
-    then (`_Refused.answer`): no transport, nothing registered. Other ports (TLS, whose
-    answer has to go through the TLS layer, and UNIX sockets) are left as they are.
+    refused connection's line is sent on the accepted socket, which is then closed
+    (`_Refused.answer`): no transport, nothing registered. The answer waits the limits'
+    ``refusal_delay`` first (`HeldRefusals`), so that a flood reconnecting whatever is
+    refused is refused less often. Other ports (TLS, whose answer has to go through the TLS
+    layer, and UNIX sockets) are left as they are: answered at once through a transport.
     """
-    if not isinstance(getattr(port, "factory", None), ConnectionTracker):
+    tracker = getattr(port, "factory", None)
+    if not isinstance(tracker, ConnectionTracker):
         return False
+    held = tracker.held_refusals
 
     def take(skt: socket.socket, protocol: Any) -> bool:
         if isinstance(protocol, _Refused):
-            protocol.answer(skt)
+            held.hold(skt, protocol)
             return True
         return False
 
