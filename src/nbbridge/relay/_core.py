@@ -338,12 +338,7 @@ class Relay:
         pending.timer = self.clock.callLater(self.limits.dial_timeout, self._dial_expired, pending)
         state.pending[link_id] = pending
         self._agents[agent] = state
-        self._log.info(
-            "link {link} from {client} to {agent}: dialing",
-            link=short(link_id),
-            client=who.name,
-            agent=agent,
-        )
+        # No line of its own: "spliced", "no answer" or "client left" follows, naming it.
         if state.peer is not None:
             state.peer.send_dial(link_id, self.dial_url(agent, link_id))
         else:
@@ -373,8 +368,9 @@ class Relay:
         self.dial_failures += 1
         seconds = f"{self.limits.dial_timeout:g}"
         self._log.info(
-            "link {link} to {agent}: no answer within {seconds} s",
+            "link {link} from {client} to {agent}: no answer within {seconds} s",
             link=short(pending.link_id),
+            client=pending.client,
             agent=pending.agent,
             seconds=seconds,
         )
@@ -392,7 +388,10 @@ class Relay:
             return
         self._drop_pending(pending)
         self._log.info(
-            "link {link}: client left before the agent answered", link=short(pending.link_id)
+            "link {link} from {client} to {agent}: client left before the agent answered",
+            link=short(pending.link_id),
+            client=pending.client,
+            agent=pending.agent,
         )
 
     def answer_dial(
