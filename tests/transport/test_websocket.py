@@ -8,6 +8,7 @@ from autobahn.exception import PayloadExceededError
 from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nbbridge.transport import (
@@ -47,6 +48,16 @@ class FactoryOptionTests(SynchronousTestCase):
         self.assertNotIn(TOKEN, factory.url)
         self.assertTrue(factory.isSecure)
         self.assertEqual((factory.host, factory.port), ("relay.example.com", 443))
+
+    def test_no_log_lines_per_connection(self) -> None:
+        """A factory is made per connection: starting and stopping it logs nothing."""
+        factory = websocket_client_factory(
+            "wss://relay.example.com/v1/agents/gpu/link", {}, WebSocketClientProtocol
+        )
+        with capturedLogs() as events:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
     def test_text_connections_validate_utf8(self) -> None:
         factory = websocket_client_factory(
