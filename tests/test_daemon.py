@@ -105,5 +105,6 @@ class BeforeServiceTests(SynchronousTestCase):
         self.patch(_daemon, "tune_malloc", lambda: calls.append("malloc"))
         self.patch(_daemon, "lean_dispatch", lambda reactor: calls.append("dispatch"))
         self.patch(_daemon, "lazy_debug_formatting", lambda: calls.append("formatting"))
+        self.patch(_daemon, "log_time_once_a_second", lambda: calls.append("log time"))
         _daemon.before_service(MemoryReactor())
-        self.assertEqual(calls, ["malloc", "dispatch", "formatting"])
+        self.assertEqual(calls, ["malloc", "dispatch", "formatting", "log time"])

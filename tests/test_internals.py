@@ -130,6 +130,52 @@ class LazyDebugFormattingTests(SynchronousTestCase):
         self.assertEqual(autobahn_protocol.pformat([1]), "formatted")
 
 
+class LogTimeTests(SynchronousTestCase):
+    """The log file's time prefix, formatted once a second, reads as Twisted's own."""
+
+    def setUp(self) -> None:
+        from twisted.logger import _file
+
+        self.patch(_file, "formatTime", _file.formatTime)  # restored after the test
+        self.real = _file.formatTime
+        self.assertTrue(_internals.log_time_once_a_second())
+        self.assertTrue(_internals.log_time_once_a_second())  # installed once, not wrapped twice
+        self.cached = _file.formatTime
+        self.assertIsNot(self.cached, self.real)
+
+    def test_same_text_as_twisted(self) -> None:
+        from twisted.logger import timeFormatRFC3339
+
+        times = [1_700_000_000.0, 1_700_000_000.4, 1_700_000_000.999, 1_700_000_001.2, 3.5]
+        for fmt in (timeFormatRFC3339, "%H:%M:%S.%f", "%Y/%W"):
+            for when in times + times[::-1]:
+                self.assertEqual(self.cached(when, fmt), self.real(when, fmt), (when, fmt))
+        self.assertEqual(self.cached(None, timeFormatRFC3339), "-")
+        self.assertEqual(self.cached(1.0, None, default="?"), "?")
+
+    def test_used_by_the_log_file(self) -> None:
+        """twistd's observer looks the name up on each line: the cached one is used."""
+        import io
+
+        from twisted.logger import textFileLogObserver
+
+        calls: list[float] = []
+        cached = self.cached
+
+        def counted(when: float | None, fmt: str | None = None, default: str = "-") -> str:
+            calls.append(when or 0.0)
+            return cached(when, fmt, default)
+
+        from twisted.logger import _file
+
+        self.patch(_file, "formatTime", counted)
+        out = io.StringIO()
+        observer = textFileLogObserver(out)
+        observer({"log_format": "hello", "log_time": 1_700_000_000.5, "log_system": "x"})
+        self.assertEqual(calls, [1_700_000_000.5])
+        self.assertIn("hello", out.getvalue())
+
+
 class HTTPChannelTargetTests(SynchronousTestCase):
     def test_request_target_while_headers_arrive(self) -> None:
         """The datalab reads the target before the body (``request_target``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from nbbridge._internals import lazy_debug_formatting, lean_dispatch
+from nbbridge._internals import lazy_debug_formatting, lean_dispatch, log_time_once_a_second
 from nbbridge._memory import tune_malloc
 
 
@@ -18,10 +18,12 @@ def before_service(reactor: Any) -> None:
     """glibc's malloc thresholds (`tune_malloc`), epoll events dispatched without the
     legacy log context (`lean_dispatch`: about a fifth less CPU per event on each hop), and
     no pretty-printing for Autobahn's debug lines that are not emitted
-    (`lazy_debug_formatting`: a seventh of the relay's CPU per link set up)."""
+    (`lazy_debug_formatting`: a seventh of the relay's CPU per link set up), and the log's
+    timestamp formatted once a second (`log_time_once_a_second`)."""
     tune_malloc()
     lean_dispatch(reactor)
     lazy_debug_formatting()
+    log_time_once_a_second()
 
 
 def after_service() -> None:
