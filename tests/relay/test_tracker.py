@@ -315,16 +315,19 @@ class HeldRefusalsTests(SynchronousTestCase):
 
     def test_answers_due_together_share_a_turn(self) -> None:
         held = HeldRefusals(self.clock, 1.0, 10)
-        first, second = self.pair(), self.pair()
+        first, second, third = self.pair(), self.pair(), self.pair()
         held.hold(first[0], self.refused())
-        self.clock.advance(HELD_REFUSALS_TICK / 4)
-        held.hold(second[0], self.refused())
-        self.clock.advance(1.0 - HELD_REFUSALS_TICK / 4)
-        self.assertAnswered(first[1])
-        self.assertWaiting(second[1])
-        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [1.0 + 0.1])
+        self.clock.advance(HELD_REFUSALS_TICK / 2)
+        held.hold(second[0], self.refused())  # due within a tick of the first
         self.clock.advance(HELD_REFUSALS_TICK)
+        held.hold(third[0], self.refused())  # due more than a tick after the first
+        self.clock.advance(1.0 - 1.5 * HELD_REFUSALS_TICK)
+        self.assertAnswered(first[1])
         self.assertAnswered(second[1])
+        self.assertWaiting(third[1])
+        self.clock.advance(1.5 * HELD_REFUSALS_TICK)
+        self.assertAnswered(third[1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_full_or_no_delay_answers_at_once(self) -> None:
         full = HeldRefusals(self.clock, 3.0, 1)

@@ -44,8 +44,8 @@ from ._guard import ConnectionLimits, RefusalLog, could_be_http
 
 #: How long a refused connection may take to read its one-line answer before it is dropped.
 REFUSAL_LINGER = 1.0
-#: Seconds by which held refusals' answers are gathered into one turn of the loop.
-HELD_REFUSALS_TICK = 0.1
+#: Seconds within which held refusals' answers are gathered into one turn of the loop.
+HELD_REFUSALS_TICK = 0.05
 
 _PHRASES = {
     400: "Bad Request",
@@ -148,7 +148,8 @@ class HeldRefusals:
     answer is sent, and at most CAPACITY are held (beyond, a refusal is answered at once,
     as with a DELAY of 0). An honest peer refused (over its address's caps) learns it
     DELAY seconds later, which is when a retry could have hoped to succeed anyway.
-    Answers due within `HELD_REFUSALS_TICK` of each other go out in one turn of the loop.
+    Answers due within `HELD_REFUSALS_TICK` of each other go out in one turn of the loop
+    (the later ones that much early): one timer wake-up per tick at most, however many.
     """
 
     def __init__(self, clock: IReactorTime, delay: float, capacity: int) -> None:
@@ -172,15 +173,15 @@ class HeldRefusals:
             self._timer = self._clock.callLater(self._delay, self._answer_due)
 
     def _answer_due(self) -> None:
+        """Answer what is due, and what falls due within a tick (a little early)."""
         self._timer = None
         now = self._clock.seconds()
         held = self._held
-        while held and held[0][0] <= now:
+        while held and held[0][0] <= now + HELD_REFUSALS_TICK:
             _, skt, refused = held.popleft()
             refused.answer(skt)
         if held:
-            wait = max(held[0][0] - now, HELD_REFUSALS_TICK)
-            self._timer = self._clock.callLater(wait, self._answer_due)
+            self._timer = self._clock.callLater(held[0][0] - now, self._answer_due)
 
     def answer_all(self) -> None:
         """Answer every held connection now (the server is stopping)."""
