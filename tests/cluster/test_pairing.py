@@ -99,7 +99,7 @@ class ClusterPairingTests(ClusterTestCase):
         """A laptop that reaches another relay (an old agent side's URL) is told why."""
         with open(self.files.relay_toml, "a") as f:
             # The GPU host's side ends when its burned code expires: soon, here.
-            f.write("[limits]\npairing_code_ttl = 20\n")
+            f.write("[limits]\npairing_code_ttl = 10\n")
         await self.start_cluster()
         code, _printed, holder, agent = await self.open_code()
         other = self.other_than(holder)
