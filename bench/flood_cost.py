@@ -17,13 +17,11 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import load
-from _load import round_trips
-from _procs import Child, cpu_seconds, free_port, raise_fd_limit
+from _procs import cpu_seconds
 
 
 def main() -> int:
@@ -34,24 +32,12 @@ def main() -> int:
     flood_args = argparse.Namespace(
         hostile=2000, hostile_addresses=100, drip=1.0, attacker_idle=False
     )
-    raise_fd_limit()
-    work = Path(tempfile.mkdtemp(prefix="nbbridge-flood-"))
-    target_port = free_port()
-    target = Child(
-        "target",
-        [sys.executable, str(Path(__file__).with_name("_target.py")), str(target_port)],
-        work,
-    )
-    chain = load.LoadChain(work, target_port)
-    try:
-        target.wait_listening(target_port)
-        chain.start()
-        round_trips(chain.port, 20, 0, 100, 30)
+    with load.running_chain("nbbridge-flood-") as chain:
         relay = chain.pids["relay"]
         c0 = cpu_seconds(relay) or 0.0
         time.sleep(args.seconds)
         quiet = 100 * ((cpu_seconds(relay) or 0.0) - c0) / args.seconds
-        flood = load.Flood(work, chain.relay_port, flood_args)
+        flood = load.Flood(chain.work, chain.relay_port, flood_args)
         try:
             flood.build_up(flood_args.hostile)
             c0, a0 = cpu_seconds(relay) or 0.0, cpu_seconds(flood.pid) or 0.0
@@ -83,10 +69,6 @@ def main() -> int:
             f1 = flood.figures()
         finally:
             flood.stop()
-    finally:
-        chain.stop()
-        target.stop()
-        shutil.rmtree(work, ignore_errors=True)
     rate = (f1["opened"] - f0["opened"]) / args.seconds
     relay_pct = 100 * (c1 - c0) / args.seconds
     print(f"relay CPU, % of a core: quiet {quiet:.1f}, under the flood {relay_pct:.1f}")

@@ -44,6 +44,7 @@ daemons inherit it. Every phase is bounded in time and stops by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -51,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,30 @@ class LoadChain(Nbbridge):
     name = "load"
     probe = True
     relay_extra = "[limits]\nlinks_per_agent = 1000\nlinks_per_client = 1000\n"
+
+
+@contextlib.contextmanager
+def running_chain(prefix: str) -> Iterator[LoadChain]:
+    """A target and a `LoadChain` to it in a fresh work directory (PREFIX), up and with the
+    client's link open; stopped, and the directory removed, on leaving."""
+    raise_fd_limit()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    target_port = free_port()
+    target = Child(
+        "target",
+        [sys.executable, str(Path(__file__).with_name("_target.py")), str(target_port)],
+        work,
+    )
+    chain = LoadChain(work, target_port)
+    try:
+        target.wait_listening(target_port)
+        chain.start()
+        round_trips(chain.port, 20, 0, 100, 30)  # the client opens its link on first use
+        yield chain
+    finally:
+        chain.stop()
+        target.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def daemons(chain: Nbbridge) -> dict[str, dict[str, float | None]]:
@@ -134,6 +160,25 @@ class Flood:
         return self.figures()
 
 
+def honest_command(
+    chain: Nbbridge, links: int, concurrency: int, traffic: float, rounds: int
+) -> list[str]:
+    """_honest.py's command line: LINKS links to CHAIN's agent, CONCURRENCY opening at a time,
+    set up ROUNDS times, then TRAFFIC seconds of sink blocks on each."""
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("_honest.py")),
+        str(chain.work),
+        f"ws://127.0.0.1:{chain.relay_port}",
+        "bench",
+        "bench",
+        str(links),
+        str(concurrency),
+        str(traffic),
+        str(rounds),
+    ]
+
+
 def honest(
     chain: Nbbridge,
     args: argparse.Namespace,
@@ -150,20 +195,10 @@ def honest(
     all0 = machine_cpu()
     own0 = cpu_seconds(attacker) if attacker else None
     overflows0 = tcp_counters().get("ListenOverflows", 0)
+    rounds = args.setup_rounds if setup_rounds is None else setup_rounds
     child = Child(
         f"honest-{label}",
-        [
-            sys.executable,
-            str(Path(__file__).with_name("_honest.py")),
-            str(chain.work),
-            f"ws://127.0.0.1:{chain.relay_port}",
-            "bench",
-            "bench",
-            str(args.links),
-            str(args.concurrency),
-            str(traffic),
-            str(args.setup_rounds if setup_rounds is None else setup_rounds),
-        ],
+        honest_command(chain, args.links, args.concurrency, traffic, rounds),
         chain.work,
         child_env(),
     )

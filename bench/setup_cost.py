@@ -17,16 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import load
-from _load import round_trips
-from _procs import Child, child_env, cpu_seconds, free_port, raise_fd_limit
+from _procs import child_env, cpu_seconds
 
 ROLES = ("relay", "agent")
 
@@ -38,18 +34,7 @@ def children_cpu() -> float:
 
 def run_honest(chain: load.LoadChain, args: argparse.Namespace, rounds: int) -> dict[str, float]:
     """CPU seconds of the relay, the agent and the honest client over one _honest.py run."""
-    command = [
-        sys.executable,
-        str(Path(__file__).with_name("_honest.py")),
-        str(chain.work),
-        f"ws://127.0.0.1:{chain.relay_port}",
-        "bench",
-        "bench",
-        str(args.links),
-        str(args.concurrency),
-        "0.2",
-        str(rounds),
-    ]
+    command = load.honest_command(chain, args.links, args.concurrency, 0.2, rounds)
     before = {r: cpu_seconds(chain.pids[r]) or 0.0 for r in ROLES}
     client0, wall0 = children_cpu(), time.monotonic()
     out = subprocess.run(command, env=child_env(), capture_output=True, text=True, check=True)
@@ -69,26 +54,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    raise_fd_limit()
-    work = Path(tempfile.mkdtemp(prefix="nbbridge-setup-"))
-    target_port = free_port()
-    target = Child(
-        "target",
-        [sys.executable, str(Path(__file__).with_name("_target.py")), str(target_port)],
-        work,
-    )
-    chain = load.LoadChain(work, target_port)
-    try:
-        target.wait_listening(target_port)
-        chain.start()
-        round_trips(chain.port, 20, 0, 100, 30)
+    with load.running_chain("nbbridge-setup-") as chain:
         run_honest(chain, args, 1)  # warm-up
         one = run_honest(chain, args, 1)
         many = run_honest(chain, args, 1 + args.rounds)
-    finally:
-        chain.stop()
-        target.stop()
-        shutil.rmtree(work, ignore_errors=True)
     links = args.rounds * args.links
     per_link = {k: 1e6 * (many[k] - one[k]) / links for k in (*ROLES, "client")}
     busy = sum(many[k] - one[k] for k in (*ROLES, "client"))
