@@ -140,14 +140,14 @@ class HeldRefusals:
 
     A flood that opens a new connection whenever one is closed makes a server refuse as
     many connections a second as it can answer: in bench/load.py the 976 connections of
-    2 000 beyond the caps came back a thousand times a second, and answering them (accept,
-    send, close, and the attacker's reconnect on the same two cores) was the flood's largest
-    cost. Held for DELAY seconds first, each comes back at most once per DELAY + its own
-    pause, so the same connections cost a fraction of that. A held socket is neither read
-    nor registered with the reactor: it costs a descriptor and nothing else until its
-    answer is sent, and at most CAPACITY are held (beyond, a refusal is answered at once,
-    as with a DELAY of 0). An honest peer refused (over its address's caps) learns it
-    DELAY seconds later, which is when a retry could have hoped to succeed anyway.
+    2 000 beyond the caps came back a thousand times a second, a third of what the flood
+    cost the relay, and most of what the attacker's process took from the same two cores.
+    Held for DELAY seconds first, each comes back at most once per DELAY + its own pause
+    (bench/flood_cost.py: 976 -> ~340 a second). A held socket is neither read nor
+    registered with the reactor: it costs a descriptor and nothing else until its answer is
+    sent, and at most CAPACITY are held (beyond, a refusal is answered at once, as with a
+    DELAY of 0). An honest peer refused (over its address's caps) learns it DELAY seconds
+    later.
     Answers due within `HELD_REFUSALS_TICK` of each other go out in one turn of the loop
     (the later ones that much early): one timer wake-up per tick at most, however many.
     """
