@@ -11,7 +11,8 @@ Server side (the relay's routes, the hub, the gateway):
   with :class:`ConnectionLimits` a guard on those that have not finished their handshake
   (deadline, per-address and total caps, an early look for HTTP); refusals are logged through
   a :class:`RefusalLog` that aggregates them; :func:`answer_at_accept` lets a plain TCP
-  port answer its refusals on the accepted socket, without a transport; :func:`request_done`
+  port answer its refusals on the accepted socket, without a transport, after the limits'
+  ``refusal_delay`` (the tracker's ``held_refusals``); :func:`request_done`
   gives a keep-alive HTTP connection its next deadline; :func:`peer_ip` is the address a
   peer is counted as.
 
